@@ -1,0 +1,59 @@
+"""The ``fusioncli`` command line: a thin Typer layer over the library.
+
+One module per command; each parses options, calls one library function and prints its
+result. Errors are the library's :class:`fusioncli.errors.FusionError`, turned into one line per
+problem and an exit code by :func:`fusioncli.cli._common.report_errors`.
+"""
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from fusioncli import __version__
+from fusioncli.cli import prepare, strategies, synth, train
+
+app = typer.Typer(
+    name="fusioncli",
+    help=(
+        "Benchmark multimodal (RGB + LiDAR) fusion strategies.\n\n"
+        "Typical session:  fusioncli synth && fusioncli prepare && "
+        "fusioncli train --strategy late --epochs 3"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fusioncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    """Benchmark multimodal fusion strategies (see `fusioncli COMMAND --help`)."""
+    if debug:
+        os.environ["FUSIONCLI_DEBUG"] = "1"
+
+
+app.command("synth")(synth.synth)
+app.command("prepare")(prepare.prepare)
+app.command("strategies")(strategies.strategies)
+app.command("train")(train.train)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Models: shared blocks, fusion operators, and the strategy registry."""

@@ -1,0 +1,1 @@
+"""Training: run configuration, the training loop, metrics, probes and checkpoints."""
