@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from fusioncli import __version__
-from fusioncli.cli import prepare, strategies, synth, train
+from fusioncli.cli import demo, prepare, report, strategies, sweep, synth, train
 
 app = typer.Typer(
     name="fusioncli",
@@ -52,6 +52,9 @@ app.command("synth")(synth.synth)
 app.command("prepare")(prepare.prepare)
 app.command("strategies")(strategies.strategies)
 app.command("train")(train.train)
+app.command("sweep")(sweep.sweep)
+app.command("report")(report.report)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,45 @@
+# Two commands for a fresh clone:  `make demo`  and  `make test`.
+# Both create a local virtual environment (.venv) on first use.
+#
+# TORCH_SPEC picks the PyTorch build installed before fusioncli. The default pins the release
+# this project is tested with; on a CUDA machine pick your own, e.g.
+#   make TORCH_SPEC='torch --index-url https://download.pytorch.org/whl/cu124' demo
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: help setup demo test bench clean
+
+help:
+	@echo "make demo   - set up .venv and run the whole pipeline on small synthetic data"
+	@echo "make test   - set up .venv and run the test suite"
+	@echo "make bench  - run the benchmark scripts (prints figures)"
+	@echo "make clean  - remove .venv and the .fusioncli work folder"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Installed marker: reinstall when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/fusioncli demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/bench_synth.py
+	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) .fusioncli
