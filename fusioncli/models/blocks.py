@@ -1,0 +1,190 @@
+"""Shared building blocks: the conv stems of the two backbones and the MLP heads.
+
+A *backbone* is a conv stem (3x3 convs, padding 1, each followed by ReLU and MaxPool2) plus the
+MLP that the seed's ``Embedder`` puts after it. Strategies reuse the two parts:
+
+* the **stem** turns one (B, C, 64, 64) input into a feature map (the intermediate features),
+* the **embedder** (stem + MLP) turns an input into a vector (late fusion),
+* the **map head** (flatten + the same MLP shape, ending in ``num_classes``) classifies a
+  (fused) feature map -- the seed's intermediate-fusion head.
+
+``seed`` reproduces the seed's models exactly; ``lab`` is the NVIDIA assessment's wider embedder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Every model takes two (B, 4, 64, 64) inputs: RGBA / 255 and the seed-normalised XYZA.
+INPUT_CHANNELS = 4
+INPUT_SIZE = 64
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The shape of one backbone preset.
+
+    ``channels`` are the conv stem's output channels (one conv + ReLU + MaxPool2 each);
+    ``hidden`` are the MLP's hidden widths after flattening the stem's output.
+    """
+
+    name: str
+    channels: tuple[int, ...]
+    hidden: tuple[int, ...]
+    description: str
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the stem's feature map."""
+        return self.channels[-1]
+
+    @property
+    def out_size(self) -> int:
+        """Height (= width) of the stem's feature map: one halving per conv block."""
+        return INPUT_SIZE >> len(self.channels)
+
+    @property
+    def flat_features(self) -> int:
+        """Length of one flattened stem feature map."""
+        return self.out_channels * self.out_size * self.out_size
+
+
+BACKBONE_SPECS: dict[str, BackboneSpec] = {
+    # The seed's Embedder: 25-50-100 convs -> 100x8x8 -> 6400 -> 1000 -> 100 -> out.
+    "seed": BackboneSpec(
+        name="seed",
+        channels=(25, 50, 100),
+        hidden=(1000, 100),
+        description="the seed's Embedder: convs 25-50-100, MLP 6400-1000-100",
+    ),
+    # The NVIDIA assessment's wider embedder: 50-100-200-200 convs -> 200x4x4 -> 3200 -> 100 -> out.
+    "lab": BackboneSpec(
+        name="lab",
+        channels=(50, 100, 200, 200),
+        hidden=(100,),
+        description="the NVIDIA lab's embedder: convs 50-100-200-200, MLP 3200-100",
+    ),
+}
+
+BACKBONES: tuple[str, ...] = tuple(BACKBONE_SPECS)
+
+
+class ConvStem(nn.Sequential):
+    """Conv(3x3, padding 1) -> ReLU -> MaxPool2 per entry of ``channels``.
+
+    Maps (B, in_channels, H, W) to (B, channels[-1], H / 2**k, W / 2**k).
+    """
+
+    def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for width in channels:
+            layers += [nn.Conv2d(prev, width, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            prev = width
+        super().__init__(*layers)
+        self.in_channels = in_channels
+        self.out_channels = prev
+
+
+class MLP(nn.Sequential):
+    """Flatten -> (Linear -> ReLU) per hidden width -> Linear(out_features).
+
+    The flatten makes it usable on vectors (a no-op) and on feature maps alike; it flattens in
+    logical (C, H, W) order, so a ``channels_last`` input gives the same result.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = in_features
+        for width in hidden:
+            layers += [nn.Linear(prev, width), nn.ReLU()]
+            prev = width
+        layers.append(nn.Linear(prev, out_features))
+        super().__init__(*layers)
+        self.in_features = in_features
+        self.out_features = out_features
+
+
+class Embedder(nn.Module):
+    """One modality's input -> a vector: a conv stem followed by the backbone's MLP.
+
+    With the ``seed`` backbone and ``in_channels=4`` this is exactly the seed's ``Embedder``.
+    """
+
+    def __init__(self, backbone: BackboneSpec, in_channels: int, out_features: int) -> None:
+        super().__init__()
+        self.stem = ConvStem(in_channels, backbone.channels)
+        self.mlp = MLP(backbone.flat_features, backbone.hidden, out_features)
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.stem(x))
+
+
+def conv_stem(backbone: BackboneSpec, in_channels: int = INPUT_CHANNELS) -> ConvStem:
+    """The backbone's conv stem for an input with ``in_channels`` channels."""
+    return ConvStem(in_channels, backbone.channels)
+
+
+def map_head(backbone: BackboneSpec, channels: int, num_classes: int) -> MLP:
+    """Classifier for a (B, channels, s, s) map of the backbone: flatten -> backbone MLP -> classes.
+
+    For ``seed`` this is the seed's intermediate head, Linear(C*64, 1000) -> ReLU ->
+    Linear(1000, 100) -> ReLU -> Linear(100, classes); for ``lab`` it is Linear(C*16, 100) ->
+    ReLU -> Linear(100, classes), the lab embedder's own MLP shape (kept proportionate to the
+    lab backbone instead of bolting the seed's 1000-wide layer onto it).
+    """
+    return MLP(channels * backbone.out_size * backbone.out_size, backbone.hidden, num_classes)
+
+
+class TwoStreamModel(nn.Module):
+    """One encoder per modality, a fusion operator, a head: ``head(fusion(enc_rgb, enc_lidar))``.
+
+    Covers late fusion (encoders end in vectors) and intermediate fusion (encoders end in
+    feature maps) alike; the fusion operator decides how the two meet.
+    """
+
+    def __init__(self, encoder_rgb: nn.Module, encoder_lidar: nn.Module, fusion: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder_rgb = encoder_rgb
+        self.encoder_lidar = encoder_lidar
+        self.fusion = fusion
+        self.head = head
+
+    def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fusion(self.encoder_rgb(rgb), self.encoder_lidar(xyza)))
+
+
+class EarlyFusionModel(nn.Module):
+    """Fuse the raw inputs first, then one stream: ``head(encoder(fusion(rgb, xyza)))``."""
+
+    def __init__(self, fusion: nn.Module, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.fusion(rgb, xyza)))
+
+
+class UnimodalModel(nn.Module):
+    """A single-modality baseline: ``head(encoder(x))`` on ``rgb`` or ``xyza``; the other input is ignored.
+
+    It keeps the two-input signature so training and evaluation treat every strategy alike.
+    """
+
+    def __init__(self, modality: str, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        if modality not in ("rgb", "lidar"):
+            raise ValueError(f"modality must be 'rgb' or 'lidar', got {modality!r}")
+        self.modality = modality
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(rgb if self.modality == "rgb" else xyza))

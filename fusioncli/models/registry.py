@@ -1,0 +1,121 @@
+"""The strategy registry: every fusion strategy is one decorated builder function.
+
+A builder takes the backbone preset and the number of classes and returns a model whose forward
+is ``model(rgb, xyza) -> logits (B, num_classes)`` and whose top-level children (and any
+parameters set directly on it) are named ``encoder*``, ``fusion*`` or ``head*``::
+
+    @register_strategy("my-fusion", description="what it does, in one line")
+    def build_my_fusion(backbone: BackboneSpec, num_classes: int) -> nn.Module:
+        ...
+
+The CLI's choices come from :func:`strategy_names`, so registering is all it takes to add one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from fusioncli.errors import BadInputError, RunFailedError
+from fusioncli.models.blocks import BACKBONE_SPECS, BACKBONES, BackboneSpec
+
+Builder = Callable[[BackboneSpec, int], nn.Module]
+
+# Prefixes of the top-level module names; parameter_counts splits the parameters by them.
+PART_PREFIXES: tuple[str, ...] = ("encoder", "fusion", "head")
+MODALITIES: tuple[str, ...] = ("rgb", "lidar")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One registered strategy: its name, a one-line description, the modalities it reads."""
+
+    name: str
+    description: str
+    modalities: tuple[str, ...]
+    builder: Builder
+
+
+# Insertion-ordered, so listings follow registration order (the seed's models first).
+_REGISTRY: dict[str, StrategySpec] = {}
+
+
+def register_strategy(
+    name: str, *, description: str, modalities: Sequence[str] = MODALITIES
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder`` as strategy ``name``; a duplicate name raises ValueError."""
+    mods = tuple(modalities)
+    unknown = [m for m in mods if m not in MODALITIES]
+    if unknown or not mods:
+        raise ValueError(f"strategy {name!r}: modalities must be a non-empty subset of {MODALITIES}, got {mods}")
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"strategy {name!r} is already registered")
+        _REGISTRY[name] = StrategySpec(name=name, description=description, modalities=mods, builder=builder)
+        return builder
+
+    return decorate
+
+
+def unregister_strategy(name: str) -> None:
+    """Remove a registered strategy (for tests and plugins that register temporarily)."""
+    _REGISTRY.pop(name, None)
+
+
+def strategy_names() -> list[str]:
+    """The registered strategy names, in registration order."""
+    return list(_REGISTRY)
+
+
+def strategy_specs() -> list[StrategySpec]:
+    """The registered strategies, in registration order."""
+    return list(_REGISTRY.values())
+
+
+def get_strategy(name: str) -> StrategySpec:
+    """The spec registered as ``name``; an unknown name raises BadInputError listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BadInputError(
+            f"unknown strategy {name!r}; known strategies: {', '.join(_REGISTRY) or '(none)'}",
+            hint="`fusioncli strategies` lists them with their sizes",
+        ) from None
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The backbone preset ``name``; an unknown name raises BadInputError listing the known ones."""
+    try:
+        return BACKBONE_SPECS[name]
+    except KeyError:
+        raise BadInputError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}") from None
+
+
+def create_model(name: str, backbone: str = "seed", num_classes: int = 2) -> nn.Module:
+    """Build strategy ``name`` on ``backbone`` with a ``num_classes``-way head.
+
+    The model is built on the current default device (wrap in ``with torch.device("meta"):`` to
+    size it without allocating). Unknown names raise :class:`BadInputError` listing known ones.
+    """
+    spec = get_strategy(name)
+    bb = get_backbone(backbone)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
+    model = spec.builder(bb, num_classes)
+    _check_part_names(name, model)
+    return model
+
+
+def _check_part_names(name: str, model: nn.Module) -> None:
+    """Enforce the naming contract so parameter counts can always be split into parts."""
+    top_level = {n.split(".", 1)[0] for n, _ in model.named_parameters()}
+    top_level |= {n for n, _ in model.named_children()}
+    bad = sorted(n for n in top_level if not n.startswith(PART_PREFIXES))
+    if bad:
+        raise RunFailedError(
+            f"strategy {name!r} built a model with top-level parts {bad} not named "
+            f"{'/'.join(p + '*' for p in PART_PREFIXES)}"
+        )
