@@ -1,0 +1,1 @@
+"""Data: layout discovery and validation, LiDAR projection, the synth renderer, the cache."""

@@ -1,0 +1,86 @@
+"""The in-memory form of a prepared dataset, as training consumes it.
+
+:func:`fusioncli.data.cache.load_cache` returns a :class:`PreparedData`; training moves it to
+its device once and batches by index (no per-sample DataLoader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """All samples of a prepared dataset as tensors (channels first)."""
+
+    rgb: torch.Tensor  # (N, 4, 64, 64) uint8 RGBA; models get rgb.float() / 255
+    xyza: torch.Tensor  # (N, 4, 64, 64) float32, seed normalisation (see data.projection)
+    depth: torch.Tensor  # (N, 64, 64) float32 raw depth, 50.0 = no return
+    labels: torch.Tensor  # (N,) int64 class index
+    is_val: torch.Tensor  # (N,) bool, True for validation samples
+    class_names: tuple[str, ...]
+    fingerprint: str  # content fingerprint of the raw data + prepare options
+
+    def __post_init__(self) -> None:
+        n = self.labels.shape[0]
+        for name in ("rgb", "xyza", "depth", "is_val"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f"PreparedData.{name} has {getattr(self, name).shape[0]} rows, labels {n}")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def train_indices(self) -> torch.Tensor:
+        return torch.nonzero(~self.is_val, as_tuple=False).flatten()
+
+    @property
+    def val_indices(self) -> torch.Tensor:
+        return torch.nonzero(self.is_val, as_tuple=False).flatten()
+
+    def subset(self, indices: torch.Tensor) -> PreparedData:
+        """The samples at ``indices`` (same fingerprint tag plus a note of the subset)."""
+        idx = indices.to(self.labels.device)
+        return replace(
+            self,
+            rgb=self.rgb[idx],
+            xyza=self.xyza[idx],
+            depth=self.depth[idx],
+            labels=self.labels[idx],
+            is_val=self.is_val[idx],
+        )
+
+    def limit_per_class(self, limit: int | None) -> PreparedData:
+        """Keep at most ``limit`` samples per class *in each split* (the first ones, in order).
+
+        Deterministic, so a limited run is reproducible and its fingerprint is well defined.
+        """
+        if limit is None:
+            return self
+        if limit < 1:
+            raise ValueError("limit per class must be at least 1")
+        keep = []
+        for split in (False, True):
+            for c in range(self.num_classes):
+                idx = torch.nonzero((self.labels == c) & (self.is_val == split)).flatten()
+                keep.append(idx[:limit])
+        indices = torch.sort(torch.cat(keep)).values
+        sub = self.subset(indices)
+        return replace(sub, fingerprint=f"{self.fingerprint}:limit{limit}")
+
+    def to(self, device: torch.device | str) -> PreparedData:
+        """A copy with every tensor on ``device`` (data lives on the training device)."""
+        return replace(
+            self,
+            rgb=self.rgb.to(device),
+            xyza=self.xyza.to(device),
+            depth=self.depth.to(device),
+            labels=self.labels.to(device),
+            is_val=self.is_val.to(device),
+        )
