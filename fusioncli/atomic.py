@@ -10,10 +10,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+STALE_STAGING_SECONDS = 600.0
 
 
 @contextmanager
@@ -58,11 +61,14 @@ def atomic_write_json(target: Path, obj: Any) -> None:
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield a fresh staging folder; on success it replaces ``target`` as a whole.
 
-    Used for caches: the old cache stays valid until the new one is complete, and a crash
-    leaves only a ``.staging`` folder that the next run removes.
+    Used for caches: the old cache stays valid until the new one is complete. A crash leaves
+    only a hidden ``.staging`` folder, which never counts as the target; the next call removes
+    such leftovers once they are older than :data:`STALE_STAGING_SECONDS` (younger ones may
+    belong to a writer that is still running).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
     try:
         yield staging
@@ -72,7 +78,20 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             os.replace(target, old)
         os.replace(staging, target)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():  # the user's link was replaced; drop the link, not its target
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_stale_staging(target: Path) -> None:
+    now = time.time()
+    for leftover in target.parent.glob(f".{target.name}.*.staging"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_STAGING_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except FileNotFoundError:  # removed by someone else meanwhile
+            pass

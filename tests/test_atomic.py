@@ -44,3 +44,17 @@ def test_atomic_directory_replaces_whole_folder_only_on_success(tmp_path: Path) 
     with atomic_directory(target) as staging:
         (staging / "c").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["c"]
+
+
+def test_stale_staging_leftovers_are_removed_fresh_ones_kept(tmp_path: Path) -> None:
+    import os
+
+    stale = tmp_path / ".cache.abc.staging"
+    fresh = tmp_path / ".cache.def.staging"
+    stale.mkdir()
+    fresh.mkdir()
+    os.utime(stale, (0, 0))
+    with atomic_directory(tmp_path / "cache") as staging:
+        (staging / "x").write_text("1")
+    assert not stale.exists()
+    assert fresh.exists()
