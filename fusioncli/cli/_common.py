@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -55,10 +56,11 @@ def report_errors(func: F) -> F:
         except FusionError as exc:
             if debug_enabled():
                 raise
+            # escape: paths and values may contain [brackets] that rich would read as markup
             for problem in exc.problems:
-                err.print(f"[bold red]error:[/] {problem}", highlight=False, markup=True, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+                err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if debug_enabled():

@@ -45,3 +45,23 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = runner.invoke(app, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def test_errors_are_one_line_each_with_brackets_kept_and_no_traceback() -> None:
+    import typer
+
+    from fusioncli.cli._common import report_errors
+    from fusioncli.errors import BadInputError
+
+    mini = typer.Typer()
+
+    @mini.command()
+    @report_errors
+    def fail() -> None:
+        raise BadInputError(["a/[x]/0001.png: truncated", "b.npy: not a .npy file"], hint="fix it")
+
+    result = runner.invoke(mini, [])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: a/[x]/0001.png: truncated", "error: b.npy: not a .npy file", "hint: fix it"]
+    assert "Traceback" not in result.output
