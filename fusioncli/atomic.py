@@ -35,6 +35,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:  # flush to disk before the rename makes it visible
             os.fsync(fh.fileno())
+        # mkstemp creates 0600; give the file the mode a plain open() would (umask applies)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -95,3 +97,9 @@ def _remove_stale_staging(target: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
         except FileNotFoundError:  # removed by someone else meanwhile
             pass
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it and set it back
+    os.umask(mask)
+    return mask

@@ -58,3 +58,14 @@ def test_stale_staging_leftovers_are_removed_fresh_ones_kept(tmp_path: Path) -> 
         (staging / "x").write_text("1")
     assert not stale.exists()
     assert fresh.exists()
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    target = tmp_path / "rec.json"
+    atomic_write_json(target, {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
