@@ -1,10 +1,157 @@
-"""`fusioncli train` (placeholder until implemented)."""
+"""`fusioncli train`: train one fusion strategy on the prepared cache and report what it measured."""
 
-from fusioncli.errors import RunFailedError
-from fusioncli.cli._common import report_errors
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
+from fusioncli.paths import default_cache_dir
+
+
+class Scheduler(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  train_loss {row['train_loss']:.4f}  "
+        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+        f"lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+    )
+
+
+def _mib(n: Optional[int]) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def _summary_tables(record: dict[str, Any]) -> list[Table]:
+    cfg, m, t, mem, env = record["config"], record["metrics"], record["timing"], record["memory"], record["env"]
+    p = record["params"]
+    run = Table(title=f"run {record['run_id']}", show_header=False, title_justify="left")
+    run.add_column("what", style="bold")
+    run.add_column("value")
+    rows = [
+        ("strategy / backbone", f"{cfg['strategy']} / {cfg['backbone']}"),
+        ("device / precision", f"{cfg['device']} ({env['device_name']}) / {cfg['precision']}"),
+        ("lr / scheduler", f"{cfg['lr']:g} / {cfg['scheduler']}"),
+        ("epochs / batch / seed", f"{cfg['epochs']} / {cfg['batch_size']} / {cfg['seed']}"),
+        ("train / val samples", f"{record['dataset']['n_train']} / {record['dataset']['n_val']}"),
+        ("val loss", f"{m['val_loss']:.4f}"),
+        ("val accuracy", f"{m['val_accuracy']:.4f}"),
+        ("F1 (macro)", f"{m['f1_macro']:.4f}"),
+        (
+            "parameters",
+            f"{p['total']:,} (encoder {p['encoder']:,}, fusion {p['fusion']:,}, head {p['head']:,}; "
+            f"trainable {p['trainable']:,})",
+        ),
+        ("FLOPs / sample (fwd)", f"{record['flops_per_sample']:,}"),
+        ("wall time", f"{t['train_seconds']:.1f} s"),
+        ("throughput", f"{t['samples_per_s']:.1f} samples/s ({t['samples_per_s_note']})"),
+    ]
+    if mem["peak_gpu_allocated_bytes"] is not None:
+        rows.append(
+            ("peak GPU memory", f"{_mib(mem['peak_gpu_allocated_bytes'])} allocated, {_mib(mem['peak_gpu_reserved_bytes'])} reserved")
+        )
+    rows.append(("peak host RSS", f"{_mib(mem['peak_host_rss_bytes'])} (process lifetime)"))
+    for what, value in rows:
+        run.add_row(what, value)
+
+    per_class = Table(title="validation, per class", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for name, c in m["per_class"].items():
+        per_class.add_row(name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
+    return [run, per_class]
 
 
 @report_errors
-def train() -> None:
-    """Not implemented yet."""
-    raise RunFailedError("fusioncli train is not implemented yet")
+def train(
+    strategy: Annotated[
+        str, typer.Option("--strategy", "-s", help="Fusion strategy (`fusioncli strategies` lists them).")
+    ] = "late",
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone preset: seed or lab.")] = "seed",
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
+    scheduler: Annotated[
+        Scheduler, typer.Option("--scheduler", help="cosine: CosineAnnealingLR(T_max=epochs), stepped per epoch.")
+    ] = Scheduler.cosine,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size (last partial batch kept).")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for weights and batch order.")] = 51,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[
+        Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
+    ] = Precision.auto,
+    limit_per_class: Annotated[
+        Optional[int],
+        typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cache-dir", help="Prepared cache (default .fusioncli/cache or $FUSIONCLI_CACHE_DIR).", show_default=False
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", help="Save weights here (safetensors) plus <stem>.json with config and metrics."),
+    ] = None,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table: summary tables; json: the run record.")
+    ] = OutputFormat.table,
+) -> None:
+    """Train one fusion strategy on the prepared cache and print what it measured.
+
+    Progress goes to stderr; the summary (or, with --format json, the run record as one JSON object) goes to stdout.
+
+    Example:  fusioncli train --strategy late --epochs 3 --limit-per-class 500 --format json
+    """
+    # Imported here so `fusioncli --help` does not pay for torch.
+    from fusioncli.train.config import RunConfig
+    from fusioncli.train.loop import train_from_cache
+
+    config = RunConfig(
+        strategy=strategy,
+        backbone=backbone,
+        lr=lr,
+        scheduler=scheduler.value,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        precision=precision.value,
+        limit_per_class=limit_per_class,
+    ).resolve()
+    err.print(
+        f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), "
+        f"{config.epochs} epochs",
+        highlight=False,
+    )
+    bar_on = progress_enabled() and format is OutputFormat.table
+    with progress_bar("epochs", total=config.epochs, enabled=bar_on) as advance:
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            err.print(_epoch_line(row, config.epochs), highlight=False)
+            advance(1)
+
+        result = train_from_cache(
+            config, cache_dir if cache_dir is not None else default_cache_dir(), on_epoch=on_epoch, checkpoint=checkpoint
+        )
+    record = result.record
+    if checkpoint is not None:
+        err.print(f"checkpoint written: {checkpoint} (+ {checkpoint.with_suffix('.json').name})", highlight=False)
+    if format is OutputFormat.json:
+        out.print(json.dumps(record), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return
+    for table in _summary_tables(record):
+        out.print(table)

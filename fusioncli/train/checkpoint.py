@@ -1,0 +1,110 @@
+"""Checkpoints: safetensors weights plus a JSON sidecar with the run's config and metrics.
+
+``model.safetensors`` holds the state dict; ``model.json`` (same stem) says which strategy,
+backbone and number of classes rebuild the model, and carries the run record. Loading reads
+JSON and safetensors only, so a checkpoint from anywhere can never execute code (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fusioncli.atomic import atomic_path, atomic_write_json
+from fusioncli.errors import BadInputError
+
+CHECKPOINT_SCHEMA = 1
+
+
+def info_path(path: Path) -> Path:
+    """The JSON sidecar of the weights file ``path``."""
+    return Path(path).with_suffix(".json")
+
+
+def check_checkpoint_path(path: Path) -> None:
+    """Raise :class:`BadInputError` when ``path`` cannot hold weights next to a JSON sidecar."""
+    path = Path(path)
+    if path.suffix == ".json":
+        raise BadInputError(
+            f"--checkpoint {path}: the weights file cannot end in .json (its info goes to <stem>.json)",
+            hint="use e.g. --checkpoint model.safetensors",
+        )
+    if path.exists() and path.is_dir():
+        raise BadInputError(f"--checkpoint {path} is a folder; give a file name such as {path / 'model.safetensors'}")
+
+
+def _model_spec(info: dict[str, Any]) -> dict[str, Any]:
+    config = info.get("config") or {}
+    dataset = info.get("dataset") or {}
+    num_classes = info.get("num_classes") or len(dataset.get("class_names") or []) or None
+    spec = {"strategy": config.get("strategy"), "backbone": config.get("backbone"), "num_classes": num_classes}
+    missing = [k for k, v in spec.items() if v is None]
+    if missing:
+        raise ValueError(
+            f"checkpoint info needs config.strategy, config.backbone and dataset.class_names "
+            f"(or num_classes); missing: {', '.join(missing)}"
+        )
+    return spec
+
+
+def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
+    """Write ``model``'s weights to ``path`` (safetensors) and ``info`` to ``path.with_suffix('.json')``.
+
+    ``info`` is a run record (or any dict with ``config.strategy``, ``config.backbone`` and
+    ``dataset.class_names``). Both files are written atomically, weights first, so a sidecar
+    never describes weights that are not there yet.
+    """
+    path = Path(path)
+    check_checkpoint_path(path)
+    spec = _model_spec(info)
+    # safetensors wants contiguous, unshared CPU tensors; channels_last weights become plain
+    # NCHW here, which is also what a fresh model expects.
+    state = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    metadata = {"format": "pt", "producer": "fusioncli", **{k: str(v) for k, v in spec.items()}}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    atomic_write_json(
+        info_path(path),
+        {"checkpoint_schema": CHECKPOINT_SCHEMA, "weights": path.name, "model": spec, "info": info},
+    )
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at ``path`` (weights loaded, eval mode) and return it with its info.
+
+    Reads only JSON and safetensors (never unpickles). A missing or damaged file raises
+    :class:`BadInputError`.
+    """
+    from fusioncli.models import create_model
+
+    path = Path(path)
+    sidecar = info_path(path)
+    problems = [f"checkpoint {p} does not exist" for p in (path, sidecar) if not p.is_file()]
+    if problems:
+        raise BadInputError(problems, hint="write one with `fusioncli train --checkpoint PATH`")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        spec = meta["model"]
+        info = meta["info"]
+        if meta.get("checkpoint_schema") != CHECKPOINT_SCHEMA:
+            raise ValueError(f"unsupported checkpoint_schema {meta.get('checkpoint_schema')!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(f"checkpoint info {sidecar} is not valid: {exc}") from None
+    model = create_model(spec["strategy"], spec["backbone"], int(spec["num_classes"]))
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise BadInputError(f"checkpoint {path} is not a valid safetensors file: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BadInputError(f"checkpoint {path} does not fit {spec['strategy']}/{spec['backbone']}: {exc}") from None
+    model.to(device)
+    model.eval()
+    return model, info

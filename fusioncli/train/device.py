@@ -1,0 +1,113 @@
+"""Device and precision resolution: turn ``auto`` into what this machine can actually do.
+
+``--device auto`` means the first CUDA device when there is one, else the CPU. ``--precision
+auto`` means bf16 autocast where the hardware computes bf16 natively (CUDA devices that report
+it; CPUs with AVX512_BF16 or AMX), fp32 otherwise. Asking for something the machine cannot do
+is a :class:`~fusioncli.errors.BadInputError`, not a silent fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from fusioncli.errors import BadInputError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# /proc/cpuinfo flags of x86 CPUs with native bf16 dot products. Without them oneDNN emulates
+# bf16 through fp32 conversions, which is slower than plain fp32, so "auto" must not pick it.
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# torch.backends.cpu.get_cpu_capability() names that imply native bf16 (newer torch builds).
+_CPU_BF16_CAPABILITIES = ("AVX512_BF16", "AMX", "AMX_BF16")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_bf16_supported() -> bool:
+    """True when the CPU computes bf16 natively (AVX512_BF16 or AMX), so autocast pays off."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability().upper()
+    except Exception:  # older torch without the probe: fall back to the flags
+        capability = ""
+    if any(name in capability for name in _CPU_BF16_CAPABILITIES):
+        return True
+    return any(flag in _cpuinfo_flags() for flag in _CPU_BF16_FLAGS)
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 autocast is native on ``device`` (a resolved device string)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_bf16_supported()
+
+
+def validate_device_spec(spec: str) -> None:
+    """Raise :class:`BadInputError` unless ``spec`` is auto, cpu, cuda or cuda:N."""
+    if not DEVICE_PATTERN.match(spec):
+        raise BadInputError(f"--device must be auto, cpu, cuda or cuda:N (got {spec!r})")
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> ``cuda:0`` or ``cpu``; ``cuda`` -> ``cuda:0``; checks the device exists."""
+    validate_device_spec(spec)
+    if spec == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise BadInputError(f"--device {spec}: CUDA is not available", hint="use --device cpu or --device auto")
+    index = int(spec.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise BadInputError(f"--device {spec}: only {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
+    return f"cuda:{index}"
+
+
+def resolve_precision(spec: str, device: str) -> str:
+    """``auto`` -> ``bf16`` where native on ``device`` else ``fp32``; bf16 without support fails."""
+    if spec not in PRECISIONS:
+        raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)} (got {spec!r})")
+    if spec == "fp32":
+        return "fp32"
+    supported = bf16_supported(device)
+    if spec == "bf16" and not supported:
+        raise BadInputError(
+            f"--precision bf16: {device} has no native bf16 support",
+            hint="use --precision fp32 or --precision auto",
+        )
+    return "bf16" if supported else "fp32"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model_name() -> str:
+    """The CPU's marketing name (``model name`` in /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    """A human name for a resolved device: the GPU's name on CUDA, the CPU model otherwise."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_model_name()
