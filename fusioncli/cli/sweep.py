@@ -1,10 +1,322 @@
-"""`fusioncli sweep` (placeholder until implemented)."""
+"""`fusioncli sweep`: train the Cartesian product of strategies x lrs x schedulers x seeds."""
 
-from fusioncli.errors import RunFailedError
-from fusioncli.cli._common import report_errors
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
+from fusioncli.errors import BadInputError
+from fusioncli.paths import default_cache_dir, default_results_dir
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def format_lr(value: float) -> str:
+    from fusioncli.results.render import format_lr as _format_lr
+
+    return _format_lr(value)
+
+
+def run_label(config: Any) -> str:
+    """``late lr=1e-4 cosine seed=51`` -- how a run is named in progress lines."""
+    return f"{config.strategy} lr={format_lr(config.lr)} {config.scheduler} seed={config.seed}"
+
+
+def outcome_line(outcome: Any) -> str:
+    """The one stderr line printed when a grid point is done (rich markup)."""
+    head = f"[{outcome.index}/{outcome.total}] {run_label(outcome.config)}"
+    record = outcome.record or {}
+    metrics = record.get("metrics") or {}
+    if outcome.status == "skipped":
+        acc = metrics.get("val_accuracy")
+        extra = f": acc {acc * 100:.2f}%" if isinstance(acc, (int, float)) else ""
+        return f"[dim]{head}  skipped (already finished{extra})[/]"
+    if outcome.status == "failed":
+        first = (outcome.error or "unknown error").splitlines()[0]
+        return f"{head}  [bold red]FAILED:[/] {_escape(first)}"
+    line = head
+    for name, key in (("acc", "val_accuracy"), ("F1", "f1_macro")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            line += f"  {name} {value * 100:.2f}%"
+    seconds = (record.get("timing") or {}).get("train_seconds")
+    if isinstance(seconds, (int, float)):
+        line += f"  {seconds:.1f}s"
+    if outcome.new_best:
+        line += "  [green](new best)[/]"
+    return line
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def print_summary(summary: Any, results_dir: Path) -> None:
+    """Counts, failures, the best run and where things are (stderr)."""
+    minutes, seconds = divmod(int(round(summary.seconds)), 60)
+    parts = [f"{len(summary.finished)} finished", f"{len(summary.skipped)} skipped", f"{len(summary.failed)} failed"]
+    if summary.not_run:
+        parts.append(f"{summary.not_run} not run")
+    err.print(
+        f"sweep: {', '.join(parts)} of {summary.total} in {minutes}m {seconds:02d}s; results in {results_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for warning in summary.warnings:
+        err.print(f"[yellow]warning:[/] {_escape(warning)}", highlight=False, soft_wrap=True)
+    for outcome in summary.failed:
+        err.print(
+            f"  [red]failed[/] {outcome.run_id} {run_label(outcome.config)}: {_escape(outcome.error or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if summary.failed:
+        err.print(
+            "  (each failed record keeps its error and traceback in records/<run_id>.json; "
+            "re-running the sweep retries failed runs)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    best = summary.best
+    if best:
+        from fusioncli.train.config import RunConfig
+
+        try:
+            label = run_label(RunConfig.from_dict(best["config"]))
+        except Exception:  # a best from an older version: show the id only
+            label = ""
+        acc = (best.get("metrics") or {}).get("val_accuracy", float("nan"))
+        weights = Path(results_dir) / "best" / "model.safetensors"
+        err.print(
+            f"best: {label} acc {acc * 100:.2f}% (run {best['run_id']}) -> {weights}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if summary.interrupted:
+        err.print("[bold red]interrupted[/]: finished runs are kept; run the same command again to resume")
+    elif summary.finished or summary.skipped:
+        err.print(f"next: fusioncli report --results-dir {results_dir}", highlight=False, soft_wrap=True)
+
+
+def outcomes_json(summary: Any) -> str:
+    """The ``--format json`` stdout: one object per grid point reached."""
+    rows = []
+    for o in summary.outcomes:
+        metrics = (o.record or {}).get("metrics") or {}
+        rows.append(
+            {
+                "run_id": o.run_id,
+                "status": o.status,
+                **o.config.to_dict(),
+                "val_accuracy": metrics.get("val_accuracy"),
+                "f1_macro": metrics.get("f1_macro"),
+                "error": o.error,
+                "new_best": o.new_best,
+            }
+        )
+    return json.dumps(rows, indent=2)
+
+
+def execute_sweep(configs: list, cache_dir: Path, results_dir: Path, *, show_bar: bool, **kwargs: Any) -> Any:
+    """Run the sweep with one stderr line per grid point and an overall bar; returns the summary."""
+    from fusioncli.sweep.runner import sweep_from_cache
+
+    total_epochs = sum(c.epochs for c in configs)
+    with progress_bar("sweep", total=total_epochs, enabled=show_bar) as advance:
+        epochs_done: dict[str, int] = {}
+
+        def on_run_start(index: int, total: int, run_id: str, config: Any) -> None:
+            epochs_done[run_id] = 0
+            advance(0, description=f"[{index}/{total}] {run_label(config)}")
+
+        def on_epoch(config: Any, row: dict) -> None:
+            advance(1)
+
+        def on_run_end(outcome: Any) -> None:
+            # Skipped and failed runs still count as done for the bar.
+            advance(max(outcome.config.epochs - len(_history_of(outcome)), 0))
+            err.print(outcome_line(outcome), highlight=False, soft_wrap=True)
+
+        return sweep_from_cache(
+            configs,
+            cache_dir,
+            results_dir,
+            on_run_start=on_run_start,
+            on_epoch=on_epoch,
+            on_run_end=on_run_end,
+            **kwargs,
+        )
+
+
+def _history_of(outcome: Any) -> list:
+    if outcome.status == "skipped":
+        return []
+    return (outcome.record or {}).get("history") or []
 
 
 @report_errors
-def sweep() -> None:
-    """Not implemented yet."""
-    raise RunFailedError("fusioncli sweep is not implemented yet")
+def sweep(
+    strategies: Annotated[
+        str, typer.Option("--strategies", help="Comma list of strategies (`fusioncli strategies` lists them).")
+    ] = "late,intermediate-concat,intermediate-add,intermediate-multiply",
+    lrs: Annotated[str, typer.Option("--lrs", help="Comma list of Adam learning rates.")] = "1e-4,1e-5,1e-6",
+    schedulers: Annotated[
+        str, typer.Option("--schedulers", help="Comma list of schedulers: cosine, constant.")
+    ] = "cosine,constant",
+    seeds: Annotated[
+        str, typer.Option("--seeds", help="Comma list of seeds (several give mean ± std in the report).")
+    ] = "51",
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = 15,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone preset: seed or lab.")] = "seed",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (all runs on this one device).")
+    ] = "auto",
+    precision: Annotated[
+        Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
+    ] = Precision.auto,
+    limit_per_class: Annotated[
+        Optional[int],
+        typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cache-dir", help="Prepared cache (default .fusioncli/cache or $FUSIONCLI_CACHE_DIR).", show_default=False
+        ),
+    ] = None,
+    results_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--results-dir",
+            help="Results store (default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already finished.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the runs (and which are already done) without training.")
+    ] = False,
+    wandb: Annotated[
+        bool,
+        typer.Option("--wandb", help="Log each run to Weights & Biases (extra: pip install 'fusioncli\\[wandb]')."),
+    ] = False,
+    wandb_project: Annotated[str, typer.Option("--wandb-project", help="W&B project name.")] = "fusioncli",
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Log each run to MLflow (extra: pip install 'fusioncli\\[mlflow]').")
+    ] = False,
+    mlflow_uri: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mlflow-uri",
+            help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the results folder).",
+            show_default=False,
+        ),
+    ] = None,
+    format: Annotated[
+        OutputFormat,
+        typer.Option("--format", "-f", help="table: lines on stderr only; json: run ids and status on stdout."),
+    ] = OutputFormat.table,
+) -> None:
+    """Train the grid strategies x lrs x schedulers x seeds on one device.
+
+    Finished runs are stored one file each in the results folder and skipped
+    when the sweep is run again (--force recomputes them); failed runs are
+    recorded with their error and retried next time. Killing a sweep loses at
+    most the run in flight: run the same command to resume. The best run's
+    weights are kept in <results>/best/. Exit code 1 if any run failed.
+
+    Example:  fusioncli sweep --lrs 1e-4,1e-5 --seeds 51,52,53 --epochs 5
+    """
+    from fusioncli.models import strategy_names
+    from fusioncli.sweep.grid import SCHEDULERS, expand_grid, parse_choices, parse_floats, parse_ints
+    from fusioncli.sweep.tracking import make_trackers
+
+    # Parse every list before failing, so one invocation reports all bad values.
+    problems: list[str] = []
+    parsed: dict[str, list] = {}
+    for key, parse in (
+        ("strategies", lambda: parse_choices(strategies, "--strategies", strategy_names())),
+        ("lrs", lambda: parse_floats(lrs, "--lrs")),
+        ("schedulers", lambda: parse_choices(schedulers, "--schedulers", SCHEDULERS)),
+        ("seeds", lambda: parse_ints(seeds, "--seeds")),
+    ):
+        try:
+            parsed[key] = parse()
+        except BadInputError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise BadInputError(problems)
+    configs = expand_grid(
+        **parsed,
+        epochs=epochs,
+        batch_size=batch_size,
+        backbone=backbone,
+        device=device,
+        precision=precision.value,
+        limit_per_class=limit_per_class,
+    )
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    results = results_dir if results_dir is not None else default_results_dir()
+
+    if dry_run:
+        _dry_run(configs, cache, results, format)
+        return
+
+    trackers = make_trackers(
+        wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, wandb_project=wandb_project
+    )
+    err.print(
+        f"sweep: {len(configs)} runs ({configs[0].resolve().device}), results in {results}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    summary = execute_sweep(
+        configs,
+        cache,
+        results,
+        show_bar=progress_enabled() and format is OutputFormat.table,
+        force=force,
+        trackers=trackers,
+    )
+    if format is OutputFormat.json:
+        out.print(outcomes_json(summary), markup=False, highlight=False, emoji=False, soft_wrap=True)
+    print_summary(summary, results)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def _dry_run(configs: list, cache: Path, results: Path, format: OutputFormat) -> None:
+    from rich.table import Table
+
+    from fusioncli.results.store import ResultsStore
+    from fusioncli.sweep.runner import load_sweep_data, plan_sweep
+
+    data = load_sweep_data(configs, cache)
+    plan = plan_sweep(configs, data.fingerprint, ResultsStore(results))
+    if format is OutputFormat.json:
+        rows = [{"run_id": p.run_id, "stored_status": p.stored_status, **p.config.to_dict()} for p in plan]
+        out.print(json.dumps(rows, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
+    else:
+        table = Table(title=f"{len(plan)} runs planned")
+        for col in ("#", "run id", "strategy", "lr", "scheduler", "seed", "stored"):
+            table.add_column(col)
+        for p in plan:
+            c = p.config
+            table.add_row(
+                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, str(c.seed), p.stored_status or "-"
+            )
+        out.print(table)
+    todo = sum(1 for p in plan if p.stored_status != "finished")
+    err.print(
+        f"dry run: {todo} of {len(plan)} runs would be trained (others are finished)", highlight=False, soft_wrap=True
+    )

@@ -1,0 +1,1 @@
+"""Sweeps: grid expansion, local execution with skip/resume, optional experiment tracking."""

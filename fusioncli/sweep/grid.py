@@ -1,0 +1,120 @@
+"""The sweep grid: comma-list parsing and the Cartesian product of run configurations.
+
+``fusioncli sweep --strategies late,intermediate-add --lrs 1e-4,1e-5`` becomes one
+:class:`~fusioncli.train.config.RunConfig` per combination. Parsing is strict: a bad item is
+named with its flag, and every problem is reported at once (one line each).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from fusioncli.errors import BadInputError
+from fusioncli.train.config import RunConfig
+
+T = TypeVar("T")
+
+# The seed notebook's grid: four strategies x three learning rates x two schedulers, seed 51.
+DEFAULT_STRATEGIES = ("late", "intermediate-concat", "intermediate-add", "intermediate-multiply")
+DEFAULT_LRS = (1e-4, 1e-5, 1e-6)
+DEFAULT_SCHEDULERS = ("cosine", "constant")
+DEFAULT_SEEDS = (51,)
+SCHEDULERS = ("cosine", "constant")
+
+
+def split_list(text: str, flag: str) -> list[str]:
+    """Split a comma list (``"a, b,c"``) into stripped items; empty items are an error."""
+    items = [item.strip() for item in str(text).split(",")]
+    if not items or any(item == "" for item in items):
+        raise BadInputError(f"{flag}: empty item in {text!r}; give a comma-separated list like 'a,b'")
+    return items
+
+
+def _parse_items(text: str, flag: str, convert: Callable[[str], T], what: str) -> list[T]:
+    """Convert every item of a comma list; one error naming all bad values."""
+    values: list[T] = []
+    bad: list[str] = []
+    for item in split_list(text, flag):
+        try:
+            values.append(convert(item))
+        except (ValueError, OverflowError):
+            bad.append(item)
+    if bad:
+        raise BadInputError([f"{flag}: {item!r} is not {what}" for item in bad])
+    return _dedupe(values)
+
+
+def _dedupe(values: Iterable[T]) -> list[T]:
+    # Repeating a value would run the same configuration twice under one run id.
+    seen: list[T] = []
+    for value in values:
+        if value not in seen:
+            seen.append(value)
+    return seen
+
+
+def _positive_float(item: str) -> float:
+    value = float(item)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(item)
+    return value
+
+
+def _int(item: str) -> int:
+    # int("1e3") fails, which is what we want: seeds are integers, not floats that look whole.
+    return int(item)
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    """Parse a comma list of positive finite floats (learning rates), e.g. ``"1e-4,1e-5"``."""
+    return _parse_items(text, flag, _positive_float, "a positive number (e.g. 1e-4)")
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    """Parse a comma list of integers (seeds), e.g. ``"51,52,53"``."""
+    return _parse_items(text, flag, _int, "an integer")
+
+
+def parse_choices(text: str, flag: str, choices: Sequence[str]) -> list[str]:
+    """Parse a comma list whose items must be among ``choices`` (errors list the known ones)."""
+    items = split_list(text, flag)
+    bad = [item for item in items if item not in choices]
+    if bad:
+        known = ", ".join(choices)
+        raise BadInputError([f"{flag}: unknown value {item!r}; choose from: {known}" for item in bad])
+    return _dedupe(items)
+
+
+def expand_grid(
+    *,
+    strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    lrs: Sequence[float] = DEFAULT_LRS,
+    schedulers: Sequence[str] = DEFAULT_SCHEDULERS,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    **common: Any,
+) -> list[RunConfig]:
+    """Every combination of the four grid axes as a RunConfig, plus the shared ``common`` fields.
+
+    Order: strategy, then lr, then scheduler, then seed (innermost), so the runs of one
+    configuration follow each other. ``common`` takes the other RunConfig fields (epochs,
+    batch_size, backbone, device, precision, limit_per_class). Invalid values raise
+    :class:`BadInputError` once per problem, not once per combination.
+    """
+    for flag, axis in (("--strategies", strategies), ("--lrs", lrs), ("--schedulers", schedulers), ("--seeds", seeds)):
+        if len(axis) == 0:
+            raise BadInputError(f"{flag}: give at least one value")
+    configs: list[RunConfig] = []
+    problems: list[str] = []
+    for strategy, lr, scheduler, seed in itertools.product(strategies, lrs, schedulers, seeds):
+        try:
+            configs.append(RunConfig(strategy=strategy, lr=lr, scheduler=scheduler, seed=seed, **common))
+        except BadInputError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+        except TypeError as exc:  # an unknown field name: a programming error, but say which
+            raise BadInputError(f"invalid run option: {exc}") from None
+    if problems:
+        raise BadInputError(problems)
+    return configs

@@ -1,0 +1,210 @@
+"""`fusioncli sweep` through the CLI: option parsing, output, exit codes, skip/resume, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
+from sweep_fakes import FakeTrainer  # noqa: E402
+
+from fusioncli.cli import app  # noqa: E402
+
+runner = CliRunner()
+SMALL = ["--strategies", "late,intermediate-add", "--lrs", "1e-3", "--schedulers", "cosine", "--epochs", "1"]
+
+
+def _args(cache_dir: Path, results: Path, *extra: str) -> list[str]:
+    return ["sweep", *SMALL, "--cache-dir", str(cache_dir), "--results-dir", str(results), *extra]
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> FakeTrainer:
+    """Replace the real training loop inside the runner with the fast fake."""
+    trainer = FakeTrainer()
+    monkeypatch.setattr("fusioncli.sweep.runner.train_run", trainer)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--lrs", "1e-4,abc", "--lrs: 'abc' is not a positive number"),
+        ("--lrs", "1e-4,,1e-5", "--lrs: empty item"),
+        ("--seeds", "51,x", "--seeds: 'x' is not an integer"),
+        ("--schedulers", "cosine,step", "--schedulers: unknown value 'step'; choose from: cosine, constant"),
+        ("--strategies", "late,nope", "--strategies: unknown value 'nope'; choose from: late,"),
+    ],
+)
+def test_bad_lists_exit_2_naming_the_value(option: str, value: str, message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", option, value, "--cache-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_all_bad_lists_reported_at_once(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--lrs", "abc", "--seeds", "x", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "'abc'" in result.stderr and "'x'" in result.stderr
+
+
+def test_bad_train_option_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--epochs", "0", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--epochs" in result.stderr
+
+
+def test_missing_cache_exits_2_with_a_hint(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["sweep", *SMALL, "--cache-dir", str(tmp_path / "nocache"), "--results-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "fusioncli prepare" in result.stderr
+
+
+def test_sweep_runs_then_skips(cache_dir: Path, tmp_path: Path, fake_training: FakeTrainer) -> None:
+    results = tmp_path / "results"
+    result = runner.invoke(app, _args(cache_dir, results, "--format", "json"))
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["strategy"], r["status"]) for r in rows] == [("late", "finished"), ("intermediate-add", "finished")]
+    assert "[1/2] late lr=1e-3 cosine seed=51  acc " in result.stderr
+    assert "sweep: 2 finished, 0 skipped, 0 failed of 2" in result.stderr
+    assert "best: late" in result.stderr
+    assert (results / "best" / "model.safetensors").is_file()
+    assert len(fake_training.calls) == 2
+
+    again = runner.invoke(app, _args(cache_dir, results, "--format", "json"))
+    assert again.exit_code == 0
+    assert [r["status"] for r in json.loads(again.stdout)] == ["skipped", "skipped"]
+    assert "skipped (already finished: acc" in again.stderr
+    assert len(fake_training.calls) == 2
+
+    forced = runner.invoke(app, _args(cache_dir, results, "--force"))
+    assert forced.exit_code == 0 and len(fake_training.calls) == 4
+    assert forced.stdout == ""  # table format: everything human goes to stderr
+
+
+def test_failed_run_exits_1_and_is_listed(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = FakeTrainer(fail=lambda c: RuntimeError("CUDA out of memory") if c.strategy == "late" else None)
+    monkeypatch.setattr("fusioncli.sweep.runner.train_run", trainer)
+    result = runner.invoke(app, _args(cache_dir, tmp_path / "results"))
+    assert result.exit_code == 1
+    assert "[1/2] late lr=1e-3 cosine seed=51  FAILED: RuntimeError: CUDA out of memory" in result.stderr
+    assert "1 finished, 0 skipped, 1 failed" in result.stderr
+    assert "retries failed runs" in result.stderr
+
+
+def test_interrupt_exits_130_and_keeps_finished_runs(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = FakeTrainer(fail=lambda c: KeyboardInterrupt() if c.strategy == "intermediate-add" else None)
+    monkeypatch.setattr("fusioncli.sweep.runner.train_run", trainer)
+    result = runner.invoke(app, _args(cache_dir, tmp_path / "results"))
+    assert result.exit_code == 130
+    assert "1 finished, 0 skipped, 0 failed, 1 not run" in result.stderr
+    assert "run the same command again to resume" in result.stderr
+    assert len(list((tmp_path / "results" / "runs").glob("*.parquet"))) == 1
+
+
+def test_dry_run_lists_the_plan(cache_dir: Path, tmp_path: Path, fake_training: FakeTrainer) -> None:
+    results = tmp_path / "results"
+    runner.invoke(
+        app,
+        [
+            "sweep",
+            *SMALL[:-4],
+            "--lrs",
+            "1e-3",
+            "--schedulers",
+            "cosine",
+            "--strategies",
+            "late",
+            "--epochs",
+            "1",
+            "--cache-dir",
+            str(cache_dir),
+            "--results-dir",
+            str(results),
+        ],
+    )
+    result = runner.invoke(app, _args(cache_dir, results, "--dry-run", "--format", "json"))
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert [(r["strategy"], r["stored_status"]) for r in rows] == [("late", "finished"), ("intermediate-add", None)]
+    assert "1 of 2 runs would be trained" in result.stderr
+    assert len(fake_training.calls) == 1  # the dry run trained nothing
+
+
+def test_wandb_without_the_package(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    result = runner.invoke(app, _args(cache_dir, tmp_path / "results", "--wandb"))
+    assert result.exit_code == 2
+    # the exact hint (with [wandb]) is checked in tests/sweep/test_tracking.py; rich markup in
+    # _common.report_errors currently eats "[wandb]" (reported to the lead)
+    assert "install the wandb extra: pip install 'fusioncli" in result.stderr
+
+
+def test_help_names_the_defaults() -> None:
+    result = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "late,intermediate-concat,intermediate-add,intermediate-multiply" in result.stdout
+    assert "1e-4,1e-5,1e-6" in result.stdout and "cosine,constant" in result.stdout
+
+
+@pytest.mark.slow
+def test_real_cli_killed_with_sigkill_resumes(cache_dir: Path, tmp_path: Path) -> None:
+    """`python -m fusioncli sweep` with real training, SIGKILLed after its first record, resumes."""
+    results = tmp_path / "results"
+    args = [
+        sys.executable,
+        "-m",
+        "fusioncli",
+        "sweep",
+        "--strategies",
+        "late,intermediate-add,intermediate-multiply",
+        "--lrs",
+        "1e-3",
+        "--schedulers",
+        "cosine",
+        "--epochs",
+        "1",
+        "--limit-per-class",
+        "8",
+        "--precision",
+        "fp32",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(cache_dir),
+        "--results-dir",
+        str(results),
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, FUSIONCLI_NO_PROGRESS="1")
+    )
+    deadline = time.monotonic() + 120
+    while not list((results / "runs").glob("*.parquet")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no run finished in time"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # now in the second run (or between runs)
+    proc.wait(timeout=30)
+    first = sorted(p.name for p in (results / "runs").glob("*.parquet"))
+    assert 1 <= len(first) <= 2
+    record = json.loads((results / "records" / first[0].replace(".parquet", ".json")).read_text())
+    assert record["status"] == "finished"
+
+    resumed = subprocess.run(args + ["--format", "json"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    statuses = [r["status"] for r in json.loads(resumed.stdout)]
+    assert statuses.count("skipped") == len(first)
+    assert statuses.count("finished") == 3 - len(first)

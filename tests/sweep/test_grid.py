@@ -1,0 +1,111 @@
+"""Grid expansion and comma-list parsing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fusioncli.errors import BadInputError
+from fusioncli.sweep.grid import (
+    DEFAULT_LRS,
+    DEFAULT_SCHEDULERS,
+    DEFAULT_STRATEGIES,
+    expand_grid,
+    parse_choices,
+    parse_floats,
+    parse_ints,
+    split_list,
+)
+from fusioncli.train.config import RunConfig
+
+
+def test_split_list_strips_spaces() -> None:
+    assert split_list(" late , intermediate-add", "--strategies") == ["late", "intermediate-add"]
+
+
+@pytest.mark.parametrize("text", ["", ",", "a,,b", "a,", " , a"])
+def test_split_list_rejects_empty_items(text: str) -> None:
+    with pytest.raises(BadInputError, match="--x: empty item"):
+        split_list(text, "--x")
+
+
+def test_parse_floats_accepts_scientific_notation() -> None:
+    assert parse_floats("1e-4,1e-5, 0.001", "--lrs") == [1e-4, 1e-5, 0.001]
+
+
+def test_parse_floats_names_every_bad_value() -> None:
+    with pytest.raises(BadInputError) as info:
+        parse_floats("1e-4,abc,-1,nan", "--lrs")
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert all(p.startswith("--lrs: ") for p in problems)
+    assert "'abc'" in problems[0] and "'-1'" in problems[1] and "'nan'" in problems[2]
+
+
+def test_parse_floats_drops_repeats_keeping_order() -> None:
+    assert parse_floats("1e-5,1e-4,0.00001", "--lrs") == [1e-5, 1e-4]
+
+
+def test_parse_ints() -> None:
+    assert parse_ints("51, 52,53", "--seeds") == [51, 52, 53]
+    with pytest.raises(BadInputError, match=r"--seeds: '1\.5' is not an integer"):
+        parse_ints("51,1.5", "--seeds")
+
+
+def test_parse_choices_lists_known_values() -> None:
+    assert parse_choices("constant,cosine", "--schedulers", ("cosine", "constant")) == ["constant", "cosine"]
+    with pytest.raises(BadInputError, match=r"--schedulers: unknown value 'step'; choose from: cosine, constant"):
+        parse_choices("cosine,step", "--schedulers", ("cosine", "constant"))
+
+
+@given(st.lists(st.floats(min_value=1e-9, max_value=10.0, allow_nan=False), min_size=1, max_size=6))
+def test_parse_floats_round_trips_repr(values: list[float]) -> None:
+    parsed = parse_floats(",".join(repr(v) for v in values), "--lrs")
+    assert parsed == list(dict.fromkeys(values))
+
+
+def test_default_grid_is_the_seed_notebooks() -> None:
+    configs = expand_grid(epochs=1, device="cpu")
+    assert len(configs) == 4 * 3 * 2 * 1
+    expected = list(itertools.product(DEFAULT_STRATEGIES, DEFAULT_LRS, DEFAULT_SCHEDULERS, (51,)))
+    assert [(c.strategy, c.lr, c.scheduler, c.seed) for c in configs] == expected
+    assert DEFAULT_STRATEGIES == ("late", "intermediate-concat", "intermediate-add", "intermediate-multiply")
+
+
+def test_expand_grid_order_and_common_fields() -> None:
+    configs = expand_grid(
+        strategies=["late", "intermediate-add"],
+        lrs=[1e-3],
+        schedulers=["cosine"],
+        seeds=[1, 2, 3],
+        epochs=2,
+        batch_size=8,
+        limit_per_class=10,
+        device="cpu",
+        precision="fp32",
+    )
+    assert [(c.strategy, c.seed) for c in configs] == [
+        ("late", 1),
+        ("late", 2),
+        ("late", 3),
+        ("intermediate-add", 1),
+        ("intermediate-add", 2),
+        ("intermediate-add", 3),
+    ]
+    assert all(isinstance(c, RunConfig) for c in configs)
+    assert {(c.epochs, c.batch_size, c.limit_per_class, c.precision) for c in configs} == {(2, 8, 10, "fp32")}
+
+
+def test_expand_grid_reports_a_bad_common_option_once() -> None:
+    with pytest.raises(BadInputError) as info:
+        expand_grid(strategies=["late", "intermediate-add"], lrs=[1e-3, 1e-4], epochs=0)
+    assert len(info.value.problems) == 1
+    assert "--epochs" in info.value.problems[0]
+
+
+def test_expand_grid_rejects_an_empty_axis() -> None:
+    with pytest.raises(BadInputError, match="--seeds: give at least one value"):
+        expand_grid(seeds=[])

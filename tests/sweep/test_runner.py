@@ -1,0 +1,278 @@
+"""The local sweep runner: skip / resume, failure recording, interrupts, best checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+from sweep_fakes import FINGERPRINT, FakeTrainer, fake_record, grid, tiny_data
+
+from fusioncli.errors import RunFailedError
+from fusioncli.results.store import ResultsStore
+from fusioncli.sweep.runner import plan_sweep, run_sweep
+from fusioncli.train.config import RunConfig, run_id
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ResultsStore:
+    return ResultsStore(tmp_path / "results")
+
+
+def test_runs_every_grid_point_and_stores_each(store: ResultsStore) -> None:
+    trainer = FakeTrainer()
+    ended = []
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=trainer, on_run_end=ended.append)
+    assert len(trainer.calls) == 4
+    assert [o.status for o in summary.outcomes] == ["finished"] * 4
+    assert [o.index for o in ended] == [1, 2, 3, 4]
+    assert summary.exit_code == 0 and not summary.interrupted
+    runs = pd.read_parquet(store.runs_dir)
+    assert sorted(runs["run_id"]) == sorted(o.run_id for o in summary.outcomes)
+    for outcome in summary.outcomes:
+        assert outcome.run_id == run_id(outcome.config, FINGERPRINT)
+        assert store.get(outcome.run_id)["status"] == "finished"
+
+
+def test_rerun_skips_finished_runs_and_force_recomputes(store: ResultsStore) -> None:
+    run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer())
+    again = FakeTrainer()
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=again)
+    assert again.calls == []
+    assert [o.status for o in summary.outcomes] == ["skipped"] * 4
+    assert all(o.record["status"] == "finished" for o in summary.outcomes)
+    forced = FakeTrainer()
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=forced, force=True)
+    assert len(forced.calls) == 4
+    assert [o.status for o in summary.outcomes] == ["finished"] * 4
+
+
+def test_a_bigger_grid_runs_only_the_new_points(store: ResultsStore) -> None:
+    run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer())
+    trainer = FakeTrainer()
+    summary = run_sweep(grid(seeds=[51, 52]), tiny_data(), store, train_fn=trainer)
+    assert {c.seed for c in trainer.calls} == {52}
+    assert len(trainer.calls) == 4
+    assert sum(o.status == "skipped" for o in summary.outcomes) == 4
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(store: ResultsStore) -> None:
+    def fail(config: RunConfig):
+        if config.strategy == "intermediate-add" and config.lr == 1e-3:
+            return RunFailedError("run x: loss became non-finite at epoch 1")
+        if config.strategy == "late" and config.lr == 1e-4:
+            return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return None
+
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(fail=fail))
+    assert summary.exit_code == 1
+    assert len(summary.finished) == 2 and len(summary.failed) == 2
+    errors = sorted(o.error for o in summary.failed)
+    assert errors[0].startswith("OutOfMemoryError: CUDA out of memory")
+    assert errors[1] == "run x: loss became non-finite at epoch 1"
+    for outcome in summary.failed:
+        record = store.get(outcome.run_id)
+        assert record["status"] == "failed"
+        assert record["error"] == outcome.error
+        assert "Traceback" in record["traceback"]
+        assert record["config"]["strategy"] == outcome.config.strategy
+        assert record["dataset"]["fingerprint"] == FINGERPRINT
+        assert record["env"]["torch_version"] == torch.__version__
+        assert len(record["history"]) == 1  # the epoch that finished before the failure
+    runs = pd.read_parquet(store.runs_dir)
+    assert (runs["status"] == "failed").sum() == 2
+    assert runs.loc[runs["status"] == "failed", "val_accuracy"].isna().all()
+
+
+def test_failed_runs_are_retried_on_rerun(store: ResultsStore) -> None:
+    flaky = FakeTrainer(fail=lambda c: RuntimeError("boom") if c.strategy == "late" else None)
+    run_sweep(grid(), tiny_data(), store, train_fn=flaky)
+    fixed = FakeTrainer()
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=fixed)
+    assert {c.strategy for c in fixed.calls} == {"late"} and len(fixed.calls) == 2
+    assert summary.exit_code == 0
+    assert (pd.read_parquet(store.runs_dir)["status"] == "finished").all()
+
+
+def test_keyboard_interrupt_keeps_finished_runs(store: ResultsStore) -> None:
+    def fail(config: RunConfig):
+        return KeyboardInterrupt() if config.strategy == "intermediate-add" else None
+
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(fail=fail))
+    assert summary.interrupted and summary.exit_code == 130
+    assert len(summary.finished) == 2 and summary.not_run == 2
+    assert len(store.records()) == 2  # nothing written for the interrupted run
+    trainer = FakeTrainer()
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=trainer)
+    assert {c.strategy for c in trainer.calls} == {"intermediate-add"}
+    assert summary.exit_code == 0
+
+
+def test_best_checkpoint_follows_the_best_accuracy(store: ResultsStore) -> None:
+    data = tiny_data()
+    summary = run_sweep(grid(strategies=["intermediate-add"]), data, store, train_fn=FakeTrainer())
+    best = store.best_record()
+    assert best is not None and best["config"]["strategy"] == "intermediate-add"
+    assert best["config"]["lr"] == 1e-3  # fake accuracy grows with lr
+    assert [o.new_best for o in summary.outcomes] == [True, False]
+    assert store.best_checkpoint_path.is_file()
+    info = json.loads(store.best_checkpoint_path.with_suffix(".json").read_text())
+    assert info["info"]["run_id"] == best["run_id"]
+    # late is better than intermediate-add in the fake: it takes over the checkpoint
+    run_sweep(grid(strategies=["late"], lrs=[1e-4]), data, store, train_fn=FakeTrainer())
+    assert store.best_record()["config"]["strategy"] == "late"
+    # a worse run does not
+    run_sweep(grid(strategies=["intermediate-multiply"]), data, store, train_fn=FakeTrainer())
+    assert store.best_record()["config"]["strategy"] == "late"
+
+
+def test_best_ties_are_broken_by_lower_val_loss(store: ResultsStore) -> None:
+    losses = {1e-3: 0.30, 1e-4: 0.20}
+
+    def train(config, data, *, on_epoch=None):
+        record = fake_record(config, data.fingerprint, accuracy=0.9, val_loss=losses[config.lr])
+        return SimpleNamespace(record=record, model=torch.nn.Linear(2, 2))
+
+    run_sweep(grid(strategies=["late"]), tiny_data(), store, train_fn=train)
+    assert store.best_record()["config"]["lr"] == 1e-4
+
+
+def test_no_best_checkpoint_when_disabled(store: ResultsStore) -> None:
+    run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(), keep_best=False)
+    assert not store.best_checkpoint_path.exists()
+
+
+def test_callbacks_see_every_epoch(store: ResultsStore) -> None:
+    seen = []
+    starts = []
+    run_sweep(
+        grid(epochs=3, strategies=["late"], lrs=[1e-3]),
+        tiny_data(),
+        store,
+        train_fn=FakeTrainer(),
+        on_run_start=lambda i, n, rid, cfg: starts.append((i, n, rid)),
+        on_epoch=lambda cfg, row: seen.append(row["epoch"]),
+    )
+    assert seen == [1, 2, 3]
+    assert starts[0][:2] == (1, 1)
+
+
+def test_duplicate_grid_points_run_once(store: ResultsStore) -> None:
+    configs = grid(strategies=["late"], lrs=[1e-3])
+    trainer = FakeTrainer()
+    summary = run_sweep(
+        configs + [RunConfig(strategy="late", lr=1e-3, epochs=1, scheduler="cosine", device="auto")],
+        tiny_data(),
+        store,
+        train_fn=trainer,
+    )
+    assert len(trainer.calls) == 1 and summary.total == 1
+
+
+def test_plan_sweep_reports_stored_status(store: ResultsStore) -> None:
+    run_sweep(
+        grid(strategies=["late"]),
+        tiny_data(),
+        store,
+        train_fn=FakeTrainer(fail=lambda c: RuntimeError("x") if c.lr == 1e-4 else None),
+    )
+    plan = plan_sweep(grid(), FINGERPRINT, store)
+    assert [p.stored_status for p in plan] == ["finished", "failed", None, None]
+
+
+class RecordingTracker:
+    name = "recording"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.events: list[tuple] = []
+        self.fail_on = fail_on
+
+    def _log(self, *event):
+        if event[0] == self.fail_on:
+            raise ConnectionError("tracker offline")
+        self.events.append(event)
+
+    def start(self, run_id, config):
+        self._log("start", run_id, config["strategy"])
+
+    def log_epoch(self, row):
+        self._log("epoch", row["epoch"])
+
+    def finish(self, record):
+        self._log("finish", record["status"])
+
+
+def test_trackers_get_start_epochs_finish(store: ResultsStore) -> None:
+    tracker = RecordingTracker()
+    summary = run_sweep(
+        grid(strategies=["late"], lrs=[1e-3], epochs=2),
+        tiny_data(),
+        store,
+        train_fn=FakeTrainer(),
+        trackers=[tracker],
+    )
+    rid = summary.outcomes[0].run_id
+    assert tracker.events == [("start", rid, "late"), ("epoch", 1), ("epoch", 2), ("finish", "finished")]
+
+
+def test_tracker_errors_are_warnings_not_failures(store: ResultsStore) -> None:
+    summary = run_sweep(
+        grid(strategies=["late"], lrs=[1e-3]),
+        tiny_data(),
+        store,
+        train_fn=FakeTrainer(),
+        trackers=[RecordingTracker("epoch")],
+    )
+    assert summary.exit_code == 0
+    assert summary.warnings == ["recording: log_epoch failed: ConnectionError: tracker offline"]
+    assert store.is_finished(summary.outcomes[0].run_id)
+
+
+@pytest.mark.slow
+def test_real_training_integration(prepared, tmp_path: Path) -> None:
+    """The real train_run, 1 epoch, on the tiny prepared fixture; the best checkpoint loads."""
+    from fusioncli.train.checkpoint import load_checkpoint
+
+    store = ResultsStore(tmp_path / "results")
+    configs = grid(strategies=["late", "intermediate-add"], lrs=[1e-3], precision="fp32", limit_per_class=16)
+    summary = run_sweep(configs, prepared, store)
+    assert summary.exit_code == 0, [o.error for o in summary.failed]
+    for outcome in summary.outcomes:
+        record = store.get(outcome.run_id)
+        assert record["run_id"] == run_id(outcome.config, prepared.fingerprint)
+        assert record["dataset"]["n_train"] == 32 and record["dataset"]["n_val"] == 24
+        assert 0.0 <= record["metrics"]["val_accuracy"] <= 1.0
+    model, info = load_checkpoint(store.best_checkpoint_path)
+    assert info["run_id"] == store.best_record()["run_id"]
+    assert isinstance(model, torch.nn.Module)
+    again = run_sweep(configs, prepared, store)
+    assert [o.status for o in again.outcomes] == ["skipped", "skipped"]
+
+
+def test_failure_while_describing_a_failure_is_still_recorded(
+    store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise torch.OutOfMemoryError("again")
+
+    monkeypatch.setattr("fusioncli.sweep.runner.failed_record", broken)
+    summary = run_sweep(
+        grid(strategies=["late"], lrs=[1e-3]),
+        tiny_data(),
+        store,
+        train_fn=FakeTrainer(fail=lambda c: RuntimeError("first")),
+    )
+    record = store.get(summary.outcomes[0].run_id)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: first"
+    assert record["record_error"] == "OutOfMemoryError: again"
+    assert len(store.load_runs()) == 1
+
+
+def test_unwritable_store_is_a_run_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the store folder should be")
+    with pytest.raises(RunFailedError, match="cannot write run"):
+        run_sweep(grid(strategies=["late"], lrs=[1e-3]), tiny_data(), ResultsStore(blocker), train_fn=FakeTrainer())
