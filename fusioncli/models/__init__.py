@@ -16,6 +16,7 @@ from fusioncli.models.registry import (
     unregister_strategy,
 )
 from fusioncli.models import strategies as _strategies  # noqa: F401  (registers the built-ins)
+from fusioncli.models import zoo as _zoo  # noqa: F401  (registers the literature's strategies)
 from fusioncli.models.stats import describe_strategies, flops_per_sample, parameter_counts
 
 __all__ = [
