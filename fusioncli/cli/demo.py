@@ -1,21 +1,15 @@
 """`fusioncli demo`: the whole pipeline on small synthetic data, then what to run next."""
 
 from contextlib import ExitStack
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from fusioncli.cli._options import Precision, PrecisionOption
 from fusioncli.cli._common import err, progress_bar, progress_enabled, report_errors
 from fusioncli.cli.report import print_table
 from fusioncli.cli.sweep import outcome_line, print_summary, run_label
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 @report_errors
@@ -31,9 +25,7 @@ def demo(
     per_class: Annotated[int, typer.Option("--per-class", help="Synthetic samples per class.")] = 300,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = 6,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[
-        Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
-    ] = Precision.auto,
+    precision: PrecisionOption = Precision.auto,
     force: Annotated[bool, typer.Option("--force", help="Retrain the demo's runs even if they are finished.")] = False,
 ) -> None:
     """Synthesize a small dataset, prepare it, sweep a small grid, and print the report.

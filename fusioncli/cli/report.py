@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from fusioncli.cli._options import ResultsDirOption
 from fusioncli.cli._common import err, out, report_errors
 from fusioncli.paths import default_results_dir
 
@@ -33,14 +34,7 @@ def print_table(table: Table) -> None:
 
 @report_errors
 def report(
-    results_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--results-dir",
-            help="Results store (default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",
-            show_default=False,
-        ),
-    ] = None,
+    results_dir: ResultsDirOption = None,
     format: Annotated[
         ReportFormat,
         typer.Option("--format", "-f", help="table (rich), markdown, latex for people; csv, json for machines."),

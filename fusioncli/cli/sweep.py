@@ -1,21 +1,15 @@
 """`fusioncli sweep`: train the Cartesian product of strategies x lrs x schedulers x seeds."""
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from fusioncli.cli._options import CacheDirOption, LimitPerClassOption, Precision, PrecisionOption, ResultsDirOption
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 def format_lr(value: float) -> str:
@@ -181,27 +175,10 @@ def sweep(
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (all runs on this one device).")
     ] = "auto",
-    precision: Annotated[
-        Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
-    ] = Precision.auto,
-    limit_per_class: Annotated[
-        Optional[int],
-        typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
-    ] = None,
-    cache_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--cache-dir", help="Prepared cache (default .fusioncli/cache or $FUSIONCLI_CACHE_DIR).", show_default=False
-        ),
-    ] = None,
-    results_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--results-dir",
-            help="Results store (default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",
-            show_default=False,
-        ),
-    ] = None,
+    precision: PrecisionOption = Precision.auto,
+    limit_per_class: LimitPerClassOption = None,
+    cache_dir: CacheDirOption = None,
+    results_dir: ResultsDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already finished.")] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the runs (and which are already done) without training.")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from fusioncli.cli._options import CacheDirOption, LimitPerClassOption, Precision, PrecisionOption
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.paths import default_cache_dir
 
@@ -15,12 +16,6 @@ from fusioncli.paths import default_cache_dir
 class Scheduler(str, Enum):
     cosine = "cosine"
     constant = "constant"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -89,19 +84,9 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size (last partial batch kept).")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="Seed for weights and batch order.")] = 51,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[
-        Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
-    ] = Precision.auto,
-    limit_per_class: Annotated[
-        Optional[int],
-        typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
-    ] = None,
-    cache_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--cache-dir", help="Prepared cache (default .fusioncli/cache or $FUSIONCLI_CACHE_DIR).", show_default=False
-        ),
-    ] = None,
+    precision: PrecisionOption = Precision.auto,
+    limit_per_class: LimitPerClassOption = None,
+    cache_dir: CacheDirOption = None,
     checkpoint: Annotated[
         Optional[Path],
         typer.Option("--checkpoint", help="Save weights here (safetensors) plus <stem>.json with config and metrics."),

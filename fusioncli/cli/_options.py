@@ -1,0 +1,36 @@
+"""Options shared by several commands, declared once so their names and help stay in step."""
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOption = Annotated[
+    Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
+]
+LimitPerClassOption = Annotated[
+    Optional[int],
+    typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
+]
+CacheDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cache-dir", help="Prepared cache (default .fusioncli/cache or $FUSIONCLI_CACHE_DIR).", show_default=False
+    ),
+]
+ResultsDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--results-dir",
+        help="Results store (default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",
+        show_default=False,
+    ),
+]
