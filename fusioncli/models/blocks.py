@@ -188,3 +188,18 @@ class UnimodalModel(nn.Module):
 
     def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(rgb if self.modality == "rgb" else xyza))
+
+
+def map_fusion_model(backbone: BackboneSpec, num_classes: int, fusion: nn.Module) -> TwoStreamModel:
+    """Both conv stems, their feature maps fused by ``fusion``, then the backbone's map head.
+
+    The shape shared by every strategy that fuses feature maps (intermediate-*, FiLM, MMTM);
+    ``fusion`` must offer ``out_channels(c_rgb, c_lidar)``.
+    """
+    c = backbone.out_channels
+    return TwoStreamModel(
+        encoder_rgb=conv_stem(backbone),
+        encoder_lidar=conv_stem(backbone),
+        fusion=fusion,
+        head=map_head(backbone, fusion.out_channels(c, c), num_classes),
+    )

@@ -17,6 +17,7 @@ from fusioncli.models.blocks import (
     EarlyFusionModel,
     Embedder,
     TwoStreamModel,
+    map_fusion_model,
     UnimodalModel,
     conv_stem,
     map_head,
@@ -46,14 +47,7 @@ def build_late(backbone: BackboneSpec, num_classes: int) -> nn.Module:
 
 
 def _intermediate(backbone: BackboneSpec, num_classes: int, fusion: FusionOp) -> nn.Module:
-    """Both conv stems, their feature maps fused by ``fusion``, then the backbone's map head."""
-    c = backbone.out_channels
-    return TwoStreamModel(
-        encoder_rgb=conv_stem(backbone),
-        encoder_lidar=conv_stem(backbone),
-        fusion=fusion,
-        head=map_head(backbone, fusion.out_channels(c, c), num_classes),
-    )
+    return map_fusion_model(backbone, num_classes, fusion)
 
 
 @register_strategy("intermediate-concat", description="fuse the two conv feature maps by channel concat")

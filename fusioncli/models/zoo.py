@@ -24,6 +24,7 @@ from fusioncli.models.blocks import (
     Embedder,
     TwoStreamModel,
     conv_stem,
+    map_fusion_model,
     map_head,
 )
 from fusioncli.models.fusion import FusionOp
@@ -111,13 +112,7 @@ def build_film(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     ``intermediate-add``. One direction only (LiDAR -> RGB), as in the paper's question -> image.
     """
     c = backbone.out_channels
-    fusion = FiLMFusion(c, c)
-    return TwoStreamModel(
-        encoder_rgb=conv_stem(backbone),
-        encoder_lidar=conv_stem(backbone),
-        fusion=fusion,
-        head=map_head(backbone, fusion.out_channels(c, c), num_classes),
-    )
+    return map_fusion_model(backbone, num_classes, FiLMFusion(c, c))
 
 
 @register_strategy(
@@ -132,13 +127,7 @@ def build_mmtm(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     160,600); the recalibrated maps are concatenated (2C) into the map head.
     """
     c = backbone.out_channels
-    fusion = MMTMFusion(c, c, ratio=MMTM_RATIO)
-    return TwoStreamModel(
-        encoder_rgb=conv_stem(backbone),
-        encoder_lidar=conv_stem(backbone),
-        fusion=fusion,
-        head=map_head(backbone, fusion.out_channels(c, c), num_classes),
-    )
+    return map_fusion_model(backbone, num_classes, MMTMFusion(c, c, ratio=MMTM_RATIO))
 
 
 @register_strategy(
