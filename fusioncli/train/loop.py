@@ -268,6 +268,53 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
         # the callback's own time (printing, a sweep's bookkeeping) is not training time
         train_seconds = clock(device) - run_start - callback_seconds
 
+    record = finished_record(
+        cfg,
+        work,
+        data.fingerprint,
+        val_labels=val_labels,
+        preds=preds,
+        val_loss=val_loss,
+        history=history,
+        params=params,
+        flops=flops,
+        train_seconds=train_seconds,
+        epoch_seconds=epoch_seconds,
+        train_phase_seconds=train_phase_seconds,
+        started_at=started_at,
+    )
+    model.eval()
+    return RunResult(record=record, model=model)
+
+
+def finished_record(
+    cfg: RunConfig,
+    work: PreparedData,
+    fingerprint: str,
+    *,
+    val_labels: torch.Tensor,
+    preds: torch.Tensor,
+    val_loss: float,
+    history: list[dict[str, Any]],
+    params: dict[str, int],
+    flops: int,
+    train_seconds: float,
+    epoch_seconds: list[float],
+    train_phase_seconds: list[float],
+    started_at: str,
+    memory: dict[str, Any] | None = None,
+    timing_notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record of a finished run from what its training measured.
+
+    Shared by every way of training (one model at a time, a stacked group), so a record has
+    the same keys and meanings whichever produced it. ``work`` is the data as trained on
+    (limited), ``fingerprint`` that of the full dataset the run id refers to. ``memory``
+    defaults to the device's peaks now; ``timing_notes`` adds keys to ``timing`` (e.g. how a
+    stacked group's time was shared out).
+    """
+    rid = run_id(cfg, fingerprint)
+    n_train = int((~work.is_val).sum())
     if cfg.epochs > 1:
         steady = train_phase_seconds[1:]
         note = "training samples/s over epochs 2..N (first epoch excluded as warm-up; validation not timed)"
@@ -283,7 +330,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
         "status": "finished",
         "error": None,
         "config": cfg.to_dict(),
-        "dataset": _dataset_info(work, data.fingerprint),
+        "dataset": _dataset_info(work, fingerprint),
         "metrics": {
             "val_loss": val_loss,
             "val_accuracy": summary["accuracy"],
@@ -299,14 +346,14 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
             "train_epoch_seconds": train_phase_seconds,  # the training part of each epoch
             "samples_per_s": samples_per_s,
             "samples_per_s_note": note,
+            **(timing_notes or {}),
         },
-        "memory": peak_memory(device),
+        "memory": memory if memory is not None else peak_memory(cfg.device),
         "env": environment_info(cfg.device),
         "started_at": started_at,
         "finished_at": utc_now(),
     }
-    model.eval()
-    return RunResult(record=record, model=model)
+    return record
 
 
 def train_from_cache(
