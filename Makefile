@@ -25,7 +25,7 @@ $(BIN)/python:
 # Installed marker: reinstall when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	@touch $@
 
 setup: $(VENV)/.installed
