@@ -34,3 +34,18 @@ ResultsDirOption = Annotated[
         show_default=False,
     ),
 ]
+ModalityDropoutOption = Annotated[
+    float,
+    typer.Option(
+        "--modality-dropout",
+        help="Training only: probability (0 <= p < 1) that a sample has RGB or LiDAR (50/50) replaced by zeros.",
+    ),
+]
+RobustnessOption = Annotated[
+    bool,
+    typer.Option(
+        "--robustness",
+        help="After training, evaluate on corrupted validation sets (missing modality, Gaussian noise at "
+        "severities 0-1, LiDAR dropout); `fusioncli report --robustness` shows the results.",
+    ),
+]

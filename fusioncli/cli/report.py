@@ -71,33 +71,78 @@ def report(
         Optional[Path],
         typer.Option(
             "--plot",
-            help="Also write PNG charts (accuracy, train time, accuracy vs params / time) into this folder "
+            help="Also write PNG charts (accuracy, train time, accuracy vs params / time, and accuracy vs "
+            "corruption severity when runs have robustness results) into this folder "
             "(extra: pip install 'fusioncli\\[plot]').",
             show_default=False,
         ),
     ] = None,
+    compare: Annotated[
+        Optional[tuple[str, str]],
+        typer.Option(
+            "--compare",
+            help="Paired t-test of A vs B over shared seeds: each a strategy name or a comma list of KEY=VALUE "
+            "(e.g. --compare late gmu, or --compare 'strategy=late,lr=1e-4' 'strategy=late,lr=1e-5'). "
+            "Runs pair by seed and must agree on every other config field.",
+            show_default=False,
+        ),
+    ] = None,
+    metric: Annotated[
+        Optional[str],
+        typer.Option(
+            "--metric",
+            help="Metric for --compare: accuracy (default), f1, loss, time, throughput, robust, rgb_missing, ...",
+            show_default=False,
+        ),
+    ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Show accuracy per corruption and severity, AUC, relative AUC and missing-modality accuracy "
+            "per configuration (runs trained with --robustness).",
+        ),
+    ] = False,
 ) -> None:
     """Aggregate the results store over seeds and print one row per configuration.
 
-    Each row shows n (runs averaged) and mean ± std over seeds (sample std,
-    ddof=1; just the mean when n = 1) of accuracy, macro F1, validation loss,
-    training time and peak memory, plus parameters and throughput; the best
-    value per column is highlighted. Peak GPU memory is torch's max allocated;
-    peak host RSS is the training process's lifetime peak. Failed runs are
-    left out of the aggregates and counted on stderr (`--runs` lists them with
-    their error). csv and json are machine-readable: separate numeric
-    <metric>_mean / <metric>_std columns, units in the names.
+    Each row shows n (runs averaged) and mean ± 95% CI half-width over seeds
+    (Student t, n-1 df; just the mean when n = 1) of accuracy, macro F1,
+    validation loss, training time and peak memory, plus parameters and
+    throughput, and robust AUC / missing-modality accuracy for runs evaluated
+    with --robustness; the best value per column is highlighted. Peak GPU
+    memory is torch's max allocated; peak host RSS is the training process's
+    lifetime peak. Failed runs are left out of the aggregates and counted on
+    stderr (`--runs` lists them with their error). csv and json are
+    machine-readable: separate numeric <metric>_mean / _std / _ci95_lo /
+    _ci95_hi columns, units in the names.
+
+    --compare A B runs a paired t-test over the seeds A and B share and says
+    whether the difference is significant (alpha 0.05), with its 95% CI and
+    Cohen's dz. --robustness shows the corruption / missing-modality detail.
 
     The store is plain files: records/<run_id>.json (full record) and
     runs/<run_id>.parquet (one flat row), so pandas reads every run with
     pd.read_parquet("<results>/runs").
 
-    Example:  fusioncli report --format markdown --filter strategy=late
+    Examples:  fusioncli report --format markdown --filter strategy=late
+               fusioncli report --compare late gmu --metric accuracy
+               fusioncli report --robustness --plot plots/
     """
-    from fusioncli.results.aggregate import build_report
-    from fusioncli.results.render import render
+    from fusioncli.errors import BadInputError
     from fusioncli.results.store import open_store
 
+    problems = []
+    if compare is not None and (runs or robustness):
+        problems.append("--compare cannot be combined with " + ("--runs" if runs else "--robustness"))
+    if runs and robustness:
+        problems.append("--runs and --robustness are different views: give one")
+    if compare is not None and group_by is not None:
+        problems.append("--compare pairs runs on every config field: --group-by does not apply")
+    if metric is not None and compare is None:
+        problems.append("--metric chooses what --compare tests: give --compare A B too")
+    if problems:
+        raise BadInputError(problems)
     if plot is not None:
         from fusioncli.results.plots import check_available
 
@@ -106,29 +151,46 @@ def report(
     store = open_store(results, must_exist=True)
     fields = [f.strip() for f in group_by.split(",")] if group_by is not None else None
     frame = store.load_runs()
-    result = build_report(frame, group_by=fields, sort=sort, filters=filter or [], per_run=runs)
+    filters = filter or []
+    notes_from = None
+    if compare is not None:
+        from fusioncli.results.compare import build_comparison, render_comparison
 
-    rendered = render(result, format.value)
+        rendered = render_comparison(build_comparison(frame, *compare, metric=metric, filters=filters), format.value)
+    elif robustness:
+        from fusioncli.results.robustness import build_robustness, render_robustness
+
+        view = build_robustness(frame, group_by=fields, sort=sort, filters=filters)
+        rendered, notes_from = render_robustness(view, format.value), view.report
+    else:
+        from fusioncli.results.aggregate import build_report
+        from fusioncli.results.render import render
+
+        notes_from = build_report(frame, group_by=fields, sort=sort, filters=filters, per_run=runs)
+        rendered = render(notes_from, format.value)
+
     if isinstance(rendered, str):
         # Plain write: rich would wrap long csv lines or treat [..] in LaTeX as markup.
         typer.echo(rendered, nl=False)
     else:
-        print_table(rendered)
-    if result.n_failed and not runs:
+        for index, table in enumerate(rendered if isinstance(rendered, list) else [rendered]):
+            if index:
+                out.print()
+            print_table(table)
+    if notes_from is not None and notes_from.n_failed and not runs:
         err.print(
-            f"note: {result.n_failed} failed run(s) left out of the aggregates (see `fusioncli report --runs`)",
+            f"note: {notes_from.n_failed} failed run(s) left out of the aggregates (see `fusioncli report --runs`)",
             highlight=False,
             soft_wrap=True,
         )
-    if result.n_selected < result.n_runs:
+    if notes_from is not None and notes_from.n_selected < notes_from.n_runs:
         err.print(
-            f"note: {result.n_selected} of {result.n_runs} runs match the filters", highlight=False, soft_wrap=True
+            f"note: {notes_from.n_selected} of {notes_from.n_runs} runs match the filters",
+            highlight=False,
+            soft_wrap=True,
         )
     if plot is not None:
-        from fusioncli.results.plots import write_plots
+        from fusioncli.results.plots import write_report_plots
 
-        grouped = result
-        if runs:  # plots are per configuration, whatever the table shows
-            grouped = build_report(frame, group_by=fields, sort=sort, filters=filter or [])
-        paths = write_plots(grouped.table, plot, grouped.fields)
+        paths = write_report_plots(frame, plot, group_by=fields, sort=sort, filters=filters)
         err.print(f"plots written: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)

@@ -1,15 +1,31 @@
 """`fusioncli sweep`: train the Cartesian product of strategies x lrs x schedulers x seeds."""
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from fusioncli.cli._options import CacheDirOption, LimitPerClassOption, Precision, PrecisionOption, ResultsDirOption
+from fusioncli.cli._options import (
+    CacheDirOption,
+    LimitPerClassOption,
+    ModalityDropoutOption,
+    Precision,
+    PrecisionOption,
+    ResultsDirOption,
+    RobustnessOption,
+)
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
+
+
+class Backend(str, Enum):
+    """Where the runs of a sweep train."""
+
+    local = "local"
+    ray = "ray"
 
 
 def format_lr(value: float) -> str:
@@ -120,17 +136,67 @@ def outcomes_json(summary: Any) -> str:
     return json.dumps(rows, indent=2)
 
 
-def execute_sweep(configs: list, cache_dir: Path, results_dir: Path, *, show_bar: bool, **kwargs: Any) -> Any:
-    """Run the sweep with one stderr line per grid point and an overall bar; returns the summary."""
+def backend_options(
+    backend: Backend, address: Optional[str], gpus_per_run: Optional[float], cpus_per_run: Optional[float]
+) -> dict[str, Any]:
+    """The backend's own keyword arguments for the library; Ray options need --backend ray."""
+    ray_only = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
+    if backend is Backend.local:
+        given = [flag for flag, value in ray_only.items() if value is not None]
+        if given:
+            raise BadInputError(f"{', '.join(given)}: only with --backend ray", hint="add --backend ray")
+        return {}
+    from fusioncli.sweep.ray_backend import check_resources
+
+    options = {
+        "address": address,
+        "gpus_per_run": 0.0 if gpus_per_run is None else gpus_per_run,
+        "cpus_per_run": 1.0 if cpus_per_run is None else cpus_per_run,
+    }
+    check_resources(options["gpus_per_run"], options["cpus_per_run"])
+    return options
+
+
+def placement(configs: list, backend: Backend, options: dict[str, Any]) -> str:
+    """Where the runs train, for the sweep's first line.
+
+    ``cpu`` (local) or e.g. ``cuda:0 on the Ray cluster at auto, 1 CPU + 0.25 GPU per run``.
+    """
+    if backend is Backend.local:
+        return configs[0].resolve().device
+    from fusioncli.sweep.ray_backend import LOCAL_ADDRESSES, resolve_for_ray
+
+    device = resolve_for_ray(configs[0], options["gpus_per_run"]).device
+    address = options["address"]
+    cluster = "a Ray instance started here" if address in LOCAL_ADDRESSES else f"the Ray cluster at {address}"
+    share = f"{options['cpus_per_run']:g} CPU"
+    if options["gpus_per_run"] > 0:
+        share += f" + {options['gpus_per_run']:g} GPU"
+    return f"{device} on {cluster}, {share} per run"
+
+
+def execute_sweep(
+    configs: list,
+    cache_dir: Path,
+    results_dir: Path,
+    *,
+    show_bar: bool,
+    backend: Backend = Backend.local,
+    **kwargs: Any,
+) -> Any:
+    """Run the sweep with one stderr line per grid point and an overall bar; returns the summary.
+
+    ``kwargs`` go to :func:`fusioncli.sweep.runner.sweep_from_cache` (and on to the backend).
+    """
     from fusioncli.sweep.runner import sweep_from_cache
 
     total_epochs = sum(c.epochs for c in configs)
     with progress_bar("sweep", total=total_epochs, enabled=show_bar) as advance:
-        epochs_done: dict[str, int] = {}
 
         def on_run_start(index: int, total: int, run_id: str, config: Any) -> None:
-            epochs_done[run_id] = 0
-            advance(0, description=f"[{index}/{total}] {run_label(config)}")
+            # Ray submits every run at once and reports epochs as each run ends.
+            label = f"[{index}/{total}] {run_label(config)}" if backend is Backend.local else f"{total} runs on Ray"
+            advance(0, description=label)
 
         def on_epoch(config: Any, row: dict) -> None:
             advance(1)
@@ -144,6 +210,7 @@ def execute_sweep(configs: list, cache_dir: Path, results_dir: Path, *, show_bar
             configs,
             cache_dir,
             results_dir,
+            backend=backend.value,
             on_run_start=on_run_start,
             on_epoch=on_epoch,
             on_run_end=on_run_end,
@@ -167,7 +234,7 @@ def sweep(
         str, typer.Option("--schedulers", help="Comma list of schedulers: cosine, constant.")
     ] = "cosine,constant",
     seeds: Annotated[
-        str, typer.Option("--seeds", help="Comma list of seeds (several give mean ± std in the report).")
+        str, typer.Option("--seeds", help="Comma list of seeds (several give a 95% CI and paired tests in the report).")
     ] = "51",
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = 15,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
@@ -177,6 +244,8 @@ def sweep(
     ] = "auto",
     precision: PrecisionOption = Precision.auto,
     limit_per_class: LimitPerClassOption = None,
+    modality_dropout: ModalityDropoutOption = 0.0,
+    robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
     results_dir: ResultsDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already finished.")] = False,
@@ -199,20 +268,60 @@ def sweep(
             show_default=False,
         ),
     ] = None,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            "--backend",
+            help="local: one run after another on this machine; ray: each run as a task on a Ray cluster "
+            "(extra: pip install 'fusioncli\\[ray]').",
+        ),
+    ] = Backend.local,
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--address",
+            help="Ray: 'auto' (the cluster this machine belongs to) or HOST:PORT; default: start Ray on this machine.",
+            show_default=False,
+        ),
+    ] = None,
+    gpus_per_run: Annotated[
+        Optional[float],
+        typer.Option(
+            "--gpus-per-run",
+            help="Ray: GPU share each run reserves, 0 to 1 (0.25: four runs per GPU); > 0 trains on CUDA (default 0).",
+            show_default=False,
+        ),
+    ] = None,
+    cpus_per_run: Annotated[
+        Optional[float],
+        typer.Option(
+            "--cpus-per-run",
+            help="Ray: CPU cores each run reserves (also its torch threads; default 1).",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[
         OutputFormat,
         typer.Option("--format", "-f", help="table: lines on stderr only; json: run ids and status on stdout."),
     ] = OutputFormat.table,
 ) -> None:
-    """Train the grid strategies x lrs x schedulers x seeds on one device.
+    """Train the grid strategies x lrs x schedulers x seeds, here or on a Ray cluster.
 
     Finished runs are stored one file each in the results folder and skipped
     when the sweep is run again (--force recomputes them); failed runs are
     recorded with their error and retried next time. Killing a sweep loses at
-    most the run in flight: run the same command to resume. The best run's
+    most the runs in flight: run the same command to resume. The best run's
     weights are kept in <results>/best/. Exit code 1 if any run failed.
 
+    With --backend ray each run is a Ray task; the cache folder must be on
+    storage every node sees at the same path, and records come back into the
+    results folder on this machine as runs finish.
+
     Example:  fusioncli sweep --lrs 1e-4,1e-5 --seeds 51,52,53 --epochs 5
+
+    Robustness:  fusioncli sweep --strategies late,gmu --seeds 1,2,3 --robustness
+
+    On a cluster:  fusioncli sweep --backend ray --address auto --gpus-per-run 0.25
     """
     from fusioncli.models import strategy_names
     from fusioncli.sweep.grid import SCHEDULERS, expand_grid, parse_choices, parse_floats, parse_ints
@@ -241,19 +350,21 @@ def sweep(
         device=device,
         precision=precision.value,
         limit_per_class=limit_per_class,
+        modality_dropout=modality_dropout,
     )
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
+    options = backend_options(backend, address, gpus_per_run, cpus_per_run)
 
     if dry_run:
-        _dry_run(configs, cache, results, format)
+        _dry_run(configs, cache, results, format, backend, options)
         return
 
     trackers = make_trackers(
         wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, wandb_project=wandb_project
     )
     err.print(
-        f"sweep: {len(configs)} runs ({configs[0].resolve().device}), results in {results}",
+        f"sweep: {len(configs)} runs ({placement(configs, backend, options)}), results in {results}",
         highlight=False,
         soft_wrap=True,
     )
@@ -262,8 +373,11 @@ def sweep(
         cache,
         results,
         show_bar=progress_enabled() and format is OutputFormat.table,
+        backend=backend,
         force=force,
         trackers=trackers,
+        robustness=robustness,
+        **options,
     )
     if format is OutputFormat.json:
         out.print(outcomes_json(summary), markup=False, highlight=False, emoji=False, soft_wrap=True)
@@ -272,14 +386,24 @@ def sweep(
         raise typer.Exit(summary.exit_code)
 
 
-def _dry_run(configs: list, cache: Path, results: Path, format: OutputFormat) -> None:
+def _dry_run(
+    configs: list, cache: Path, results: Path, format: OutputFormat, backend: Backend, options: dict[str, Any]
+) -> None:
     from rich.table import Table
 
     from fusioncli.results.store import ResultsStore
-    from fusioncli.sweep.runner import load_sweep_data, plan_sweep
 
-    data = load_sweep_data(configs, cache)
-    plan = plan_sweep(configs, data.fingerprint, ResultsStore(results))
+    store = ResultsStore(results)
+    if backend is Backend.ray:
+        # Ray's rule for "auto" (see fusioncli.sweep.ray_backend); needs neither Ray nor the data.
+        from fusioncli.sweep.ray_backend import plan_sweep_ray
+
+        plan = plan_sweep_ray(configs, cache, store, gpus_per_run=options["gpus_per_run"])
+    else:
+        from fusioncli.sweep.runner import load_sweep_data, plan_sweep
+
+        data = load_sweep_data(configs, cache)
+        plan = plan_sweep(configs, data.fingerprint, store)
     if format is OutputFormat.json:
         rows = [{"run_id": p.run_id, "stored_status": p.stored_status, **p.config.to_dict()} for p in plan]
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)

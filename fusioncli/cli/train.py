@@ -8,7 +8,14 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from fusioncli.cli._options import CacheDirOption, LimitPerClassOption, Precision, PrecisionOption
+from fusioncli.cli._options import (
+    CacheDirOption,
+    LimitPerClassOption,
+    ModalityDropoutOption,
+    Precision,
+    PrecisionOption,
+    RobustnessOption,
+)
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.paths import default_cache_dir
 
@@ -41,6 +48,7 @@ def _summary_tables(record: dict[str, Any]) -> list[Table]:
         ("device / precision", f"{cfg['device']} ({env['device_name']}) / {cfg['precision']}"),
         ("lr / scheduler", f"{cfg['lr']:g} / {cfg['scheduler']}"),
         ("epochs / batch / seed", f"{cfg['epochs']} / {cfg['batch_size']} / {cfg['seed']}"),
+        ("modality dropout", f"{cfg.get('modality_dropout', 0.0):g}"),
         ("train / val samples", f"{record['dataset']['n_train']} / {record['dataset']['n_val']}"),
         ("val loss", f"{m['val_loss']:.4f}"),
         ("val accuracy", f"{m['val_accuracy']:.4f}"),
@@ -67,7 +75,30 @@ def _summary_tables(record: dict[str, Any]) -> list[Table]:
         per_class.add_column(col, justify="left" if col == "class" else "right")
     for name, c in m["per_class"].items():
         per_class.add_row(name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
-    return [run, per_class]
+    tables = [run, per_class]
+    if record.get("robustness") is not None:
+        tables.append(_robustness_table(record["robustness"]))
+    return tables
+
+
+def _robustness_table(robustness: dict[str, Any]) -> Table:
+    from fusioncli.eval.robustness import summary_rows
+
+    table = Table(
+        title=f"robustness (validation, corruption seed {robustness['seed']}; relative = accuracy / clean accuracy)",
+        title_justify="left",
+    )
+    for col in ("condition", "accuracy", "relative", "AUC", "relative AUC"):
+        table.add_column(col, justify="left" if col == "condition" else "right")
+
+    def cell(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for row in summary_rows(robustness):
+        table.add_row(
+            row["condition"], cell(row["accuracy"]), cell(row["relative"]), cell(row["auc"]), cell(row["relative_auc"])
+        )
+    return table
 
 
 @report_errors
@@ -86,6 +117,8 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: PrecisionOption = Precision.auto,
     limit_per_class: LimitPerClassOption = None,
+    modality_dropout: ModalityDropoutOption = 0.0,
+    robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
     checkpoint: Annotated[
         Optional[Path],
@@ -100,6 +133,8 @@ def train(
     Progress goes to stderr; the summary (or, with --format json, the run record as one JSON object) goes to stdout.
 
     Example:  fusioncli train --strategy late --epochs 3 --limit-per-class 500 --format json
+
+    Robustness:  fusioncli train --strategy late --modality-dropout 0.3 --robustness
     """
     # Imported here so `fusioncli --help` does not pay for torch.
     from fusioncli.train.config import RunConfig
@@ -116,6 +151,7 @@ def train(
         device=device,
         precision=precision.value,
         limit_per_class=limit_per_class,
+        modality_dropout=modality_dropout,
     ).resolve()
     err.print(
         f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), "
@@ -128,9 +164,15 @@ def train(
         def on_epoch(row: dict[str, Any]) -> None:
             err.print(_epoch_line(row, config.epochs), highlight=False)
             advance(1)
+            if robustness and row["epoch"] == config.epochs:
+                err.print("evaluating robustness on corrupted validation sets", highlight=False)
 
         result = train_from_cache(
-            config, cache_dir if cache_dir is not None else default_cache_dir(), on_epoch=on_epoch, checkpoint=checkpoint
+            config,
+            cache_dir if cache_dir is not None else default_cache_dir(),
+            on_epoch=on_epoch,
+            checkpoint=checkpoint,
+            robustness=robustness,
         )
     record = result.record
     if checkpoint is not None:

@@ -1,8 +1,11 @@
-"""Aggregate runs over seeds: per configuration, n and mean / std of each metric.
+"""Aggregate runs over seeds: per configuration, n and mean / std / 95 % CI of each metric.
 
 The machine-readable column names carry their unit (``accuracy_pct_mean``,
 ``train_time_s_std``); renderers map them to display labels (``accuracy (%)``). The std is the
 sample standard deviation (ddof = 1), so it is NaN (shown as blank) for a group of one run.
+``<metric>_ci95_lo`` / ``<metric>_ci95_hi`` bound the two-sided 95 % confidence interval of the
+mean (Student t with n - 1 degrees of freedom, :func:`fusioncli.results.stats.mean_ci95`); they
+are NaN for a group of one run, where no interval exists.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fusioncli.errors import BadInputError
+from fusioncli.results.stats import mean_ci95
 from fusioncli.results.store import CONFIG_FIELDS, FINISHED
 
 MIB = 2**20
@@ -44,6 +48,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_host_rss_mib", "peak host RSS (MiB)", "peak_host_rss_bytes", 1.0 / MIB, "min", 0, highlight=False),
     Metric("params_m", "params (M)", "params_total", 1e-6, "min", 3, per_config=True),
     Metric("throughput_samples_per_s", "throughput (samples/s)", "samples_per_s", 1.0, "max", 0),
+    # Robustness (runs trained or swept with --robustness; blank columns are hidden in tables).
+    # robust AUC: mean over corruptions of the area under accuracy vs severity on [0, 1].
+    Metric("robust_auc_pct", "robust AUC (%)", "robust_mean_auc", 100.0, "max", 2),
+    Metric("acc_rgb_missing_pct", "acc. RGB missing (%)", "acc_rgb_missing", 100.0, "max", 2),
+    Metric("acc_lidar_missing_pct", "acc. LiDAR missing (%)", "acc_lidar_missing", 100.0, "max", 2),
 )
 METRICS_BY_KEY = {m.key: m for m in METRICS}
 
@@ -59,7 +68,15 @@ SORT_ALIASES = {
     "rss": "peak_host_rss_mib",
     "params": "params_m",
     "throughput": "throughput_samples_per_s",
+    "robust": "robust_auc_pct",
+    "robustness": "robust_auc_pct",
+    "auc": "robust_auc_pct",
+    "rgb_missing": "acc_rgb_missing_pct",
+    "lidar_missing": "acc_lidar_missing_pct",
 }
+
+# The columns aggregate() writes per (non-constant) metric, after the "<metric>_" prefix.
+STAT_SUFFIXES = ("mean", "std", "ci95_lo", "ci95_hi")
 
 # The dataset is part of what a run measured: runs on different data are never averaged
 # together unless asked (--group-by without it).
@@ -98,14 +115,15 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
     """One row per configuration (``group_by`` values) over its finished runs.
 
     Columns: the group fields, ``n`` (runs averaged), ``seeds`` (comma list), ``run_ids``, then
-    ``<metric>_mean`` and ``<metric>_std`` per metric (std ddof = 1; NaN when n = 1) -- except
-    per-configuration constants such as ``params_m`` which get a single column.
+    per metric ``<metric>_mean``, ``<metric>_std`` (ddof = 1) and ``<metric>_ci95_lo`` /
+    ``<metric>_ci95_hi`` (95 % t interval of the mean); std and CI are NaN below 2 values.
+    Per-configuration constants such as ``params_m`` get a single column.
     """
     fields = check_group_by(group_by)
     per_run = run_metrics(finished_runs(runs))
     columns = [*fields, "n", "seeds", "run_ids"]
     for metric in METRICS:
-        columns += [metric.key] if metric.per_config else [f"{metric.key}_mean", f"{metric.key}_std"]
+        columns += [metric.key] if metric.per_config else [f"{metric.key}_{s}" for s in STAT_SUFFIXES]
     if per_run.empty:
         return pd.DataFrame(columns=columns)
     rows = []
@@ -119,12 +137,14 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
         for metric in METRICS:
             values = group[metric.key].to_numpy(dtype="float64")
             values = values[~np.isnan(values)]
-            mean = float(values.mean()) if len(values) else float("nan")
+            mean, lo, hi = mean_ci95(values)
             if metric.per_config:
                 row[metric.key] = mean
                 continue
             row[f"{metric.key}_mean"] = mean
             row[f"{metric.key}_std"] = float(values.std(ddof=1)) if len(values) >= 2 else float("nan")
+            row[f"{metric.key}_ci95_lo"] = lo
+            row[f"{metric.key}_ci95_hi"] = hi
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
@@ -174,7 +194,7 @@ def sort_table(table: pd.DataFrame, column: str, ascending: bool) -> pd.DataFram
 
 
 FILTER_KEYS = (*CONFIG_FIELDS, "status", "run_id", "dataset_fingerprint")
-_NUMERIC_FIELDS = ("lr", "epochs", "batch_size", "seed", "limit_per_class")
+_NUMERIC_FIELDS = ("lr", "epochs", "batch_size", "seed", "limit_per_class", "modality_dropout")
 _NULL_WORDS = ("none", "null", "")
 
 

@@ -1,8 +1,9 @@
 """PNG charts of an aggregate table (matplotlib, an optional extra: ``fusioncli[plot]``).
 
 The seed notebook plotted accuracy and training time per configuration as bar charts; we draw
-the same (with std error bars when there are several seeds) plus two trade-off scatters:
-accuracy vs parameters and accuracy vs training time.
+the same (with 95 % CI error bars when there are several seeds) plus two trade-off scatters:
+accuracy vs parameters and accuracy vs training time. When runs carry robustness results,
+``robustness.png`` adds accuracy vs corruption severity (one panel per corruption).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 
 from fusioncli.atomic import atomic_path
 from fusioncli.errors import BadInputError
-from fusioncli.results.render import format_field
+from fusioncli.results.render import ci_half_widths, format_field
 
 PLOT_FILES = ("accuracy.png", "train_time.png", "accuracy_vs_params.png", "accuracy_vs_time.png")
 
@@ -60,10 +61,10 @@ def _save(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
 
-def _bar(plt: Any, labels: list[str], means: pd.Series, stds: pd.Series, ylabel: str, title: str, path: Path) -> None:
+def _bar(plt: Any, labels: list[str], means: pd.Series, errs: list[float], ylabel: str, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(labels) + 2), 4.5))
     x = np.arange(len(labels))
-    err = stds.to_numpy(dtype="float64")
+    err = np.asarray(errs, dtype="float64")
     yerr = None if np.isnan(err).all() else np.where(np.isnan(err), 0.0, err)  # no bars when n = 1 everywhere
     ax.bar(x, means.to_numpy(dtype="float64"), yerr=yerr, capsize=3, color="#4C72B0")
     ax.set_xticks(x)
@@ -111,18 +112,18 @@ def write_plots(table: pd.DataFrame, out_dir: Path, fields: Sequence[str]) -> li
         plt,
         labels,
         table["accuracy_pct_mean"],
-        table["accuracy_pct_std"],
+        ci_half_widths(table, "accuracy_pct"),
         "accuracy (%)",
-        "Validation accuracy per configuration",
+        "Validation accuracy per configuration (error bars: 95% CI)",
         paths[0],
     )
     _bar(
         plt,
         labels,
         table["train_time_s_mean"],
-        table["train_time_s_std"],
+        ci_half_widths(table, "train_time_s"),
         "train time (s)",
-        "Training time per configuration",
+        "Training time per configuration (error bars: 95% CI)",
         paths[1],
     )
     _scatter(
@@ -145,4 +146,71 @@ def write_plots(table: pd.DataFrame, out_dir: Path, fields: Sequence[str]) -> li
         paths[3],
         logx=False,
     )
+    return paths
+
+
+ROBUSTNESS_PLOT = "robustness.png"
+
+
+def write_robustness_plot(view: Any, out_dir: Path) -> Path:
+    """Write ``robustness.png``: accuracy vs severity, one panel per corruption, one line per
+    configuration (shaded 95 % CI where a configuration has several seeds); return its path.
+
+    ``view`` is a :class:`~fusioncli.results.robustness.RobustnessView`.
+    """
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corruptions = view.corruptions
+    labels = config_labels(view.configs, view.fields)
+    long = view.long
+    fig, axes = plt.subplots(1, max(len(corruptions), 1), figsize=(4.2 * max(len(corruptions), 1), 4.0), squeeze=False)
+    for ax, corruption in zip(axes[0], corruptions):
+        points = long[(long["corruption"] == corruption) & (long["measure"] == "accuracy")]
+        for index, label in enumerate(labels):
+            line = points[points["config"] == index].sort_values("severity")
+            if line.empty:
+                continue
+            x = line["severity"].to_numpy(dtype="float64")
+            drawn = ax.plot(x, line["pct_mean"].to_numpy(dtype="float64"), marker="o", markersize=3, label=label)
+            lo = line["pct_ci95_lo"].to_numpy(dtype="float64")
+            hi = line["pct_ci95_hi"].to_numpy(dtype="float64")
+            if np.isfinite(lo).any():
+                ax.fill_between(x, lo, hi, color=drawn[0].get_color(), alpha=0.15, linewidth=0)
+        ax.set_title(corruption)
+        ax.set_xlabel("severity")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 4), fontsize=8)
+    shaded = bool(np.isfinite(long["pct_ci95_lo"].to_numpy(dtype="float64")).any())
+    # y above 1: clear of the panel titles (bbox_inches="tight" keeps it in the file)
+    fig.suptitle("Accuracy vs corruption severity" + (" (shaded: 95% CI over seeds)" if shaded else ""), y=1.03)
+    path = out_dir / ROBUSTNESS_PLOT
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write_report_plots(
+    runs: pd.DataFrame,
+    out_dir: Path,
+    *,
+    group_by: Sequence[str] | None = None,
+    sort: str | None = None,
+    filters: Sequence[str] = (),
+) -> list[Path]:
+    """Every chart ``report --plot`` writes for these runs: the four per-configuration charts,
+    plus ``robustness.png`` when a selected run has robustness results."""
+    from fusioncli.results.aggregate import build_report, filter_runs, parse_filters
+    from fusioncli.results.robustness import build_robustness, has_robustness
+
+    check_available()
+    report = build_report(runs, group_by=group_by, sort=sort, filters=filters)
+    paths = write_plots(report.table, out_dir, report.fields)
+    if has_robustness(filter_runs(runs, parse_filters(filters))):
+        view = build_robustness(runs, group_by=group_by, sort=sort, filters=filters)
+        paths.append(write_robustness_plot(view, out_dir))
     return paths

@@ -1,8 +1,9 @@
 """Render an aggregate (or per-run) table as a rich table, markdown, csv, json or LaTeX.
 
-csv and json are for machines: one row per group (or run), separate numeric mean / std
-columns, units in the column names, no formatting. table / markdown / latex are for people:
-``mean ± std`` (std over seeds, ddof = 1; just the mean when n = 1), the best value per column
+csv and json are for machines: one row per group (or run), separate numeric mean / std /
+ci95_lo / ci95_hi columns, units in the column names, no formatting. table / markdown / latex
+are for people: ``mean ± h`` where h is the half-width of the 95 % confidence interval of the
+mean over seeds (Student t, n - 1 df; just the mean when n = 1), the best value per column
 highlighted, and config fields that are the same in every row moved into a caption.
 """
 
@@ -21,6 +22,9 @@ from fusioncli.results.aggregate import METRICS, Metric
 from fusioncli.results.store import CONFIG_FIELDS
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
+NUMERIC_FIELDS = ("lr", "epochs", "batch_size", "seed", "limit_per_class", "modality_dropout")
+CI_NOTE = "mean ± 95% CI half-width over seeds (Student t, n-1 df; mean only when n = 1); n = runs averaged"
+SINGLE_NOTE = "one run per configuration: mean only (several seeds, e.g. --seeds 0,1,2, give a 95% CI)"
 
 
 @dataclass
@@ -39,7 +43,8 @@ def _label(name: str) -> str:
     return "dataset" if name == "dataset_fingerprint" else name
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """True for None, pd.NA and NaN (any cell pandas would call missing)."""
     if value is None or value is pd.NA:
         return True
     try:
@@ -63,7 +68,7 @@ def format_lr(value: float) -> str:
 
 def format_field(name: str, value: Any) -> str:
     """A config value for display (``limit_per_class`` null reads as 'all')."""
-    if _is_missing(value):
+    if is_missing(value):
         return "all" if name == "limit_per_class" else "-"
     if name == "lr":
         return format_lr(float(value))
@@ -75,12 +80,22 @@ def format_field(name: str, value: Any) -> str:
 
 
 def format_stat(mean: float, std: float | None, digits: int) -> str:
-    """``mean ± std`` with ``digits`` decimals; just the mean when std is missing (n = 1)."""
-    if _is_missing(mean):
+    """``mean ± std`` (or ``± half-width``) with ``digits`` decimals; just the mean when it is missing."""
+    if is_missing(mean):
         return "-"
-    if std is None or _is_missing(std):
+    if std is None or is_missing(std):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def ci_half_widths(table: pd.DataFrame, key: str) -> list[float]:
+    """Per row, half the width of ``<key>``'s 95 % CI (NaN where n < 2 or no CI columns)."""
+    lo, hi = f"{key}_ci95_lo", f"{key}_ci95_hi"
+    if lo not in table.columns or hi not in table.columns:
+        return [math.nan] * len(table)
+    los = pd.to_numeric(table[lo], errors="coerce").astype("float64")
+    his = pd.to_numeric(table[hi], errors="coerce").astype("float64")
+    return list(0.5 * (his - los))
 
 
 def _best_mask(values: pd.Series, better: str) -> list[bool]:
@@ -103,22 +118,40 @@ def _visible_metrics(table: pd.DataFrame, per_run: bool) -> list[Metric]:
     return shown
 
 
+def split_fields(table: pd.DataFrame, fields: Sequence[str], *, keep_one: bool = True) -> tuple[list[str], str]:
+    """``(varying, caption)``: the fields whose value differs between rows, and the others as
+    ``"name=value, ..."`` text -- so a table shows what varies and says the rest once.
+
+    With ``keep_one``, a table where nothing varies keeps its first field as a column, so a
+    single-row table still names its configuration.
+    """
+    fields = [f for f in fields if f in table.columns]
+    varying = [f for f in fields if table[f].astype("string").fillna("<NA>").nunique() > 1]
+    constant = [f for f in fields if f not in varying]
+    if keep_one and len(table) and not varying and fields:
+        varying, constant = [fields[0]], [f for f in fields[1:]]
+    caption = ", ".join(f"{_label(f)}={format_field(f, table[f].iloc[0])}" for f in constant) if len(table) else ""
+    return varying, caption
+
+
+def field_columns(table: pd.DataFrame, fields: Sequence[str]) -> tuple[list[str], list[bool], list[list[str]]]:
+    """Headers, numeric flags and formatted cells of config ``fields`` (columns of a display)."""
+    headers = [_label(f) for f in fields]
+    numeric = [f in NUMERIC_FIELDS for f in fields]
+    cells = [[format_field(f, v) for v in table[f]] for f in fields]
+    return headers, numeric, cells
+
+
 def build_display(table: pd.DataFrame, fields: Sequence[str], *, per_run: bool = False) -> DisplayTable:
     """Strings for a human table from an aggregate (or, with ``per_run``, a run_metrics) frame.
 
     Fields with one value across all rows go to the caption, so the table shows what varies.
     """
-    fields = [f for f in fields if f in table.columns]
-    varying = [f for f in fields if table[f].astype("string").fillna("<NA>").nunique() > 1]
-    constant = [f for f in fields if f not in varying]
-    if len(table) and not varying and fields:
-        # Keep at least one identifying column so a single-row table still names its config.
-        varying, constant = [fields[0]], [f for f in fields[1:]]
-    caption = ", ".join(f"{_label(f)}={format_field(f, table[f].iloc[0])}" for f in constant) if len(table) else ""
+    varying, caption = split_fields(table, fields)
     metrics = _visible_metrics(table, per_run)
 
     headers = [_label(f) for f in varying]
-    numeric = [f in ("lr", "epochs", "batch_size", "seed", "limit_per_class") for f in varying]
+    numeric = [f in NUMERIC_FIELDS for f in varying]
     columns: list[list[str]] = [[format_field(f, v) for v in table[f]] for f in varying]
     best: list[list[bool]] = [[False] * len(table) for _ in varying]
     if per_run:
@@ -137,7 +170,7 @@ def build_display(table: pd.DataFrame, fields: Sequence[str], *, per_run: bool =
             cells = [format_stat(v, None, metric.digits) for v in table[column]]
         else:
             column = f"{metric.key}_mean"
-            cells = [format_stat(m, s, metric.digits) for m, s in zip(table[column], table[f"{metric.key}_std"])]
+            cells = [format_stat(m, h, metric.digits) for m, h in zip(table[column], ci_half_widths(table, metric.key))]
         headers.append(metric.label)
         numeric.append(True)
         columns.append(cells)
@@ -145,12 +178,15 @@ def build_display(table: pd.DataFrame, fields: Sequence[str], *, per_run: bool =
     if per_run and "error" in table.columns and table["error"].notna().any():
         headers.append("error")
         numeric.append(False)
-        columns.append(["" if _is_missing(e) else _short(str(e)) for e in table["error"]])
+        columns.append(["" if is_missing(e) else _short(str(e)) for e in table["error"]])
         best.append([False] * len(table))
 
     rows = [list(r) for r in zip(*columns)] if len(table) else []
     best_rows = [list(r) for r in zip(*best)] if len(table) else []
-    notes = [] if per_run else ["mean ± std over seeds (sample std, ddof=1); n = runs averaged"]
+    if per_run:
+        notes = []
+    else:
+        notes = [CI_NOTE if len(table) and int(pd.to_numeric(table["n"]).max()) >= 2 else SINGLE_NOTE]
     return DisplayTable(headers=headers, rows=rows, best=best_rows, numeric=numeric, caption=caption, notes=notes)
 
 
@@ -249,7 +285,7 @@ def to_json(table: pd.DataFrame) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    if _is_missing(value):
+    if is_missing(value):
         return None
     if hasattr(value, "item"):  # numpy scalars
         value = value.item()

@@ -49,7 +49,14 @@ CONFIG_FIELDS = (
     "device",
     "precision",
     "limit_per_class",
+    "modality_dropout",
 )
+
+# What a config field reads as in rows and records written before the field existed.
+CONFIG_DEFAULTS = {"modality_dropout": 0.0}
+
+# Columns flattened from record["robustness"] (null for runs evaluated without it).
+ROBUSTNESS_COLUMNS = ("robust_mean_auc", "robust_mean_relative_auc", "acc_rgb_missing", "acc_lidar_missing")
 
 _STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
 
@@ -70,6 +77,7 @@ RUN_SCHEMA = pa.schema(
         ("device", _STR),
         ("precision", _STR),
         ("limit_per_class", _I64),
+        ("modality_dropout", _F64),
         ("dataset_fingerprint", _STR),
         ("n_train", _I64),
         ("n_val", _I64),
@@ -77,6 +85,10 @@ RUN_SCHEMA = pa.schema(
         ("val_accuracy", _F64),
         ("f1_macro", _F64),
         ("val_loss", _F64),
+        ("robust_mean_auc", _F64),
+        ("robust_mean_relative_auc", _F64),
+        ("acc_rgb_missing", _F64),
+        ("acc_lidar_missing", _F64),
         ("params_total", _I64),
         ("params_trainable", _I64),
         ("params_encoder", _I64),
@@ -106,6 +118,7 @@ RUN_SCHEMA = pa.schema(
         ("config_json", _STR),
         ("per_class_json", _STR),
         ("history_json", _STR),
+        ("robustness_json", _STR),
     ]
 )
 
@@ -142,11 +155,12 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     env = record.get("env") or {}
     history = record.get("history") or []
     class_names = _get(record, "dataset", "class_names")
+    robustness = record.get("robustness")
     row: dict[str, Any] = {
         "run_id": record.get("run_id"),
         "status": record.get("status"),
         "error": record.get("error"),
-        **{name: config.get(name) for name in CONFIG_FIELDS},
+        **{name: config.get(name, CONFIG_DEFAULTS.get(name)) for name in CONFIG_FIELDS},
         "dataset_fingerprint": _get(record, "dataset", "fingerprint"),
         "n_train": _get(record, "dataset", "n_train"),
         "n_val": _get(record, "dataset", "n_val"),
@@ -154,6 +168,10 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
         "val_accuracy": _get(record, "metrics", "val_accuracy"),
         "f1_macro": _get(record, "metrics", "f1_macro"),
         "val_loss": _get(record, "metrics", "val_loss"),
+        "robust_mean_auc": _get(robustness, "mean_auc"),
+        "robust_mean_relative_auc": _get(robustness, "mean_relative_auc"),
+        "acc_rgb_missing": _get(robustness, "missing", "rgb_missing", "accuracy"),
+        "acc_lidar_missing": _get(robustness, "missing", "lidar_missing", "accuracy"),
         **{f"params_{k}": _get(record, "params", k) for k in ("total", "trainable", "encoder", "fusion", "head")},
         "flops_per_sample": record.get("flops_per_sample"),
         "train_seconds": _get(record, "timing", "train_seconds"),
@@ -184,13 +202,19 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
         "config_json": json.dumps(config, sort_keys=True),
         "per_class_json": json.dumps(_get(record, "metrics", "per_class"), sort_keys=True),
         "history_json": json.dumps(history),
+        "robustness_json": json.dumps(_jsonable(robustness), sort_keys=True) if robustness is not None else None,
     }
     return {field.name: _cast(row.get(field.name), field.type) for field in RUN_SCHEMA}
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
     # Nullable integers keep "no limit" (null) apart from 0 and keep ints as ints.
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
+    # Row files written before a config field existed read it as null: give it its default, so
+    # those runs group and pair with new runs that use the default.
+    for name, default in CONFIG_DEFAULTS.items():
+        frame[name] = frame[name].fillna(default)
+    return frame
 
 
 def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,18 +1,24 @@
-"""Run a list of configurations on one device, one after another, into a results store.
+"""Run a list of configurations into a results store: the local backend, and what every backend shares.
 
-What the runner guarantees:
+What a sweep guarantees, whichever backend runs it (local here, Ray in
+:mod:`fusioncli.sweep.ray_backend`):
 
 * **skip / resume** -- a run whose *finished* record is already stored is skipped (``force``
   recomputes it); failed runs are retried. Re-running a killed sweep therefore does only what
   is missing.
 * **nothing finished is lost** -- each record is written atomically as soon as its run ends;
-  a kill (Ctrl-C, SIGKILL) loses at most the run in flight and never leaves a record that counts.
+  a kill (Ctrl-C, SIGKILL) loses at most the runs in flight and never leaves a record that counts.
 * **failures do not stop the sweep** -- an exception in a run (out of memory, NaN loss, ...) is
   stored as a ``failed`` record with the error and a short traceback; the sweep goes on.
 * **best checkpoint** -- when a finished run beats the store's best (higher val accuracy; ties:
   lower val loss), its weights replace ``<results>/best/`` as a whole.
 
-The train function is injectable (``train_fn``), so tests can drive the runner with a fake.
+Backends share one way to store an outcome: :class:`OutcomeRecorder` (skip check, finished and
+failed records, best checkpoint, trackers, the summary), :func:`train_one` (train + optional
+robustness evaluation) and :func:`failure_record`. A backend only decides *where* runs train.
+
+The local backend (:func:`run_sweep`) trains one run after another in this process on data
+loaded once. The train function is injectable (``train_fn``), so tests can drive it with a fake.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 
 from fusioncli.atomic import atomic_directory
 from fusioncli.data.dataset import PreparedData
-from fusioncli.errors import BadInputError, FusionError
+from fusioncli.errors import BadInputError, FusionError, RunFailedError
 from fusioncli.results.store import FAILED, FINISHED, ResultsStore
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.train.config import RunConfig, run_id
@@ -37,8 +43,10 @@ from fusioncli.train.loop import failed_record, train_run
 SKIPPED = "skipped"
 TRACEBACK_CHARS = 4000
 ERROR_CHARS = 2000
+BACKENDS = ("local", "ray")
 
 TrainFn = Callable[..., Any]  # (config, data, *, on_epoch) -> object with .record and .model
+Resolver = Callable[[RunConfig], RunConfig]  # "auto" device/precision -> what the run will use
 
 
 @dataclass
@@ -58,7 +66,7 @@ class RunOutcome:
 
 @dataclass
 class SweepSummary:
-    """The outcome of :func:`run_sweep`: one entry per grid point that was reached."""
+    """The outcome of a sweep: one entry per grid point that was reached, in grid order."""
 
     outcomes: list[RunOutcome]
     total: int
@@ -105,6 +113,15 @@ def error_message(exc: BaseException) -> str:
     return text[:ERROR_CHARS]
 
 
+def describe_exception(exc: BaseException) -> tuple[str, str]:
+    """(message, traceback text) of a run's exception: text only, for its failed record.
+
+    Text rather than the exception itself: its frames hold the failed run's tensors, and a
+    remote worker's exception has to travel back as something plain.
+    """
+    return error_message(exc), "".join(traceback.format_exception(exc))[-TRACEBACK_CHARS:]
+
+
 def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
     """Higher val accuracy wins; on a tie the lower val loss; a NaN never wins."""
     metrics = record.get("metrics") or {}
@@ -147,7 +164,8 @@ def _call_trackers(trackers: Sequence[Tracker], method: str, *args: Any, warning
             warnings.append(f"{tracker.name}: {method} failed: {error_message(exc)}")
 
 
-def _free_memory(device: str) -> None:
+def free_device_memory(device: str) -> None:
+    """Give a failed (or finished) run's memory back, so the next run on the device has it."""
     # After an out-of-memory error the allocator still holds the failed run's blocks.
     gc.collect()
     if device.startswith("cuda"):
@@ -156,17 +174,243 @@ def _free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def resolve_grid(configs: Sequence[RunConfig], fingerprint: str) -> list[tuple[str, RunConfig]]:
-    """(run id, resolved config) per grid point, duplicates (same run id) dropped, order kept."""
+def resolve_grid(
+    configs: Sequence[RunConfig], fingerprint: str, resolve: Resolver | None = None
+) -> list[tuple[str, RunConfig]]:
+    """(run id, resolved config) per grid point, duplicates (same run id) dropped, order kept.
+
+    ``resolve`` turns a config into the one that will run (default :meth:`RunConfig.resolve`:
+    this machine's answer to ``auto``); a backend training elsewhere passes its own rule.
+    """
+    resolver = resolve if resolve is not None else RunConfig.resolve
     seen: set[str] = set()
     resolved = []
     for config in configs:
-        cfg = config.resolve()
+        cfg = resolver(config)
         rid = run_id(cfg, fingerprint)
         if rid not in seen:
             seen.add(rid)
             resolved.append((rid, cfg))
     return resolved
+
+
+def train_one(
+    cfg: RunConfig,
+    data: PreparedData,
+    *,
+    train_fn: TrainFn | None = None,
+    robustness: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """Train one resolved config on the full ``data``; with ``robustness`` also evaluate it.
+
+    What every backend does with one run (the local loop here, a Ray task on a worker).
+    Returns ``train_fn``'s result (``.record``, ``.model``); with ``robustness`` the record
+    gets ``record["robustness"]`` from :func:`fusioncli.eval.robustness.add_robustness`, as
+    ``fusioncli train --robustness`` does (evaluated on the data as trained, i.e. limited).
+    ``train_fn`` defaults to :func:`fusioncli.train.loop.train_run`, looked up at call time.
+    A failing robustness evaluation fails the run (so the next sweep retries it whole).
+    """
+    if train_fn is None:
+        train_fn = train_run
+    result = train_fn(cfg, data, on_epoch=on_epoch)
+    if robustness:
+        # Imported here: only sweeps that ask for robustness need the module.
+        from fusioncli.eval.robustness import add_robustness
+
+        try:
+            add_robustness(result, data)
+        except Exception as exc:
+            raise RunFailedError(f"robustness evaluation failed: {error_message(exc)}") from exc
+    return result
+
+
+def _dataset_stub(data: PreparedData | None, dataset: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a failed record says about data it never trained on (sizes unknown)."""
+    if data is not None:
+        fingerprint, class_names = data.fingerprint, data.class_names
+    elif dataset is not None:
+        fingerprint, class_names = dataset.get("fingerprint"), dataset.get("class_names") or ()
+    else:
+        return None
+    return {"fingerprint": fingerprint, "n_train": None, "n_val": None, "class_names": list(class_names)}
+
+
+def failure_record(
+    cfg: RunConfig,
+    rid: str,
+    error: tuple[str, str],
+    *,
+    data: PreparedData | None = None,
+    dataset: dict[str, Any] | None = None,
+    history: Sequence[dict[str, Any]] = (),
+    started_at: str,
+) -> dict[str, Any]:
+    """A failed run's record, the same shape wherever the run failed; never raises.
+
+    ``error`` is ``(message, traceback)`` (:func:`describe_exception`). ``data`` is the full
+    dataset when the run had it loaded; otherwise ``dataset`` (``fingerprint``,
+    ``class_names``) says what is known without it. ``history`` holds the epochs that did
+    finish (e.g. up to a NaN). A second failure while describing the first (out of memory
+    again) still gives a record, with ``record_error`` set.
+    """
+    message, trace = error
+    try:
+        record = failed_record(cfg, data, message, started_at=started_at)
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory again while describing the data
+        record = {
+            "schema": 1,
+            "status": FAILED,
+            "error": message,
+            "config": cfg.to_dict(),
+            "dataset": None,
+            "env": None,
+            "started_at": started_at,
+            "finished_at": _utc_now(),
+            "record_error": error_message(exc),
+        }
+    if record.get("dataset") is None:
+        record["dataset"] = _dataset_stub(data, dataset)
+    record["run_id"] = rid
+    record["history"] = [dict(row) for row in history]
+    record["traceback"] = trace
+    return record
+
+
+class OutcomeRecorder:
+    """Stores what happened to each grid point of one sweep; shared by every backend.
+
+    The one place that decides a skip, writes finished and failed records, keeps the best
+    checkpoint, calls the trackers and builds the :class:`SweepSummary`::
+
+        recorder = OutcomeRecorder(store, total, force=..., keep_best=..., trackers=...)
+        outcome = recorder.skipped(index, rid, cfg)        # None: the run must train
+        run = recorder.begin(index, rid, cfg)              # trackers: start
+        run.epoch(row)                                     # trackers: log_epoch
+        outcome = run.finished(record, lambda: model)      # or run.failed(record)
+        summary = recorder.summary(outcomes, interrupted=..., started=...)
+    """
+
+    def __init__(
+        self,
+        store: ResultsStore,
+        total: int,
+        *,
+        force: bool = False,
+        keep_best: bool = True,
+        trackers: Sequence[Tracker] = (),
+        robustness: bool = False,
+    ) -> None:
+        self.store = store
+        self.total = total
+        self.force = force
+        self.robustness = robustness
+        self.keep_best = keep_best
+        self.trackers = tuple(trackers)
+        self.warnings: list[str] = []  # every run's warnings, in the order runs ended
+
+    def skipped(self, index: int, rid: str, cfg: RunConfig) -> RunOutcome | None:
+        """The ``skipped`` outcome when a finished record of ``rid`` is stored (and not ``force``).
+
+        A sweep that asks for robustness re-trains a finished run stored without it: the
+        evaluation needs the trained model, and only the best run's weights are kept (training
+        is deterministic, so the re-run reproduces the run and adds its robustness).
+        """
+        if self.force or not self.store.is_finished(rid):
+            return None
+        record = self.store.get(rid)
+        if self.robustness and not (record or {}).get("robustness"):
+            return None
+        return RunOutcome(index, self.total, rid, cfg, SKIPPED, record)
+
+    def begin(self, index: int, rid: str, cfg: RunConfig) -> RunRecorder:
+        """Start recording one run (its trackers' ``start``)."""
+        return RunRecorder(self, index, rid, cfg)
+
+    def summary(self, outcomes: Sequence[RunOutcome], *, interrupted: bool, started: float) -> SweepSummary:
+        """The sweep's summary: outcomes in grid order, the store's best, all warnings.
+
+        ``started`` is the sweep's :func:`time.perf_counter` at its start.
+        """
+        return SweepSummary(
+            outcomes=sorted(outcomes, key=lambda o: o.index),
+            total=self.total,
+            interrupted=interrupted,
+            seconds=time.perf_counter() - started,
+            best=self.store.best_record(),
+            warnings=list(self.warnings),
+        )
+
+
+class RunRecorder:
+    """One run from its start to its stored outcome (made by :meth:`OutcomeRecorder.begin`)."""
+
+    def __init__(self, sweep: OutcomeRecorder, index: int, rid: str, cfg: RunConfig) -> None:
+        self.sweep = sweep
+        self.index = index
+        self.run_id = rid
+        self.config = cfg
+        self.history: list[dict[str, Any]] = []  # the epochs seen so far
+        self.warnings: list[str] = []
+        _call_trackers(sweep.trackers, "start", rid, cfg.to_dict(), warnings=self.warnings)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One finished epoch (a history row)."""
+        self.history.append(dict(row))
+        _call_trackers(self.sweep.trackers, "log_epoch", dict(row), warnings=self.warnings)
+
+    def finished(self, record: dict[str, Any], get_model: Callable[[], Any]) -> RunOutcome:
+        """Store a finished run's record; ``get_model()`` is called only for a new best."""
+        store = self.sweep.store
+        record = dict(record)
+        # The key the store and the skip check use; train_run computes the same one.
+        record["run_id"] = self.run_id
+        record["status"] = FINISHED
+        new_best = False
+        if self.sweep.keep_best and _is_better(record, store.best_record()):
+            # Checkpoint before record: if we die in between, the run is redone and compared
+            # again, rather than a finished run never having been considered for best.
+            try:
+                save_best(store, get_model(), record)
+                new_best = True
+            except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
+                self.warnings.append(f"best checkpoint not saved: {error_message(exc)}")
+        store.write(record)
+        return self._end(FINISHED, record, new_best=new_best)
+
+    def failed(self, record: dict[str, Any]) -> RunOutcome:
+        """Store a failed run's record (built by :func:`failure_record`)."""
+        record = dict(record)
+        record["run_id"] = self.run_id
+        record["status"] = FAILED
+        self.sweep.store.write(record)
+        return self._end(FAILED, record, error=record.get("error"))
+
+    def interrupted(self) -> None:
+        """The run was stopped (Ctrl-C): trackers close it; nothing is stored."""
+        _call_trackers(
+            self.sweep.trackers,
+            "finish",
+            {"run_id": self.run_id, "status": "interrupted", "error": "interrupted"},
+            warnings=[],
+        )
+
+    def _end(
+        self, status: str, record: dict[str, Any], *, new_best: bool = False, error: str | None = None
+    ) -> RunOutcome:
+        _call_trackers(self.sweep.trackers, "finish", record, warnings=self.warnings)
+        self.sweep.warnings.extend(self.warnings)
+        return RunOutcome(
+            self.index,
+            self.sweep.total,
+            self.run_id,
+            self.config,
+            status,
+            record,
+            error=error,
+            new_best=new_best,
+            warnings=list(self.warnings),
+        )
 
 
 def run_sweep(
@@ -181,8 +425,9 @@ def run_sweep(
     on_run_start: Callable[[int, int, str, RunConfig], None] | None = None,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
     on_run_end: Callable[[RunOutcome], None] | None = None,
+    robustness: bool = False,
 ) -> SweepSummary:
-    """Run every config on ``data`` (loaded once, shared by all runs) into ``store``.
+    """Run every config on ``data`` (loaded once, shared by all runs) into ``store``, one by one.
 
     Finished runs already in the store are skipped unless ``force``; failed ones are retried.
     Each run's record is stored the moment it ends. A KeyboardInterrupt stops the sweep after
@@ -191,149 +436,69 @@ def run_sweep(
     ``on_epoch(config, history_row)`` after each epoch, ``on_run_end(outcome)`` for every
     grid point (finished, failed or skipped). ``train_fn`` defaults to
     :func:`fusioncli.train.loop.train_run` (looked up at call time, so it can be patched).
+    ``robustness`` adds ``record["robustness"]`` to each finished run (see :func:`train_one`).
     """
-    if train_fn is None:
-        train_fn = train_run
     started = time.perf_counter()
     store.repair()
     grid = resolve_grid(configs, data.fingerprint)
-    total = len(grid)
+    recorder = OutcomeRecorder(
+        store, len(grid), force=force, keep_best=keep_best, trackers=trackers, robustness=robustness
+    )
     outcomes: list[RunOutcome] = []
-    sweep_warnings: list[str] = []
     interrupted = False
     try:
         for index, (rid, cfg) in enumerate(grid, start=1):
-            if not force and store.is_finished(rid):
-                outcome = RunOutcome(index, total, rid, cfg, SKIPPED, store.get(rid))
-            else:
+            outcome = recorder.skipped(index, rid, cfg)
+            if outcome is None:
                 if on_run_start is not None:
-                    on_run_start(index, total, rid, cfg)
+                    on_run_start(index, len(grid), rid, cfg)
                 outcome = _run_one(
-                    index,
-                    total,
-                    rid,
-                    cfg,
+                    recorder.begin(index, rid, cfg),
                     data,
-                    store,
                     train_fn=train_fn,
-                    keep_best=keep_best,
-                    trackers=trackers,
+                    robustness=robustness,
                     on_epoch=on_epoch,
                 )
-                sweep_warnings.extend(outcome.warnings)
             outcomes.append(outcome)
             if on_run_end is not None:
                 on_run_end(outcome)
     except KeyboardInterrupt:
         # Finished runs are already stored; only the run in flight (if any) is lost.
         interrupted = True
-
-    return SweepSummary(
-        outcomes=outcomes,
-        total=total,
-        interrupted=interrupted,
-        seconds=time.perf_counter() - started,
-        best=store.best_record(),
-        warnings=sweep_warnings,
-    )
+    return recorder.summary(outcomes, interrupted=interrupted, started=started)
 
 
 def _run_one(
-    index: int,
-    total: int,
-    rid: str,
-    cfg: RunConfig,
+    run: RunRecorder,
     data: PreparedData,
-    store: ResultsStore,
     *,
-    train_fn: TrainFn,
-    keep_best: bool,
-    trackers: Sequence[Tracker],
+    train_fn: TrainFn | None,
+    robustness: bool,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None,
 ) -> RunOutcome:
-    """Train one grid point and store its record (finished or failed)."""
-    run_warnings: list[str] = []
-    history: list[dict[str, Any]] = []
-    _call_trackers(trackers, "start", rid, cfg.to_dict(), warnings=run_warnings)
+    """Train one grid point in this process and store its record (finished or failed)."""
+    cfg = run.config
 
     def epoch_done(row: dict[str, Any]) -> None:
-        history.append(dict(row))
-        _call_trackers(trackers, "log_epoch", dict(row), warnings=run_warnings)
+        run.epoch(row)
         if on_epoch is not None:
             on_epoch(cfg, dict(row))
 
     started_at = _utc_now()
-    result = None
     error: tuple[str, str] | None = None
     try:
-        result = train_fn(cfg, data, on_epoch=epoch_done)
+        result = train_one(cfg, data, train_fn=train_fn, robustness=robustness, on_epoch=epoch_done)
     except KeyboardInterrupt:
-        _call_trackers(
-            trackers, "finish", {"run_id": rid, "status": "interrupted", "error": "interrupted"}, warnings=[]
-        )
+        run.interrupted()
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
-        # Keep text only: the exception's frames hold the failed run's tensors.
-        error = (error_message(exc), "".join(traceback.format_exception(exc))[-TRACEBACK_CHARS:])
+        error = describe_exception(exc)
+    else:
+        return run.finished(result.record, lambda: result.model)
 
-    if error is not None:
-        _free_memory(cfg.device)
-        failure = _failure_record(cfg, data, rid, error, history, started_at)
-        store.write(failure)
-        _call_trackers(trackers, "finish", failure, warnings=run_warnings)
-        return RunOutcome(index, total, rid, cfg, FAILED, failure, error=failure["error"], warnings=run_warnings)
-
-    record = dict(result.record)
-    # The key the store and the skip check use; train_run computes the same one.
-    record["run_id"] = rid
-    record["status"] = FINISHED
-    new_best = False
-    if keep_best and _is_better(record, store.best_record()):
-        # Checkpoint before record: if we die in between, the run is redone and compared
-        # again, rather than a finished run never having been considered for best.
-        try:
-            save_best(store, result.model, record)
-            new_best = True
-        except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
-            run_warnings.append(f"best checkpoint not saved: {error_message(exc)}")
-    store.write(record)
-    _call_trackers(trackers, "finish", record, warnings=run_warnings)
-    return RunOutcome(index, total, rid, cfg, FINISHED, record, new_best=new_best, warnings=run_warnings)
-
-
-def _failure_record(
-    cfg: RunConfig,
-    data: PreparedData,
-    rid: str,
-    error: tuple[str, str],
-    history: list[dict[str, Any]],
-    started_at: str,
-) -> dict[str, Any]:
-    """The failed run's record; never raises (a second failure here must not stop the sweep)."""
-    message, trace = error
-    try:
-        record = failed_record(cfg, data, message, started_at=started_at)
-    except Exception as exc:  # noqa: BLE001 - e.g. out of memory again while describing the data
-        record = {
-            "schema": 1,
-            "status": FAILED,
-            "error": message,
-            "config": cfg.to_dict(),
-            "dataset": {
-                "fingerprint": data.fingerprint,
-                "n_train": None,
-                "n_val": None,
-                "class_names": list(data.class_names),
-            },
-            "env": None,
-            "started_at": started_at,
-            "finished_at": _utc_now(),
-            "record_error": error_message(exc),
-        }
-    record["run_id"] = rid
-    record["history"] = history  # the epochs that did finish, e.g. up to a NaN
-    record["traceback"] = trace
-    return record
+    # Outside the except block: the exception (and the tensors its frames hold) is gone now.
+    free_device_memory(cfg.device)
+    return run.failed(failure_record(cfg, run.run_id, error, data=data, history=run.history, started_at=started_at))
 
 
 def _utc_now() -> str:
@@ -352,10 +517,15 @@ class PlannedRun:
     stored_status: str | None
 
 
-def plan_sweep(configs: Sequence[RunConfig], fingerprint: str, store: ResultsStore) -> list[PlannedRun]:
-    """What a sweep would do, without training: each grid point with its stored status."""
+def plan_sweep(
+    configs: Sequence[RunConfig], fingerprint: str, store: ResultsStore, resolve: Resolver | None = None
+) -> list[PlannedRun]:
+    """What a sweep would do, without training: each grid point with its stored status.
+
+    ``resolve`` as in :func:`resolve_grid` (the backend's rule for ``auto``).
+    """
     plan = []
-    for index, (rid, cfg) in enumerate(resolve_grid(configs, fingerprint), start=1):
+    for index, (rid, cfg) in enumerate(resolve_grid(configs, fingerprint, resolve), start=1):
         record = store.get(rid)
         plan.append(PlannedRun(index, rid, cfg, record.get("status") if record else None))
     return plan
@@ -373,7 +543,21 @@ def load_sweep_data(configs: Sequence[RunConfig], cache_dir: Path) -> PreparedDa
     return load_cache(Path(cache_dir), devices.pop())
 
 
-def sweep_from_cache(configs: Sequence[RunConfig], cache_dir: Path, results_dir: Path, **kwargs: Any) -> SweepSummary:
-    """Load the cache at ``cache_dir`` and :func:`run_sweep` into the store at ``results_dir``."""
+def sweep_from_cache(
+    configs: Sequence[RunConfig], cache_dir: Path, results_dir: Path, *, backend: str = "local", **kwargs: Any
+) -> SweepSummary:
+    """Sweep ``configs`` on the cache at ``cache_dir`` into the store at ``results_dir``.
+
+    ``backend="local"``: load the cache here and :func:`run_sweep`; ``backend="ray"``:
+    :func:`fusioncli.sweep.ray_backend.run_sweep_ray` (which takes ``address``,
+    ``gpus_per_run``, ``cpus_per_run`` too). Other keyword arguments go to the backend.
+    """
+    store = ResultsStore(results_dir)
+    if backend == "ray":
+        from fusioncli.sweep.ray_backend import run_sweep_ray
+
+        return run_sweep_ray(configs, cache_dir, store, **kwargs)
+    if backend != "local":
+        raise BadInputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
     data = load_sweep_data(configs, cache_dir)
-    return run_sweep(configs, data, ResultsStore(results_dir), **kwargs)
+    return run_sweep(configs, data, store, **kwargs)

@@ -43,6 +43,9 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     limit_per_class: int | None = None
+    # Probability that a training sample has one modality (RGB or LiDAR, 50/50) replaced by
+    # zeros; 0.0 (the default) trains exactly as before the option existed.
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -67,6 +70,13 @@ class RunConfig:
             problems.append(f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.limit_per_class is not None and (not _is_int(self.limit_per_class) or self.limit_per_class < 1):
             problems.append(f"--limit-per-class must be an integer >= 1 (got {self.limit_per_class!r})")
+        if isinstance(self.modality_dropout, bool) or not isinstance(self.modality_dropout, numbers.Real):
+            problems.append(f"--modality-dropout must be a number in [0, 1) (got {self.modality_dropout!r})")
+        elif not 0 <= self.modality_dropout < 1:  # also false for NaN
+            problems.append(f"--modality-dropout must be >= 0 and < 1 (got {self.modality_dropout:g})")
+        else:
+            # 0 and 0.0 must hash to the same run id
+            object.__setattr__(self, "modality_dropout", float(self.modality_dropout))
         problems.extend(_registry_problems(self.strategy, self.backbone))
         if problems:
             raise BadInputError(problems)
@@ -92,7 +102,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error."""
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error.
+
+        Keys added after a record was written (``modality_dropout``) take their defaults, so
+        older records load unchanged.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -114,13 +128,21 @@ def _registry_problems(strategy: str, backbone: str) -> list[str]:
     return problems
 
 
+# Fields added after run ids were first published -> the value at which they change nothing.
+_HASH_OMITTED_AT: dict[str, Any] = {"modality_dropout": 0.0}
+
+
 def run_id(config: RunConfig, dataset_fingerprint: str) -> str:
     """A stable 16-hex-digit id for (resolved config, dataset): same inputs, same id.
 
     The config is resolved first, so ``auto`` on a CPU machine and ``cpu`` name the same run.
+    Fields added later are left out of the hash while they have their neutral default, so
+    the runs of stores written before them keep their ids.
     """
     resolved = config if config.is_resolved else config.resolve()
-    payload = json.dumps(
-        {"config": resolved.to_dict(), "dataset": dataset_fingerprint}, sort_keys=True, separators=(",", ":")
-    )
+    hashed = resolved.to_dict()
+    for name, neutral in _HASH_OMITTED_AT.items():
+        if hashed[name] == neutral:
+            del hashed[name]
+    payload = json.dumps({"config": hashed, "dataset": dataset_fingerprint}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

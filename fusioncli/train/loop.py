@@ -10,11 +10,16 @@ speed:
 * bf16 autocast where the hardware does bf16 natively, with loss and metrics in fp32;
 * no ``.item()`` per step: losses and correct counts accumulate on the device and are read
   once per epoch, so the CPU never waits for the GPU inside an epoch.
+
+Modality dropout (``RunConfig.modality_dropout``) zeroes one modality of some training samples;
+its random numbers come from their own generator on the device, so a run with p = 0 draws
+nothing extra and trains exactly as before the option existed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +57,40 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def derived_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for one ``purpose`` drawn from a run's ``seed``.
+
+    Generators seeded with the same integer on the CPU produce the same stream; deriving a
+    distinct seed per purpose keeps, e.g., the dropout masks uncorrelated with the batch order.
+    """
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def modality_dropout_generator(cfg: RunConfig, device: torch.device) -> torch.Generator | None:
+    """The generator for ``cfg``'s modality dropout masks, or None when p is 0 (nothing drawn)."""
+    if cfg.modality_dropout <= 0:
+        return None
+    return torch.Generator(device=device).manual_seed(derived_seed(cfg.seed, "modality_dropout"))
+
+
+def apply_modality_dropout(
+    rgb: torch.Tensor, xyza: torch.Tensor, p: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero one modality (RGB or LiDAR, 50/50) of each sample with probability ``p``.
+
+    Masks are drawn on the generator's device and applied by multiplication, so there is no
+    host-device sync; ``p`` is a Python float, never read back from the device. Inputs are not
+    modified.
+    """
+    u = torch.rand((2, rgb.shape[0]), generator=generator, device=generator.device).to(rgb.device)
+    dropped = u[0] < p
+    pick_rgb = u[1] < 0.5
+    keep_rgb = ~(dropped & pick_rgb)
+    keep_lidar = ~(dropped & ~pick_rgb)
+    return rgb * keep_rgb.view(-1, 1, 1, 1).to(rgb.dtype), xyza * keep_lidar.view(-1, 1, 1, 1).to(xyza.dtype)
 
 
 def _channels_last(data: PreparedData) -> PreparedData:
@@ -209,6 +248,8 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     # The permutation comes from its own generator on the CPU, so it is the same sequence on
     # every device and is not disturbed by anything else that draws random numbers.
     perm_gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    # Training only (validation always sees both modalities); None when p == 0.
+    drop_gen = modality_dropout_generator(cfg, device)
 
     history: list[dict[str, Any]] = []
     epoch_seconds: list[float] = []
@@ -227,6 +268,8 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
             for start in range(0, n_train, cfg.batch_size):
                 b = order[start : start + cfg.batch_size]
                 rgb, xyza = _batch(work, b)
+                if drop_gen is not None:
+                    rgb, xyza = apply_modality_dropout(rgb, xyza, cfg.modality_dropout, drop_gen)
                 with _autocast(device, precision):
                     logits = model(rgb, xyza)
                 loss = F.cross_entropy(logits.float(), work.labels[b])
@@ -362,10 +405,13 @@ def train_from_cache(
     *,
     on_epoch: EpochCallback | None = None,
     checkpoint: Path | None = None,
+    robustness: bool = False,
 ) -> RunResult:
     """Load the prepared cache onto the run's device, train, and optionally save a checkpoint.
 
     What ``fusioncli train`` does; a missing cache raises the loader's error with its hint.
+    ``robustness`` adds ``record["robustness"]`` (see :mod:`fusioncli.eval.robustness`),
+    evaluated before the checkpoint is written so its info file carries it too.
     """
     from fusioncli.data.cache import load_cache
     from fusioncli.train.checkpoint import check_checkpoint_path, save_checkpoint
@@ -375,6 +421,10 @@ def train_from_cache(
     resolved = config.resolve()
     data = load_cache(Path(cache_dir), resolved.device)
     result = train_run(resolved, data, on_epoch=on_epoch)
+    if robustness:
+        from fusioncli.eval.robustness import add_robustness
+
+        add_robustness(result, data)
     if checkpoint is not None:
         save_checkpoint(checkpoint, result.model, result.record)
     return result

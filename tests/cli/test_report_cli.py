@@ -42,7 +42,8 @@ def test_table(results: Path) -> None:
     result = _report(results)
     assert result.exit_code == 0, result.stderr
     assert "late" in result.stdout and "intermediate-add" in result.stdout
-    assert "91.00 ± 1.41" in result.stdout  # mean ± std (ddof=1) of 90 and 92
+    # mean ± 95% CI half-width of 90 and 92: t_{0.975,1} * 1.414 / sqrt(2) = 12.71
+    assert "91.00 ± 12.71" in result.stdout and "95% CI" in result.stdout
     assert "accuracy (%)" in result.stdout and "train time (s)" in result.stdout
     assert "1 failed run(s) left out of the aggregates" in result.stderr
 
@@ -70,7 +71,7 @@ def test_markdown_and_latex(results: Path) -> None:
     md = _report(results, "--format", "markdown")
     assert md.exit_code == 0
     assert md.stdout.splitlines()[1].startswith("|---")
-    assert "**91.00 ± 1.41**" in md.stdout
+    assert "**91.00 ± 12.71**" in md.stdout
     tex = _report(results, "--format", "latex")
     assert tex.exit_code == 0 and "\\begin{tabular}" in tex.stdout and "accuracy (\\%)" in tex.stdout
 
@@ -126,3 +127,105 @@ def test_plot_without_matplotlib(results: Path, tmp_path: Path, monkeypatch: pyt
     assert result.exit_code == 2
     assert "matplotlib" in result.stderr and "install the plot extra" in result.stderr
     assert result.stdout == ""  # fails before printing a table
+
+
+# -- --compare and --robustness (session 2) ------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "results"))
+from results_fakes import record, robustness  # noqa: E402
+
+
+@pytest.fixture
+def robust_results(tmp_path: Path) -> Path:
+    """late beats gmu on clean accuracy by ~2 points on each of 3 seeds; gmu is more robust."""
+    store = ResultsStore(tmp_path / "robust")
+    for seed, (late, gmu) in enumerate(((0.90, 0.881), (0.93, 0.912), (0.88, 0.858))):
+        for strategy, acc, slopes in (("late", late, (0.6, 0.3)), ("gmu", gmu, (0.2, 0.1))):
+            rob = robustness(acc, {"rgb_noise": slopes[0], "lidar_noise": slopes[1]})
+            store.write(record(strategy, seed, accuracy=acc, robust=rob))
+    return store.root
+
+
+def test_compare_says_who_wins(robust_results: Path) -> None:
+    result = _report(robust_results, "--compare", "late", "gmu")
+    assert result.exit_code == 0, result.stderr
+    assert "late is better than gmu by 1.97 points of accuracy" in result.stdout
+    assert "Cohen's dz" in result.stdout and "0,1,2" in result.stdout
+    robust = _report(robust_results, "--compare", "late", "gmu", "--metric", "robust", "--format", "json")
+    assert robust.exit_code == 0, robust.stderr
+    row = json.loads(robust.stdout)[0]
+    assert row["metric"] == "robust_auc_pct" and row["mean_diff"] < 0 and row["n"] == 3
+    assert row["verdict"].startswith("gmu is better than late")
+
+
+def test_compare_not_significant_with_two_seeds(results: Path) -> None:
+    # diffs 10 and 8 points: t = 9, df = 1, p = 0.07 -- a big gap that two seeds cannot confirm
+    result = _report(results, "--compare", "late", "intermediate-add", "--format", "csv")
+    assert result.exit_code == 0, result.stderr
+    row = pd.read_csv(io.StringIO(result.stdout)).iloc[0]
+    assert row["n"] == 2 and row["t"] == pytest.approx(9.0) and row["p"] == pytest.approx(0.0704, abs=1e-4)
+    assert not row["significant"] and row["verdict"].startswith("no significant difference")
+
+
+def test_compare_with_key_value_selectors(robust_results: Path) -> None:
+    result = _report(robust_results, "--compare", "strategy=gmu", "strategy=late", "--format", "markdown")
+    assert result.exit_code == 0, result.stderr
+    assert "Verdict: late is better than gmu" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--compare", "late", "early"], "no finished runs with accuracy (%) match B (early)"),
+        (["--compare", "late", "intermediate-multiply"], "match B (intermediate-multiply)"),
+        (["--compare", "late", "seed=3"], "runs are paired by seed"),
+        (["--compare", "late", "intermediate-add", "--runs"], "--compare cannot be combined with --runs"),
+        (["--metric", "f1"], "--metric chooses what --compare tests"),
+        (["--compare", "late", "intermediate-add", "--group-by", "strategy"], "--group-by does not apply"),
+        (["--robustness"], "none of the 5 selected runs has robustness results"),
+    ],
+)
+def test_compare_and_robustness_errors(results: Path, args: list[str], message: str) -> None:
+    result = _report(results, *args)
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_compare_needs_two_shared_seeds(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "one")
+    for strategy in ("late", "gmu"):
+        store.write(record(strategy, 51))
+    result = _report(store.root, "--compare", "late", "gmu")
+    assert result.exit_code == 2
+    assert "a paired test needs at least 2 seeds shared by A and B; found only 1 (seed 51)" in result.stderr
+    assert "--seeds" in result.stderr
+
+
+def test_default_table_gains_robustness_columns(robust_results: Path) -> None:
+    result = _report(robust_results)
+    assert result.exit_code == 0, result.stderr
+    assert "robust AUC (%)" in result.stdout and "acc. LiDAR missing (%)" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json", "latex"])
+def test_robustness_view_in_every_format(robust_results: Path, fmt: str) -> None:
+    result = _report(robust_results, "--robustness", "--format", fmt)
+    assert result.exit_code == 0, result.stderr
+    assert ("rgb\\_noise" if fmt == "latex" else "rgb_noise") in result.stdout
+    assert ("lidar_missing" if fmt in ("csv", "json") else "LiDAR missing") in result.stdout
+    if fmt == "csv":
+        table = pd.read_csv(io.StringIO(result.stdout))
+        auc = table[(table["strategy"] == "gmu") & (table["corruption"] == "rgb_noise") & (table["measure"] == "auc")]
+        expected = 100 * (0.881 + 0.912 + 0.858) / 3 * 0.9  # linear fall with slope 0.2: AUC = clean * 0.9
+        assert auc["pct_mean"].iloc[0] == pytest.approx(expected)
+    if fmt in ("table", "markdown"):
+        assert "Accuracy under corruption" in result.stdout and "Missing modality" in result.stdout
+
+
+def test_plot_with_robustness(robust_results: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = _report(robust_results, "--robustness", "--plot", str(tmp_path / "plots"))
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert "robustness.png" in names and len(names) == 5
+    assert "robustness.png" in result.stderr

@@ -208,3 +208,90 @@ def test_real_cli_killed_with_sigkill_resumes(cache_dir: Path, tmp_path: Path) -
     statuses = [r["status"] for r in json.loads(resumed.stdout)]
     assert statuses.count("skipped") == len(first)
     assert statuses.count("finished") == 3 - len(first)
+
+
+# -- --backend ray ----------------------------------------------------------------------------
+
+RAY_QUICK = ("--device", "cpu", "--precision", "fp32", "--limit-per-class", "8")
+
+
+def _ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def test_ray_options_need_backend_ray(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--gpus-per-run", "0.5", "--address", "auto", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error: --address, --gpus-per-run: only with --backend ray" in result.stderr
+
+
+def test_bad_ray_resources_exit_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--backend", "ray", "--gpus-per-run", "2", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--gpus-per-run must be between 0 and 1" in result.stderr
+
+
+def test_backend_ray_without_ray_exits_2(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = runner.invoke(app, _args(cache_dir, tmp_path / "results", "--backend", "ray", *RAY_QUICK))
+    assert result.exit_code == 2
+    assert "error: --backend ray needs the 'ray' package, which is not installed" in result.stderr
+    assert "hint: install the ray extra: pip install 'fusioncli[ray]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dry_run_on_ray_has_the_local_run_ids(cache_dir: Path, tmp_path: Path) -> None:
+    dry = ("--dry-run", "-f", "json", *RAY_QUICK)
+    local = runner.invoke(app, _args(cache_dir, tmp_path / "r", *dry))
+    on_ray = runner.invoke(app, _args(cache_dir, tmp_path / "r", *dry, "--backend", "ray"))
+    assert local.exit_code == on_ray.exit_code == 0
+    assert [r["run_id"] for r in json.loads(on_ray.stdout)] == [r["run_id"] for r in json.loads(local.stdout)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _ray_installed(), reason="ray is not installed (pip install 'fusioncli[ray]')")
+def test_backend_ray_end_to_end(cache_dir: Path, tmp_path: Path) -> None:
+    """Real training on a Ray instance the command starts (and stops); a rerun skips without Ray."""
+    import ray
+
+    assert not ray.is_initialized()
+    results = tmp_path / "results"
+    args = _args(cache_dir, results, "--backend", "ray", "--cpus-per-run", "1", "--format", "json", *RAY_QUICK)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["strategy"], r["status"]) for r in rows] == [("late", "finished"), ("intermediate-add", "finished")]
+    assert "sweep: 2 runs (cpu on a Ray instance started here, 1 CPU per run)" in result.stderr
+    assert "sweep: 2 finished, 0 skipped, 0 failed of 2" in result.stderr
+    assert (results / "best" / "model.safetensors").is_file()
+    assert len(list((results / "runs").glob("*.parquet"))) == 2
+    assert not ray.is_initialized()  # the command shut down the instance it started
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert [r["status"] for r in json.loads(again.stdout)] == ["skipped", "skipped"]
+
+
+def test_robustness_and_modality_dropout_reach_every_record(cache_dir: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    args = [
+        "sweep", "--strategies", "late", "--lrs", "1e-3", "--schedulers", "constant", "--epochs", "1",
+        "--limit-per-class", "6", "--precision", "fp32", "--device", "cpu",
+        "--modality-dropout", "0.3", "--robustness",
+        "--cache-dir", str(cache_dir), "--results-dir", str(results), "--format", "json",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row["modality_dropout"] == 0.3
+    record = json.loads((results / "records" / f"{row['run_id']}.json").read_text())
+    assert record["config"]["modality_dropout"] == 0.3
+    assert set(record["robustness"]["curves"]) == {"rgb_noise", "lidar_noise", "lidar_dropout"}
+    assert set(record["robustness"]["missing"]) == {"rgb_missing", "lidar_missing"}
+
+
+def test_bad_modality_dropout_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", "--modality-dropout", "1.5", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--modality-dropout" in result.stderr

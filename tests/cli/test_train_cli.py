@@ -69,6 +69,8 @@ def test_missing_cache_says_run_prepare(tmp_path: Path) -> None:
         (["--strategy", "nope"], "--strategy must be one of"),
         (["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
         (["--limit-per-class", "0"], "--limit-per-class"),
+        (["--modality-dropout", "1"], "--modality-dropout must be >= 0 and < 1 (got 1)"),
+        (["--modality-dropout", "-0.2"], "--modality-dropout must be >= 0 and < 1 (got -0.2)"),
     ],
 )
 def test_bad_options_exit_2_naming_the_flag(tmp_path: Path, args: list[str], message: str) -> None:
@@ -81,6 +83,45 @@ def test_bad_options_exit_2_naming_the_flag(tmp_path: Path, args: list[str], mes
 def test_bad_choice_is_a_usage_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--cache-dir", str(tmp_path), "--scheduler", "step"])
     assert result.exit_code == 2
+
+
+def test_modality_dropout_must_be_a_number(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--cache-dir", str(tmp_path), "--modality-dropout", "half"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+
+
+ROBUST_QUICK = [*QUICK, "--epochs", "1", "--limit-per-class", "6", "--robustness", "--modality-dropout", "0.3"]
+
+
+def test_robustness_and_modality_dropout_in_the_json_record(cache_dir: Path) -> None:
+    result = runner.invoke(app, ["train", *ROBUST_QUICK, "--cache-dir", str(cache_dir), "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["config"]["modality_dropout"] == 0.3
+    rob = record["robustness"]
+    assert set(rob["curves"]) == {"rgb_noise", "lidar_noise", "lidar_dropout"}
+    assert set(rob["missing"]) == {"rgb_missing", "lidar_missing"}
+    assert rob["clean_accuracy"] == record["metrics"]["val_accuracy"]
+    assert record["timing"]["robustness_seconds"] > 0
+    assert "evaluating robustness" in result.stderr
+
+
+def test_robustness_table(cache_dir: Path) -> None:
+    result = runner.invoke(app, ["train", *ROBUST_QUICK, "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 0, result.stderr
+    for text in ("robustness", "rgb_missing", "lidar_missing", "rgb_noise", "lidar_dropout", "relative AUC", "mean over curves"):
+        assert text in result.stdout, text
+    assert "modality dropout" in result.stdout and "0.3" in result.stdout
+
+
+def test_without_robustness_the_record_has_none(cache_dir: Path) -> None:
+    result = runner.invoke(
+        app, ["train", *QUICK, "--epochs", "1", "--limit-per-class", "4", "--cache-dir", str(cache_dir), "-f", "json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert "robustness" not in record and record["config"]["modality_dropout"] == 0.0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")

@@ -198,3 +198,61 @@ def test_runs_on_different_datasets_are_not_averaged_together() -> None:
     assert sorted(table["dataset_fingerprint"]) == ["data-a", "data-b"] and list(table["n"]) == [1, 1]
     merged = aggregate(runs_frame(records), ["strategy"])
     assert list(merged["n"]) == [2] and merged.loc[0, "accuracy_pct_mean"] == pytest.approx(70.0)
+
+
+# -- 95 % confidence intervals and robustness columns (session 2) --------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_fakes import record as _record  # noqa: E402
+from results_fakes import robustness as _robustness  # noqa: E402
+
+
+def test_ci95_columns_on_known_data() -> None:
+    table = aggregate(_runs({"late": [(0.90, 10.0), (0.94, 14.0), (0.92, 12.0)], "early": [(0.8, 1.0)]}))
+    by = table.set_index("strategy")
+    # 90, 94, 92: mean 92, s = 2, t_{0.975,2} = 4.302652729749464 -> half-width 4.3027 * 2 / sqrt(3)
+    half = 4.302652729749464 * 2.0 / math.sqrt(3)
+    assert by.loc["late", "accuracy_pct_ci95_lo"] == pytest.approx(92.0 - half, rel=1e-10)
+    assert by.loc["late", "accuracy_pct_ci95_hi"] == pytest.approx(92.0 + half, rel=1e-10)
+    assert by.loc["late", "train_time_s_ci95_hi"] == pytest.approx(12.0 + half, rel=1e-10)
+    assert math.isnan(by.loc["early", "accuracy_pct_ci95_lo"]) and math.isnan(by.loc["early", "accuracy_pct_ci95_hi"])
+    assert "params_m_ci95_lo" not in table.columns  # per-configuration constants have no spread
+    order = list(table.columns)
+    assert order.index("accuracy_pct_mean") + 1 == order.index("accuracy_pct_std")
+    assert order.index("accuracy_pct_std") + 2 == order.index("accuracy_pct_ci95_hi")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(accuracies, min_size=2, max_size=6))
+def test_ci95_matches_scipy(values: list[float]) -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    row = aggregate(_runs({"late": [(v, 1.0) for v in values]})).iloc[0]
+    accs = [100 * v for v in values]
+    sem = scipy_stats.sem(accs)
+    if sem < 1e-9:
+        assert row["accuracy_pct_ci95_lo"] == pytest.approx(row["accuracy_pct_mean"], abs=1e-6)
+        return
+    lo, hi = scipy_stats.t.interval(0.95, len(accs) - 1, loc=statistics.fmean(accs), scale=sem)
+    assert row["accuracy_pct_ci95_lo"] == pytest.approx(lo, rel=1e-9, abs=1e-9)
+    assert row["accuracy_pct_ci95_hi"] == pytest.approx(hi, rel=1e-9, abs=1e-9)
+
+
+def test_robustness_metrics_are_aggregated() -> None:
+    records = [_record(seed=s, accuracy=a, robust=_robustness(a)) for s, a in ((0, 0.8), (1, 0.9))]
+    records.append(_record("early", accuracy=0.7))  # no robustness: its robust columns are NaN
+    by = aggregate(runs_frame(records)).set_index("strategy")
+    expected = statistics.fmean(100 * _robustness(a)["mean_auc"] for a in (0.8, 0.9))
+    assert by.loc["late", "robust_auc_pct_mean"] == pytest.approx(expected)
+    assert by.loc["late", "acc_rgb_missing_pct_mean"] == pytest.approx(100 * statistics.fmean([0.4, 0.45]))
+    assert by.loc["late", "acc_lidar_missing_pct_mean"] == pytest.approx(100 * statistics.fmean([0.56, 0.63]))
+    assert math.isnan(by.loc["early", "robust_auc_pct_mean"])
+    assert resolve_sort("robust") == ("robust_auc_pct_mean", False)
+
+
+def test_modality_dropout_groups_filters_and_defaults() -> None:
+    records = [_record(seed=s, modality_dropout=p) for p in (0.0, 0.3) for s in (0, 1)]
+    old = _record(seed=2)
+    old["config"].pop("modality_dropout", None)  # written before the field: counts as 0.0
+    table = aggregate(runs_frame([*records, old]))
+    assert sorted(zip(table["modality_dropout"], table["n"])) == [(0.0, 3), (0.3, 2)]
+    assert len(filter_runs(runs_frame(records), parse_filters(["modality_dropout=0.3"]))) == 2

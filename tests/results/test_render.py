@@ -91,18 +91,19 @@ def test_markdown_table_shape(report) -> None:
     assert set(table[1].strip("|").split("|")) <= {"---", "---:"}
     late = [c.strip() for c in table[2].strip("|").split("|")]
     assert late[0] == "late"
-    assert late[header.index("accuracy (%)")] == "**92.00 ± 2.83**"  # best accuracy in bold
+    # best accuracy in bold; ± is the 95% CI half-width: t_{0.975,1} * 2.83 / sqrt(2) = 25.41
+    assert late[header.index("accuracy (%)")] == "**92.00 ± 25.41**"
     single = [c.strip() for c in table[4].strip("|").split("|")]
     assert single[header.index("accuracy (%)")] == "60.00"  # n = 1: mean only
     assert single[header.index("train time (s)")] == "**3.0**"  # fastest is best
-    assert "ddof=1" in text and "Common: backbone=seed" in text
+    assert "Mean ± 95% CI half-width over seeds" in text and "Common: backbone=seed" in text
 
 
 def test_latex(report) -> None:
     text = render(report, "latex")
     assert "\\begin{tabular}{lr" in text and "\\end{tabular}" in text
     assert "accuracy (\\%)" in text
-    assert "\\textbf{92.00 $\\pm$ 2.83}" in text
+    assert "\\textbf{92.00 $\\pm$ 25.41}" in text
     body = [line for line in text.splitlines() if line.endswith("\\\\")]
     assert len(body) == 1 + 3
     assert all(line.count("&") == body[0].count("&") for line in body)
@@ -120,7 +121,7 @@ def test_rich_table_renders_all_rows(report) -> None:
     text = console.file.getvalue()
     for strategy in ("late", "intermediate-add", "intermediate-multiply"):
         assert strategy in text
-    assert "92.00 ± 2.83" in text and "accuracy (%)" in text
+    assert "92.00 ± 25.41" in text and "accuracy (%)" in text and "95% CI" in text
 
 
 def test_best_cells_are_marked(report) -> None:
@@ -185,3 +186,43 @@ def test_host_rss_is_never_marked_best() -> None:
 def test_dataset_shown_short_in_caption(report) -> None:
     display = build_display(report.table, report.fields)
     assert "dataset=fake-fingerp" in display.caption and "dataset" not in display.headers
+
+
+# -- 95 % CI display and robustness columns (session 2) -----------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_fakes import record as _record  # noqa: E402
+from results_fakes import robustness as _robustness  # noqa: E402
+
+
+def test_machine_formats_keep_std_and_ci(report) -> None:
+    back = pd.read_csv(io.StringIO(render(report, "csv")))
+    for column in ("accuracy_pct_std", "accuracy_pct_ci95_lo", "accuracy_pct_ci95_hi", "robust_auc_pct_mean"):
+        assert column in back.columns
+    assert back.loc[0, "accuracy_pct_ci95_hi"] - back.loc[0, "accuracy_pct_mean"] == pytest.approx(25.4124, abs=1e-4)
+    assert math.isnan(back.loc[2, "accuracy_pct_ci95_lo"])  # n = 1
+    rows = json.loads(render(report, "json"))
+    assert rows[2]["accuracy_pct_ci95_lo"] is None and rows[0]["accuracy_pct_ci95_lo"] < 92.0
+
+
+def test_single_seed_tables_show_means_and_say_why() -> None:
+    runs = runs_frame([fake_record(_cfg(strategy=s), accuracy=0.9) for s in ("late", "intermediate-add")])
+    display = build_display(build_report(runs).table, list(CONFIG_FIELDS))
+    assert "±" not in " ".join(cell for row in display.rows for cell in row)
+    assert "half-width" not in display.notes[0] and "one run per configuration" in display.notes[0]
+
+
+def test_robust_columns_appear_only_with_robustness_results() -> None:
+    plain = build_report(runs_frame([_record(seed=s) for s in (0, 1)]))
+    assert "robust AUC (%)" not in build_display(plain.table, plain.fields).headers
+    records = [_record(seed=s, accuracy=a, robust=_robustness(a)) for s, a in ((0, 0.8), (1, 0.9))]
+    records.append(_record("early", accuracy=0.7))
+    report = build_report(runs_frame(records))
+    display = build_display(report.table, report.fields)
+    for header in ("robust AUC (%)", "acc. RGB missing (%)", "acc. LiDAR missing (%)"):
+        assert header in display.headers
+    cells = {row[0]: row for row in display.rows}
+    auc = display.headers.index("robust AUC (%)")
+    expected = 100 * (_robustness(0.8)["mean_auc"] + _robustness(0.9)["mean_auc"]) / 2
+    assert cells["late"][auc].startswith(f"{expected:.2f} ± ")
+    assert cells["early"][auc] == "-"

@@ -160,3 +160,69 @@ def test_flatten_tolerates_a_minimal_failed_record() -> None:
     assert row["run_id"] == "abc" and row["strategy"] == "late"
     assert row["val_accuracy"] is None and row["epochs_completed"] == 0
     assert set(row) == set(RUN_SCHEMA.names)
+
+
+# -- modality_dropout and robustness columns (session 2) ----------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_fakes import record as _record  # noqa: E402
+from results_fakes import robustness as _robustness  # noqa: E402
+
+_NEW_COLUMNS = (
+    "modality_dropout",
+    "robust_mean_auc",
+    "robust_mean_relative_auc",
+    "acc_rgb_missing",
+    "acc_lidar_missing",
+    "robustness_json",
+)
+
+
+def test_robustness_is_flattened() -> None:
+    rob = _robustness(0.9)
+    row = flatten_record(_record(robust=rob, modality_dropout=0.3))
+    assert row["modality_dropout"] == 0.3
+    assert row["robust_mean_auc"] == pytest.approx(rob["mean_auc"])
+    assert row["robust_mean_relative_auc"] == pytest.approx(rob["mean_relative_auc"])
+    assert row["acc_rgb_missing"] == pytest.approx(0.45) and row["acc_lidar_missing"] == pytest.approx(0.63)
+    assert json.loads(row["robustness_json"]) == rob
+
+
+def test_without_robustness_the_columns_are_null_and_dropout_is_zero() -> None:
+    rec = _record()
+    rec["config"].pop("modality_dropout", None)  # a record written before the field existed
+    row = flatten_record(rec)
+    assert row["modality_dropout"] == 0.0
+    assert all(row[c] is None for c in _NEW_COLUMNS[1:])
+    partial = _robustness(0.8, missing=False)  # no missing-modality part
+    row = flatten_record(_record(robust=partial))
+    assert row["robust_mean_auc"] is not None and row["acc_rgb_missing"] is None
+
+
+def test_rows_written_by_the_old_schema_still_load(tmp_path: Path) -> None:
+    """A row file from before modality_dropout / robustness existed reads with defaults and nulls."""
+    import pyarrow as pa
+
+    store = ResultsStore(tmp_path)
+    old_rec = _record(seed=0, accuracy=0.8)
+    old_rec["config"].pop("modality_dropout", None)
+    store.write(old_rec)
+    old_schema = pa.schema([f for f in RUN_SCHEMA if f.name not in _NEW_COLUMNS])
+    old_row = {k: v for k, v in flatten_record(old_rec).items() if k in old_schema.names}
+    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), store.row_path(old_rec["run_id"]))
+    assert "modality_dropout" not in pq.read_schema(store.row_path(old_rec["run_id"])).names
+    new_rec = _record(seed=1, accuracy=0.9, modality_dropout=0.25, robust=_robustness(0.9))
+    store.write(new_rec)
+    runs = store.load_runs().set_index("run_id")
+    assert list(runs.columns) == RUN_SCHEMA.names[1:]
+    assert runs.loc[old_rec["run_id"], "modality_dropout"] == 0.0
+    assert math.isnan(runs.loc[old_rec["run_id"], "robust_mean_auc"])
+    assert pd.isna(runs.loc[old_rec["run_id"], "robustness_json"])
+    assert runs.loc[old_rec["run_id"], "val_accuracy"] == 0.8
+    assert runs.loc[new_rec["run_id"], "modality_dropout"] == 0.25
+    assert runs.loc[new_rec["run_id"], "acc_lidar_missing"] == pytest.approx(0.63)
+
+
+def test_modality_dropout_is_a_config_field() -> None:
+    assert "modality_dropout" in CONFIG_FIELDS
+    assert RUN_SCHEMA.field("modality_dropout").type == "double"

@@ -276,3 +276,150 @@ def test_unwritable_store_is_a_run_failure(tmp_path: Path) -> None:
     blocker.write_text("a file where the store folder should be")
     with pytest.raises(RunFailedError, match="cannot write run"):
         run_sweep(grid(strategies=["late"], lrs=[1e-3]), tiny_data(), ResultsStore(blocker), train_fn=FakeTrainer())
+
+
+# -- the pieces every backend shares ---------------------------------------------------------
+
+
+def test_resolve_grid_applies_the_backend_rule() -> None:
+    from dataclasses import replace
+
+    from fusioncli.sweep.runner import resolve_grid
+
+    configs = grid(strategies=["late"], lrs=[1e-3], device="auto") + grid(strategies=["late"], lrs=[1e-3], device="cpu")
+    fp32 = resolve_grid(configs, FINGERPRINT, resolve=lambda c: replace(c, device="cpu", precision="fp32"))
+    bf16 = resolve_grid(configs, FINGERPRINT, resolve=lambda c: replace(c, device="cpu", precision="bf16"))
+    assert len(fp32) == len(bf16) == 1  # duplicates are found after resolving
+    (rid, cfg), (other_rid, _) = fp32[0], bf16[0]
+    assert cfg.precision == "fp32" and rid == run_id(cfg, FINGERPRINT)
+    assert rid != other_rid
+    assert resolve_grid(configs[:1], FINGERPRINT)[0][1] == configs[0].resolve()  # default: this machine
+
+
+def _fake_robustness_module(monkeypatch: pytest.MonkeyPatch, calls: list, fail: bool = False) -> None:
+    """Stand-in for fusioncli.eval.robustness (the fake trainer's model is no fusion model)."""
+    import sys
+    import types
+
+    module = types.ModuleType("fusioncli.eval.robustness")
+
+    def add_robustness(result, data, *, seed=0):
+        if fail:
+            raise ValueError("no validation samples")
+        calls.append((result.record["run_id"], len(data)))
+        result.record["robustness"] = {"version": 1, "mean_auc": 0.5}
+        return result.record["robustness"]
+
+    module.add_robustness = add_robustness
+    monkeypatch.setitem(sys.modules, "fusioncli.eval.robustness", module)
+
+
+def test_robustness_is_added_to_each_finished_record(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list = []
+    _fake_robustness_module(monkeypatch, calls)
+    data = tiny_data()
+    summary = run_sweep(grid(strategies=["late"]), data, store, train_fn=FakeTrainer(), robustness=True)
+    assert summary.exit_code == 0
+    assert sorted(c[0] for c in calls) == sorted(o.run_id for o in summary.outcomes)
+    assert all(n == len(data) for _, n in calls)  # the full data: add_robustness applies the limit
+    for outcome in summary.outcomes:
+        assert store.get(outcome.run_id)["robustness"] == {"version": 1, "mean_auc": 0.5}
+    calls.clear()
+    run_sweep(grid(strategies=["late"]), data, ResultsStore(store.root / "plain"), train_fn=FakeTrainer())
+    assert calls == []  # only when asked for
+
+
+def test_failing_robustness_fails_the_run(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_robustness_module(monkeypatch, [], fail=True)
+    configs = grid(strategies=["late"], lrs=[1e-3])
+    summary = run_sweep(configs, tiny_data(), store, train_fn=FakeTrainer(), robustness=True)
+    assert summary.exit_code == 1
+    record = store.get(summary.outcomes[0].run_id)
+    assert record["error"] == "robustness evaluation failed: ValueError: no validation samples"
+    assert len(record["history"]) == 1  # training itself finished
+
+
+def test_recorder_builds_the_model_only_for_a_new_best(store: ResultsStore) -> None:
+    from fusioncli.sweep.runner import OutcomeRecorder
+
+    built = []
+
+    def model():
+        built.append(1)
+        return torch.nn.Linear(2, 2)
+
+    configs = [c.resolve() for c in grid(strategies=["late"])]  # lr 1e-3 beats 1e-4 in the fake
+    recorder = OutcomeRecorder(store, 2)
+    for index, cfg in enumerate(configs, start=1):
+        rid = run_id(cfg, FINGERPRINT)
+        assert recorder.skipped(index, rid, cfg) is None
+        outcome = recorder.begin(index, rid, cfg).finished(fake_record(cfg), model)
+        assert outcome.status == "finished" and store.is_finished(rid)
+    assert len(built) == 1 and store.best_record()["config"]["lr"] == 1e-3
+    assert recorder.skipped(1, run_id(configs[0], FINGERPRINT), configs[0]).status == "skipped"
+    summary = recorder.summary([], interrupted=False, started=0.0)
+    assert summary.best["run_id"] == run_id(configs[0], FINGERPRINT)
+
+
+def test_failure_record_without_the_data_says_what_is_known() -> None:
+    from fusioncli.sweep.runner import failure_record
+
+    cfg = grid(strategies=["late"], lrs=[1e-3])[0].resolve()
+    record = failure_record(
+        cfg,
+        "abc",
+        ("WorkerCrashedError: died", "remote traceback"),
+        dataset={"fingerprint": FINGERPRINT, "class_names": ["cubes", "spheres"]},
+        started_at="2024-01-01T00:00:00+00:00",
+    )
+    assert record["status"] == "failed" and record["run_id"] == "abc"
+    assert record["error"] == "WorkerCrashedError: died" and record["traceback"] == "remote traceback"
+    assert record["dataset"] == {
+        "fingerprint": FINGERPRINT,
+        "n_train": None,
+        "n_val": None,
+        "class_names": ["cubes", "spheres"],
+    }
+    assert record["history"] == [] and record["config"] == cfg.to_dict()
+    assert set(record) >= {"metrics", "params", "timing", "memory", "env", "started_at", "finished_at"}
+
+
+def test_sweep_from_cache_picks_the_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusioncli.errors import BadInputError
+    from fusioncli.sweep.runner import sweep_from_cache
+
+    seen = {}
+
+    def fake_ray(configs, cache_dir, store, **kwargs):
+        seen.update(cache_dir=cache_dir, root=store.root, **kwargs)
+        return "ray summary"
+
+    monkeypatch.setattr("fusioncli.sweep.ray_backend.run_sweep_ray", fake_ray)
+    result = sweep_from_cache(grid(), tmp_path / "cache", tmp_path / "results", backend="ray", gpus_per_run=0.5)
+    assert result == "ray summary"
+    assert seen == {"cache_dir": tmp_path / "cache", "root": tmp_path / "results", "gpus_per_run": 0.5}
+    with pytest.raises(BadInputError, match="--backend must be one of local, ray"):
+        sweep_from_cache(grid(), tmp_path / "cache", tmp_path / "results", backend="slurm")
+
+
+def test_robustness_sweep_retrains_finished_runs_stored_without_it(
+    store: ResultsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list = []
+    _fake_robustness_module(monkeypatch, calls)
+    configs = grid(strategies=["late"], lrs=[1e-3])
+    data = tiny_data()
+    first = run_sweep(configs, data, store, train_fn=FakeTrainer())
+    assert [o.status for o in first.outcomes] == ["finished"]
+    assert "robustness" not in store.get(first.outcomes[0].run_id)
+
+    # asked for robustness: the stored run lacks it, so it is trained again (not skipped)
+    second = run_sweep(configs, data, store, train_fn=FakeTrainer(), robustness=True)
+    assert [o.status for o in second.outcomes] == ["finished"]
+    assert store.get(second.outcomes[0].run_id)["robustness"] == {"version": 1, "mean_auc": 0.5}
+
+    # now it has robustness: skipped, with or without the flag
+    assert [o.status for o in run_sweep(configs, data, store, train_fn=FakeTrainer(), robustness=True).outcomes] == [
+        "skipped"
+    ]
+    assert [o.status for o in run_sweep(configs, data, store, train_fn=FakeTrainer()).outcomes] == ["skipped"]

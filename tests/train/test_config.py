@@ -25,6 +25,7 @@ def test_defaults_are_the_seed_notebooks() -> None:
         "device": "auto",
         "precision": "auto",
         "limit_per_class": None,
+        "modality_dropout": 0.0,
     }
 
 
@@ -45,6 +46,11 @@ def test_defaults_are_the_seed_notebooks() -> None:
         ({"limit_per_class": 0}, "--limit-per-class must be an integer >= 1 (got 0)"),
         ({"strategy": "nope"}, "--strategy must be one of late"),
         ({"backbone": "resnet"}, "--backbone must be one of seed, lab (got 'resnet')"),
+        ({"modality_dropout": -0.1}, "--modality-dropout must be >= 0 and < 1 (got -0.1)"),
+        ({"modality_dropout": 1.0}, "--modality-dropout must be >= 0 and < 1 (got 1)"),
+        ({"modality_dropout": float("nan")}, "--modality-dropout must be >= 0 and < 1"),
+        ({"modality_dropout": "0.5"}, "--modality-dropout must be a number in [0, 1) (got '0.5')"),
+        ({"modality_dropout": True}, "--modality-dropout must be a number"),
     ],
 )
 def test_invalid_values_name_the_flag(kwargs: dict, message: str) -> None:
@@ -133,3 +139,32 @@ def test_resolve_cuda() -> None:
     assert cfg.device == "cuda:0"
     assert cfg.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert RunConfig().resolve().device == "cuda:0"
+
+
+def test_modality_dropout_is_normalised_to_float() -> None:
+    assert RunConfig(modality_dropout=0).modality_dropout == 0.0
+    assert isinstance(RunConfig(modality_dropout=0).modality_dropout, float)
+    assert RunConfig(modality_dropout=0.25).modality_dropout == 0.25
+
+
+def test_run_ids_of_existing_configs_did_not_change() -> None:
+    # Pinned before modality_dropout existed: stores written then must keep their run ids.
+    assert run_id(RunConfig(device="cpu", precision="fp32"), "abc") == "ca74f2957f735b17"
+    cfg = RunConfig(strategy="early", device="cpu", precision="fp32", lr=1e-3, epochs=3, limit_per_class=5, seed=7)
+    assert run_id(cfg, "fp-xyz") == "bbcdc99a9fc9327a"
+    assert run_id(RunConfig(device="cpu", precision="fp32", modality_dropout=0), "abc") == "ca74f2957f735b17"
+
+
+def test_modality_dropout_changes_the_run_id() -> None:
+    base = run_id(RunConfig(device="cpu", precision="fp32"), "abc")
+    a = run_id(RunConfig(device="cpu", precision="fp32", modality_dropout=0.3), "abc")
+    b = run_id(RunConfig(device="cpu", precision="fp32", modality_dropout=0.5), "abc")
+    assert len({base, a, b}) == 3
+
+
+def test_records_written_before_modality_dropout_still_load() -> None:
+    old = RunConfig(strategy="early", epochs=2).to_dict()
+    del old["modality_dropout"]
+    cfg = RunConfig.from_dict(old)
+    assert cfg.modality_dropout == 0.0 and cfg.strategy == "early"
+    assert RunConfig.from_dict(RunConfig(modality_dropout=0.2).to_dict()).modality_dropout == 0.2

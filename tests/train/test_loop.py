@@ -222,3 +222,114 @@ def test_cuda_fp32_is_deterministic(prepared: PreparedData) -> None:
     a, b = train_run(cfg, prepared).record, train_run(cfg, prepared).record
     assert a["metrics"]["val_accuracy"] == b["metrics"]["val_accuracy"]
     assert a["metrics"]["val_loss"] == pytest.approx(b["metrics"]["val_loss"], rel=1e-4)
+
+
+# --- modality dropout -------------------------------------------------------------------------
+
+
+class Recorder(Tiny):
+    """Tiny that keeps, per sample, the sum of |RGB| and |XYZA| it was given (0 = zeroed)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.train_sums: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.eval_sums: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
+        sums = (rgb.detach().abs().flatten(1).sum(1), xyza.detach().abs().flatten(1).sum(1))
+        if self.training and torch.is_grad_enabled():
+            self.train_sums.append(sums)
+        elif torch.is_inference_mode_enabled():  # validation (the FLOP probe feeds zeros otherwise)
+            self.eval_sums.append(sums)
+        return super().forward(rgb, xyza)
+
+
+@pytest.fixture
+def recorder_strategy() -> Iterator[None]:
+    register_strategy("test-recorder", description="records its inputs")(lambda bb, k: Recorder(k))
+    yield
+    unregister_strategy("test-recorder")
+
+
+def _cat(sums: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([s[0] for s in sums]), torch.cat([s[1] for s in sums])
+
+
+@pytest.mark.usefixtures("tiny_strategies")
+def test_modality_dropout_zero_trains_exactly_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fusioncli.train.loop as loop
+
+    def never(*args, **kwargs):
+        raise AssertionError("p = 0 must not draw dropout masks")
+
+    monkeypatch.setattr(loop, "apply_modality_dropout", never)
+    rec = train_run(
+        cpu_fp32(strategy="test-tiny", lr=1e-2, epochs=3, batch_size=8, modality_dropout=0.0), easy_data(16, 4)
+    ).record
+    # Pinned from the loop before modality dropout existed (same config, same data).
+    expected = [
+        (0.6919900377591451, 0.6265398859977722, 0.5),
+        (0.6050364971160889, 0.5584629774093628, 0.5),
+        (0.5513420899709066, 0.5368417501449585, 0.5),
+    ]
+    got = [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in rec["history"]]
+    assert got == [pytest.approx(e, rel=1e-5) for e in expected]
+
+
+def test_apply_modality_dropout_fractions() -> None:
+    from fusioncli.train.loop import apply_modality_dropout
+
+    rgb = torch.rand(8000, 4, 2, 2) + 0.1
+    xyza = torch.rand(8000, 4, 2, 2) + 0.1
+    g = torch.Generator().manual_seed(0)
+    out_rgb, out_xyza = apply_modality_dropout(rgb, xyza, 0.3, g)
+    rgb_off = (out_rgb.flatten(1) == 0).all(1)
+    lidar_off = (out_xyza.flatten(1) == 0).all(1)
+    assert not bool((rgb_off & lidar_off).any())  # never both
+    assert float(rgb_off.float().mean()) == pytest.approx(0.15, abs=0.02)
+    assert float(lidar_off.float().mean()) == pytest.approx(0.15, abs=0.02)
+    kept = ~(rgb_off | lidar_off)
+    assert torch.equal(out_rgb[kept], rgb[kept]) and torch.equal(out_xyza[kept], xyza[kept])
+    assert torch.count_nonzero(apply_modality_dropout(rgb, xyza, 0.0, g)[0] == 0) == 0
+    again = apply_modality_dropout(rgb, xyza, 0.3, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], out_rgb) and torch.equal(again[1], out_xyza)
+
+
+@pytest.mark.usefixtures("recorder_strategy")
+def test_modality_dropout_in_training_only_and_the_batch_order_is_kept() -> None:
+    data = easy_data(40, 10)  # 60 training samples, 2 epochs
+    base = train_run(cpu_fp32(strategy="test-recorder", epochs=2, batch_size=16), data).model
+    dropped = train_run(cpu_fp32(strategy="test-recorder", epochs=2, batch_size=16, modality_dropout=0.5), data).model
+    rgb0, xyz0 = _cat(base.train_sums)
+    rgb1, xyz1 = _cat(dropped.train_sums)
+    assert bool((rgb0 > 0).all() and (xyz0 > 0).all())  # nothing is zero without dropout
+    rgb_off, lidar_off = rgb1 == 0, xyz1 == 0
+    assert rgb_off.any() and lidar_off.any() and not (rgb_off & lidar_off).any()
+    assert float((rgb_off | lidar_off).float().mean()) == pytest.approx(0.5, abs=0.15)  # 120 draws
+    # Dropout draws from its own generator: the same samples arrive in the same order.
+    assert torch.equal(rgb1[~rgb_off], rgb0[~rgb_off]) and torch.equal(xyz1[~lidar_off], xyz0[~lidar_off])
+    val_rgb, val_xyz = _cat(dropped.eval_sums)
+    assert val_rgb.numel() == 2 * 20 and bool((val_rgb > 0).all() and (val_xyz > 0).all())  # never at validation
+
+
+@pytest.mark.usefixtures("tiny_strategies")
+def test_modality_dropout_is_seeded() -> None:
+    cfg = cpu_fp32(strategy="test-tiny", lr=1e-2, epochs=2, batch_size=8, modality_dropout=0.4)
+    a = train_run(cfg, easy_data(16, 4)).record
+    b = train_run(cfg, easy_data(16, 4)).record
+    plain = train_run(cpu_fp32(strategy="test-tiny", lr=1e-2, epochs=2, batch_size=8), easy_data(16, 4)).record
+
+    def strip(rec: dict) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rec["history"]]
+
+    assert strip(a) == strip(b) and a["metrics"] == b["metrics"]
+    assert strip(a) != strip(plain)  # dropout did something
+    assert a["config"]["modality_dropout"] == 0.4 and a["run_id"] != plain["run_id"]
+
+
+@pytest.mark.gpu
+def test_modality_dropout_on_cuda(prepared: PreparedData) -> None:
+    cfg = RunConfig(strategy="early", device="cuda", precision="fp32", epochs=2, modality_dropout=0.5)
+    a, b = train_run(cfg, prepared).record, train_run(cfg, prepared).record
+    assert a["metrics"]["val_accuracy"] == b["metrics"]["val_accuracy"]
+    assert a["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"], rel=1e-4)

@@ -1,0 +1,220 @@
+"""Robustness of a trained model: accuracy on corrupted copies of the validation split.
+
+:func:`evaluate_robustness` returns the run record's ``robustness`` dict:
+
+```
+{"version": 1, "seed": 0, "clean_accuracy": float,
+ "curves":  {name: {"severities": [0.0, 0.25, 0.5, 0.75, 1.0], "accuracy": [...],
+                    "f1_macro": [...], "auc": float, "relative_auc": float}},  # rgb_noise, lidar_noise, lidar_dropout
+ "missing": {name: {"accuracy": float, "f1_macro": float, "relative": float}},  # rgb_missing, lidar_missing
+ "mean_auc": float, "mean_relative_auc": float}
+```
+
+``auc`` is the trapezoid area under accuracy vs severity over [0, 1] -- the area MultiBench's
+relative robustness is built on -- and ``relative_auc = auc / clean_accuracy`` (``relative``
+likewise for a missing modality; 0 when clean accuracy is 0). A model that ignores a
+corruption has relative AUC 1.
+
+Cost: one inference pass over the validation split per (corruption, severity > 0) plus one
+clean pass -- 15 passes with the default registry -- with the whole split on the device, as
+in training. Severity 0 is the identity, so every curve reuses the clean pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusioncli.data.dataset import PreparedData
+from fusioncli.errors import BadInputError
+from fusioncli.eval.corruptions import Corruption, get_corruption
+from fusioncli.train.config import RunConfig
+from fusioncli.train.loop import (
+    EVAL_BATCH_MIN,
+    RunResult,
+    _autocast,
+    _batch,
+    _channels_last,
+    _cudnn_mode,
+    derived_seed,
+)
+from fusioncli.train.metrics import classification_metrics
+from fusioncli.train.probes import clock
+
+ROBUSTNESS_VERSION = 1
+SEVERITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
+CURVES = ("rgb_noise", "lidar_noise", "lidar_dropout")
+MISSING = ("rgb_missing", "lidar_missing")
+
+
+def trapezoid_auc(severities: Sequence[float], values: Sequence[float]) -> float:
+    """Area under ``values`` vs ``severities`` by the trapezoid rule (severities ascending)."""
+    if len(severities) != len(values) or len(severities) < 2:
+        raise ValueError("need at least two (severity, value) points, as many severities as values")
+    area = 0.0
+    for (s0, v0), (s1, v1) in zip(zip(severities, values), zip(severities[1:], values[1:])):
+        if s1 < s0:
+            raise ValueError(f"severities must be ascending (got {list(severities)})")
+        area += (s1 - s0) * (v0 + v1) / 2
+    return area
+
+
+def _ratio(value: float, clean: float) -> float:
+    return value / clean if clean > 0 else 0.0
+
+
+def _generator(device: torch.device, seed: int, name: str) -> torch.Generator:
+    # One fresh generator per (corruption, severity), seeded by the corruption's name only:
+    # every severity of a curve sees the same draws (scaled), and corruptions do not share them.
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, f"robustness:{name}"))
+
+
+def evaluate_robustness(model: nn.Module, data: PreparedData, cfg: RunConfig, *, seed: int = 0) -> dict[str, Any]:
+    """Accuracy and macro F1 of ``model`` on corrupted copies of ``data``'s validation split.
+
+    ``data`` is the data as trained on (already limited); ``cfg`` the run's config, whose
+    device, precision and batch size are used (resolved here if it is not yet). Inference runs
+    in eval mode without gradients; the model's train/eval mode is restored afterwards. Same
+    model, data, seed and device: same numbers.
+    """
+    cfg = cfg if cfg.is_resolved else cfg.resolve()
+    device = torch.device(cfg.device)
+    precision = cfg.precision
+    # Only the validation split travels, once; batches are slices of it.
+    val = _channels_last(data.subset(data.val_indices).to(device))
+    n = len(val)
+    if n == 0:
+        raise BadInputError("the dataset has no validation samples", hint="robustness is measured on the validation split")
+    step = max(cfg.batch_size, EVAL_BATCH_MIN)
+
+    def predict(corruption: Corruption | None, severity: float) -> torch.Tensor:
+        generator = _generator(device, seed, corruption.name) if corruption is not None else None
+        preds = []
+        for start in range(0, n, step):
+            rgb, xyza = _batch(val, slice(start, start + step))
+            if corruption is not None:
+                rgb, xyza = corruption.apply(rgb, xyza, severity, generator)
+            with _autocast(device, precision):
+                logits = model(rgb, xyza)
+            preds.append(logits.float().argmax(dim=1))
+        return torch.cat(preds)
+
+    was_training = model.training
+    model.eval()
+    # Predictions stay on the device until every pass is queued: no sync between passes.
+    try:
+        with torch.inference_mode(), _cudnn_mode(device, precision):
+            clean_preds = predict(None, 0.0)
+            missing_preds = {name: predict(get_corruption(name), 1.0) for name in MISSING}
+            curve_preds = {
+                name: [predict(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in CURVES
+            }
+    finally:
+        model.train(was_training)
+
+    labels = val.labels.cpu()
+
+    def scores(preds: torch.Tensor) -> tuple[float, float]:
+        m = classification_metrics(labels, preds.cpu(), val.class_names)
+        return m["accuracy"], m["f1_macro"]
+
+    clean_acc, clean_f1 = scores(clean_preds)
+    missing = {}
+    for name, preds in missing_preds.items():
+        acc, f1 = scores(preds)
+        missing[name] = {"accuracy": acc, "f1_macro": f1, "relative": _ratio(acc, clean_acc)}
+    curves = {}
+    for name, per_severity in curve_preds.items():
+        accs, f1s = [clean_acc], [clean_f1]  # severity 0 is the identity: the clean pass
+        for preds in per_severity:
+            acc, f1 = scores(preds)
+            accs.append(acc)
+            f1s.append(f1)
+        auc = trapezoid_auc(SEVERITIES, accs)
+        curves[name] = {
+            "severities": list(SEVERITIES),
+            "accuracy": accs,
+            "f1_macro": f1s,
+            "auc": auc,
+            "relative_auc": _ratio(auc, clean_acc),
+        }
+    return {
+        "version": ROBUSTNESS_VERSION,
+        "seed": seed,
+        "clean_accuracy": clean_acc,
+        "curves": curves,
+        "missing": missing,
+        "mean_auc": sum(c["auc"] for c in curves.values()) / len(curves),
+        "mean_relative_auc": sum(c["relative_auc"] for c in curves.values()) / len(curves),
+    }
+
+
+def add_robustness(result: RunResult, data: PreparedData, *, seed: int = 0) -> dict[str, Any]:
+    """Evaluate a finished run's robustness and attach it to its record; returns the dict.
+
+    ``data`` is the dataset as passed to :func:`fusioncli.train.loop.train_run` (the run's
+    ``limit_per_class`` is applied here). Sets ``record["robustness"]`` and adds
+    ``robustness_seconds`` (wall time of the evaluation) to ``record["timing"]``.
+    """
+    record = result.record
+    if record.get("status") != "finished":
+        raise ValueError("robustness is measured on finished runs only")
+    cfg = RunConfig.from_dict(record["config"])
+    device = torch.device(cfg.device) if cfg.is_resolved else torch.device(cfg.resolve().device)
+    t0 = clock(device)
+    robustness = evaluate_robustness(result.model, data.limit_per_class(cfg.limit_per_class), cfg, seed=seed)
+    record["robustness"] = robustness
+    record["timing"] = {**record["timing"], "robustness_seconds": clock(device) - t0}
+    return robustness
+
+
+def summary_rows(robustness: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per condition for a table: ``{"condition", "accuracy", "relative", "auc", "relative_auc"}``.
+
+    Clean first, then each missing modality (accuracy and relative accuracy), then each curve
+    (its accuracy at the worst severity, AUC and relative AUC), then the mean over curves.
+    Values that do not apply are None.
+    """
+    clean = robustness["clean_accuracy"]
+    rows: list[dict[str, Any]] = [
+        {"condition": "clean", "accuracy": clean, "relative": _ratio(clean, clean), "auc": None, "relative_auc": None}
+    ]
+    for name, m in robustness["missing"].items():
+        rows.append(
+            {"condition": name, "accuracy": m["accuracy"], "relative": m["relative"], "auc": None, "relative_auc": None}
+        )
+    for name, c in robustness["curves"].items():
+        rows.append(
+            {
+                "condition": f"{name} (severity {c['severities'][-1]:g})",
+                "accuracy": c["accuracy"][-1],
+                "relative": _ratio(c["accuracy"][-1], clean),
+                "auc": c["auc"],
+                "relative_auc": c["relative_auc"],
+            }
+        )
+    rows.append(
+        {
+            "condition": "mean over curves",
+            "accuracy": None,
+            "relative": None,
+            "auc": robustness["mean_auc"],
+            "relative_auc": robustness["mean_relative_auc"],
+        }
+    )
+    return rows
+
+
+__all__ = [
+    "CURVES",
+    "MISSING",
+    "ROBUSTNESS_VERSION",
+    "SEVERITIES",
+    "add_robustness",
+    "evaluate_robustness",
+    "summary_rows",
+    "trapezoid_auc",
+]

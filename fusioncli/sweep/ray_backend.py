@@ -1,0 +1,452 @@
+"""Run a sweep on a Ray cluster: one Ray task per run, records streamed into the local store.
+
+The driver (this process) resolves the grid, skips finished runs and submits one task per
+remaining run, reserving ``num_cpus=cpus_per_run`` and ``num_gpus=gpus_per_run``. A task loads
+the prepared cache from ``cache_dir`` -- a path every node must see (shared storage such as
+NFS, mounted at the same place) -- trains with :func:`fusioncli.train.loop.train_run` and
+returns the run record plus, when the driver keeps a best checkpoint, the weights as
+safetensors bytes (a model is never pickled across). The driver stores each record the moment
+its task completes (``ray.wait``), through the same :class:`~fusioncli.sweep.runner.OutcomeRecorder`
+as the local backend, so skip/resume, failed records, the best checkpoint and trackers behave
+the same; a driver killed later loses only the runs still in flight.
+
+Failures: an exception in a run becomes a failed record built on the worker (with its
+traceback and the worker's environment); a task that dies with its worker (segfault, killed
+for memory, node lost -- Ray retries it :data:`TASK_MAX_RETRIES` time(s) first) becomes a
+failed record built on the driver. Either is retried by the next sweep. Ctrl-C cancels the
+outstanding tasks and the sweep ends as interrupted (exit code 130).
+
+Where configs run -- the rule for ``auto`` (:func:`resolve_for_ray`): configs are resolved on
+the driver, which may have no GPU while the workers do, so the device follows the resources
+asked for, not the driver's hardware: a run that reserves GPU share (``gpus_per_run > 0``)
+trains on ``cuda:0`` (Ray makes its reserved GPU the only one the task sees), otherwise on the
+CPU. ``--precision auto`` is what the local backend would choose for that device on the driver
+(so a local Ray instance gives the local backend's run ids), except that a driver without CUDA
+sending runs to GPUs picks ``bf16``, which every GPU since Ampere computes natively. Explicit
+precisions are checked on the worker: a worker without native bf16 fails the run with a message.
+
+Time per task beyond training: loading the cache (:func:`fusioncli.data.cache.load_cache`,
+once per task) and the weights' trip back to the driver (skipped when ``keep_best`` is off).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fusioncli.errors import BadInputError
+from fusioncli.results.store import FAILED, FINISHED, ResultsStore
+from fusioncli.sweep.runner import (
+    TRACEBACK_CHARS,
+    OutcomeRecorder,
+    PlannedRun,
+    RunOutcome,
+    SweepSummary,
+    TrainFn,
+    describe_exception,
+    error_message,
+    failure_record,
+    free_device_memory,
+    plan_sweep,
+    resolve_grid,
+    train_one,
+)
+from fusioncli.sweep.tracking import Tracker
+from fusioncli.train.config import RunConfig
+
+RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"
+SHARED_CACHE_NOTE = "on Ray the cache folder must be on storage every node sees at the same path"
+LOCAL_ADDRESSES = (None, "local")
+# Ray re-runs a task whose worker died (node lost, killed for memory) this many times before
+# the run counts as failed; exceptions raised by the run itself are never retried here.
+TASK_MAX_RETRIES = 1
+# ray.wait returns at least this often, so Ctrl-C reaches the driver promptly.
+WAIT_SECONDS = 0.5
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or a :class:`BadInputError` saying which extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInputError("--backend ray needs the 'ray' package, which is not installed", hint=RAY_HINT) from None
+    return ray
+
+
+def check_resources(gpus_per_run: float, cpus_per_run: float) -> None:
+    """Raise :class:`BadInputError` unless the per-run reservations make sense."""
+    problems = []
+    if not isinstance(gpus_per_run, (int, float)) or not math.isfinite(gpus_per_run) or not 0 <= gpus_per_run <= 1:
+        problems.append(
+            f"--gpus-per-run must be between 0 and 1 (got {gpus_per_run!r}): a run trains on one GPU; "
+            "0.25 puts four runs on each GPU"
+        )
+    if not isinstance(cpus_per_run, (int, float)) or not math.isfinite(cpus_per_run) or cpus_per_run <= 0:
+        problems.append(f"--cpus-per-run must be > 0 (got {cpus_per_run!r})")
+    if problems:
+        raise BadInputError(problems)
+
+
+def resolve_for_ray(config: RunConfig, gpus_per_run: float = 0.0) -> RunConfig:
+    """``config`` as a Ray task reserving ``gpus_per_run`` GPUs will run it (module doc: the rule).
+
+    Device: ``cuda:0`` when ``gpus_per_run > 0``, else ``cpu``; ``auto`` follows, while
+    ``cpu`` with a GPU share, ``cuda`` without one, or ``cuda:N`` (N > 0) is a
+    :class:`BadInputError`. Precision ``auto``: the driver's local answer for that device, or
+    ``bf16`` for GPU runs from a driver without CUDA; explicit precisions are kept.
+    """
+    from fusioncli.train.device import resolve_precision
+
+    gpu = gpus_per_run > 0
+    device = config.device
+    if gpu and device == "cpu":
+        raise BadInputError(
+            f"--device cpu with --gpus-per-run {gpus_per_run:g}: CPU runs need no GPU",
+            hint="leave out --gpus-per-run, or use --device auto",
+        )
+    if not gpu and device.startswith("cuda"):
+        raise BadInputError(
+            f"--device {device} on Ray needs --gpus-per-run > 0: a task sees a GPU only when it reserves one",
+            hint="add e.g. --gpus-per-run 1 (or 0.25 to share each GPU between four runs)",
+        )
+    if device not in ("auto", "cpu", "cuda", "cuda:0"):
+        raise BadInputError(
+            f"--device {device}: on Ray each run sees the GPU it reserved as cuda:0",
+            hint="use --device auto (or cuda); Ray picks the GPU",
+        )
+    target = "cuda:0" if gpu else "cpu"
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if gpu and not _driver_has_cuda() else resolve_precision("auto", target)
+    return replace(config, device=target, precision=precision)
+
+
+def _driver_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cache_manifest(cache_dir: Path) -> dict[str, Any]:
+    """The manifest of the prepared cache at ``cache_dir`` as the driver sees it (checked)."""
+    from fusioncli.data.cache import MANIFEST, PREPARE_HINT, read_manifest
+
+    manifest = read_manifest(cache_dir)
+    if manifest is None:
+        if not (Path(cache_dir) / MANIFEST).is_file():
+            raise BadInputError(f"no prepared cache in {cache_dir} (no {MANIFEST})", hint=PREPARE_HINT)
+        raise BadInputError(
+            f"{Path(cache_dir) / MANIFEST} is unreadable or from another cache format", hint=f"{PREPARE_HINT} --force"
+        )
+    return manifest
+
+
+def plan_sweep_ray(
+    configs: Sequence[RunConfig], cache_dir: Path, store: ResultsStore, *, gpus_per_run: float = 0.0
+) -> list[PlannedRun]:
+    """What :func:`run_sweep_ray` would do (run ids, stored status), without Ray or training."""
+    manifest = cache_manifest(Path(cache_dir))
+    return plan_sweep(configs, manifest["fingerprint"], store, partial(resolve_for_ray, gpus_per_run=gpus_per_run))
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+    """Connect to Ray for the duration; yields the ``ray`` module.
+
+    Already connected (a notebook, a test): use that connection and leave it open. Otherwise
+    ``None``/``"local"`` starts a Ray instance on this machine (``num_cpus``: default all) and
+    ``"auto"`` or ``HOST:PORT`` joins a running cluster; either way the driver disconnects at
+    the end, which stops only what was started here (a joined cluster keeps running).
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if address in LOCAL_ADDRESSES:
+            # "local" also ignores $RAY_ADDRESS: None means this machine, not some cluster.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        if address in LOCAL_ADDRESSES:
+            raise BadInputError(f"cannot start Ray on this machine: {error_message(exc)}") from None
+        raise BadInputError(
+            f"cannot connect to the Ray cluster at {address!r}: {error_message(exc)}",
+            hint="start one with `ray start --head` (then --address auto), or leave out --address to run Ray here",
+        ) from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_cluster(ray: Any, gpus_per_run: float, cpus_per_run: float) -> None:
+    """Fail now, not never: Ray would leave a task no node can hold pending forever."""
+    total = ray.cluster_resources()
+    problems = []
+    if gpus_per_run > 0 and total.get("GPU", 0) < gpus_per_run:
+        problems.append(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has {total.get('GPU', 0):g} GPU(s)")
+    if total.get("CPU", 0) < cpus_per_run:
+        problems.append(f"--cpus-per-run {cpus_per_run:g}: the Ray cluster has {total.get('CPU', 0):g} CPU(s)")
+    if problems:
+        raise BadInputError(problems, hint="ask for less per run, or add nodes to the cluster")
+
+
+def run_sweep_ray(
+    configs: Sequence[RunConfig],
+    cache_dir: Path,
+    store: ResultsStore,
+    *,
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
+    cpus_per_run: float = 1.0,
+    force: bool = False,
+    keep_best: bool = True,
+    trackers: Sequence[Tracker] = (),
+    on_run_start: Callable[[int, int, str, RunConfig], None] | None = None,
+    on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
+    on_run_end: Callable[[RunOutcome], None] | None = None,
+    robustness: bool = False,
+    train_fn: TrainFn | None = None,
+    num_cpus: int | None = None,
+) -> SweepSummary:
+    """Run every config as a Ray task and store each record on this machine as it completes.
+
+    Same run ids, skipping (``force``), failure records, best checkpoint (``keep_best``) and
+    exit codes as :func:`fusioncli.sweep.runner.run_sweep`. ``cache_dir`` must be visible at
+    the same path on every node. ``address``: ``None``/``"local"`` starts Ray here (with
+    ``num_cpus``, default all), ``"auto"`` or ``"HOST:PORT"`` joins a cluster; an existing
+    connection is used as is. Each task reserves ``gpus_per_run`` GPUs (0..1; > 0 trains on
+    CUDA) and ``cpus_per_run`` CPUs (also its torch threads). Ray starts only if some run is
+    left to train.
+
+    Callbacks run on the driver: ``on_run_start`` as each run is submitted, ``on_epoch`` for
+    each history row and trackers' calls when the run's result arrives (replayed, in order),
+    ``on_run_end(outcome)`` for every grid point in the order they end. ``train_fn`` runs on
+    the workers (it must be importable there or picklable by value; default ``train_run``).
+    """
+    check_resources(gpus_per_run, cpus_per_run)
+    import_ray()  # before anything else costs time: a missing extra is a usage error
+    if not configs:
+        raise BadInputError("the sweep grid is empty")
+    # Absolute (workers do not share the driver's working folder) but with symlinks kept: a
+    # link such as /shared may point to a different mount on each node.
+    cache_dir = Path(cache_dir).absolute()
+    manifest = cache_manifest(cache_dir)
+    dataset = {"fingerprint": manifest["fingerprint"], "class_names": list(manifest["class_names"])}
+    grid = resolve_grid(configs, dataset["fingerprint"], partial(resolve_for_ray, gpus_per_run=gpus_per_run))
+
+    started = time.perf_counter()
+    store.repair()
+    recorder = OutcomeRecorder(
+        store, len(grid), force=force, keep_best=keep_best, trackers=trackers, robustness=robustness
+    )
+    outcomes: list[RunOutcome] = []
+
+    def ended(outcome: RunOutcome) -> None:
+        outcomes.append(outcome)
+        if on_run_end is not None:
+            on_run_end(outcome)
+
+    interrupted = False
+    try:
+        todo = []
+        for index, (rid, cfg) in enumerate(grid, start=1):
+            skipped = recorder.skipped(index, rid, cfg)
+            if skipped is None:
+                todo.append((index, rid, cfg))
+            else:
+                ended(skipped)
+        if todo:
+            with ray_session(address, num_cpus) as ray:
+                _check_cluster(ray, gpus_per_run, cpus_per_run)
+                task = ray.remote(run_task).options(
+                    num_cpus=cpus_per_run,
+                    num_gpus=gpus_per_run,
+                    max_retries=TASK_MAX_RETRIES,
+                    retry_exceptions=False,
+                )
+                pending: dict[Any, tuple[int, str, RunConfig, str]] = {}
+                try:
+                    for index, rid, cfg in todo:
+                        ref = task.remote(
+                            cfg.to_dict(),
+                            rid,
+                            str(cache_dir),
+                            dataset,
+                            cpus_per_run=cpus_per_run,
+                            send_weights=keep_best,
+                            robustness=robustness,
+                            train_fn=train_fn,
+                        )
+                        pending[ref] = (index, rid, cfg, _utc_now())
+                        if on_run_start is not None:
+                            on_run_start(index, len(grid), rid, cfg)
+                    while pending:
+                        ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
+                        for ref in ready:
+                            index, rid, cfg, submitted_at = pending.pop(ref)
+                            ended(_collect(ray, ref, recorder, index, rid, cfg, dataset, submitted_at, on_epoch))
+                finally:
+                    # Ctrl-C, or a store that cannot be written: stop what is still running.
+                    _cancel(ray, pending)
+    except KeyboardInterrupt:
+        # Finished runs are already stored; only the runs in flight are lost.
+        interrupted = True
+    return recorder.summary(outcomes, interrupted=interrupted, started=started)
+
+
+def _cancel(ray: Any, pending: dict[Any, Any]) -> None:
+    for ref in pending:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - already finished, or the cluster is gone
+            pass
+
+
+def _collect(
+    ray: Any,
+    ref: Any,
+    recorder: OutcomeRecorder,
+    index: int,
+    rid: str,
+    cfg: RunConfig,
+    dataset: dict[str, Any],
+    submitted_at: str,
+    on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None,
+) -> RunOutcome:
+    """Store the outcome of one completed task (finished, failed in the run, or died)."""
+    try:
+        payload = ray.get(ref)
+    except Exception as exc:  # noqa: BLE001 - the worker died, the node was lost, the task never ran
+        # A RayTaskError carries the exception raised on the worker as .cause; its str() has
+        # the remote traceback.
+        cause = getattr(exc, "cause", None)
+        message = error_message(cause if isinstance(cause, BaseException) else exc)
+        error = (message, str(exc)[-TRACEBACK_CHARS:])
+        record = failure_record(cfg, rid, error, dataset=dataset, started_at=submitted_at)
+        record["env"] = None  # the worker's machine is unknown here; the driver's would mislead
+        return recorder.begin(index, rid, cfg).failed(record)
+
+    record = payload["record"]
+    run = recorder.begin(index, rid, cfg)
+    for row in record.get("history") or []:
+        run.epoch(row)
+        if on_epoch is not None:
+            on_epoch(cfg, dict(row))
+    if payload["status"] == FINISHED:
+        weights = payload.get("weights")
+        return run.finished(record, lambda: model_from_weights(record, weights))
+    return run.failed(record)
+
+
+def weights_to_bytes(model: Any) -> bytes:
+    """The model's state dict as safetensors bytes (CPU, contiguous, unshared)."""
+    from safetensors.torch import save
+
+    state = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
+    return save(state)
+
+
+def model_from_weights(record: dict[str, Any], weights: bytes | None) -> Any:
+    """Rebuild the model of a finished ``record`` from :func:`weights_to_bytes` output."""
+    from safetensors.torch import load
+
+    from fusioncli.models import create_model
+
+    if weights is None:
+        raise ValueError("the task sent no weights")
+    config = record["config"]
+    model = create_model(config["strategy"], config["backbone"], len(record["dataset"]["class_names"]))
+    model.load_state_dict(load(weights), strict=True)
+    model.eval()
+    return model
+
+
+def run_task(
+    config: dict[str, Any],
+    rid: str,
+    cache_dir: str,
+    dataset: dict[str, Any],
+    *,
+    cpus_per_run: float = 1.0,
+    send_weights: bool = True,
+    robustness: bool = False,
+    train_fn: TrainFn | None = None,
+) -> dict[str, Any]:
+    """One run on a Ray worker: load the cache, train, return ``{"status", "record"[, "weights"]}``.
+
+    Plain data in and out (config and record dicts, weights as safetensors bytes). An exception
+    in the run comes back as a failed record built here, where the data and the traceback are.
+    """
+    import torch
+
+    # Ray sets OMP_NUM_THREADS for a task, but a reused worker keeps torch's earlier setting.
+    torch.set_num_threads(max(1, int(cpus_per_run)))
+    cfg = RunConfig.from_dict(config)
+    try:
+        return _train_on_worker(cfg, rid, Path(cache_dir), dataset, send_weights, robustness, train_fn)
+    finally:
+        # The run's data and model are released by now; runs sharing this GPU (a fractional
+        # --gpus-per-run) get the memory back instead of it staying cached in an idle worker.
+        free_device_memory(cfg.device)
+
+
+def _train_on_worker(
+    cfg: RunConfig,
+    rid: str,
+    cache_dir: Path,
+    dataset: dict[str, Any],
+    send_weights: bool,
+    robustness: bool,
+    train_fn: TrainFn | None,
+) -> dict[str, Any]:
+    from fusioncli.train.probes import utc_now
+
+    started_at = utc_now()
+    history: list[dict[str, Any]] = []
+    data = None
+    try:
+        data = _load_on_worker(cache_dir, cfg.device, dataset["fingerprint"])
+        result = train_one(cfg, data, train_fn=train_fn, robustness=robustness, on_epoch=history.append)
+    except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, like the local backend
+        error = describe_exception(exc)
+    else:
+        payload: dict[str, Any] = {"status": FINISHED, "record": result.record}
+        if send_weights:
+            payload["weights"] = weights_to_bytes(result.model)
+        return payload
+    record = failure_record(cfg, rid, error, data=data, dataset=dataset, history=history, started_at=started_at)
+    return {"status": FAILED, "record": record}
+
+
+def _load_on_worker(cache_dir: Path, device: str, fingerprint: str) -> Any:
+    """The cache on this worker's device; a cache this node cannot see (or sees different) fails."""
+    from fusioncli.data.cache import load_cache
+
+    node = socket.gethostname()
+    try:
+        data = load_cache(cache_dir, device)
+    except BadInputError as exc:
+        raise BadInputError([f"Ray node {node}: {p}" for p in exc.problems] + [SHARED_CACHE_NOTE]) from None
+    if data.fingerprint != fingerprint:
+        raise BadInputError(
+            f"Ray node {node}: the cache at {cache_dir} holds other data than the driver's "
+            f"(fingerprint {data.fingerprint[:12]}, driver {fingerprint[:12]}); {SHARED_CACHE_NOTE}"
+        )
+    return data
+
+
+def _utc_now() -> str:
+    from fusioncli.train.probes import utc_now
+
+    return utc_now()
