@@ -180,7 +180,9 @@ def next_commands() -> list[str]:
         "fusioncli synth --per-class 9999        # or put the real data in data/assessment",
         "fusioncli prepare                       # validate, project LiDAR, split (seed's split)",
         "fusioncli sweep                         # the seed's 4 strategies x 3 lrs x 2 schedulers, 15 epochs",
-        "fusioncli report --format markdown      # mean ± std over seeds; add --seeds 51,52,53 to the sweep",
+        "fusioncli report --format markdown      # mean ± 95% CI over seeds; add --seeds 51,52,53 to the sweep",
+        "fusioncli report --compare late intermediate-add   # paired test over shared seeds",
+        "fusioncli sweep --robustness && fusioncli report --robustness   # accuracy under corruption",
     ]
 
 

@@ -21,6 +21,14 @@ from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
 
 
+class Executor(str, Enum):
+    """How a local sweep trains its runs."""
+
+    auto = "auto"
+    loop = "loop"
+    stacked = "stacked"
+
+
 class Backend(str, Enum):
     """Where the runs of a sweep train."""
 
@@ -157,13 +165,29 @@ def backend_options(
     return options
 
 
+def executor_options(backend: Backend, executor: Executor, max_group: int) -> dict[str, Any]:
+    """The executor's keyword arguments for the local backend (Ray trains one run per task)."""
+    from fusioncli.train.stacked import check_max_group
+
+    check_max_group(max_group)
+    if backend is Backend.ray:
+        if executor is Executor.stacked:
+            raise BadInputError("--executor stacked: not available with --backend ray (each Ray task trains one run)")
+        return {}
+    return {"executor": executor.value, "max_group": max_group}
+
+
 def placement(configs: list, backend: Backend, options: dict[str, Any]) -> str:
     """Where the runs train, for the sweep's first line.
 
     ``cpu`` (local) or e.g. ``cuda:0 on the Ray cluster at auto, 1 CPU + 0.25 GPU per run``.
     """
     if backend is Backend.local:
-        return configs[0].resolve().device
+        from fusioncli.train.stacked import choose_executor
+
+        device = configs[0].resolve().device
+        executor = choose_executor(device, options.get("executor", "auto"))
+        return f"{device}, {executor} executor" if executor == "loop" else f"{device}, stacked groups of <= {options['max_group']}"
     from fusioncli.sweep.ray_backend import LOCAL_ADDRESSES, resolve_for_ray
 
     device = resolve_for_ray(configs[0], options["gpus_per_run"]).device
@@ -300,6 +324,17 @@ def sweep(
             show_default=False,
         ),
     ] = None,
+    executor: Annotated[
+        Executor,
+        typer.Option(
+            "--executor",
+            help="loop: one run at a time; stacked: runs differing only in lr, scheduler and seed train "
+            "together as one vmapped model (same results); auto: stacked on CUDA, loop on the CPU.",
+        ),
+    ] = Executor.auto,
+    max_group: Annotated[
+        int, typer.Option("--max-group", help="Stacked executor: at most this many runs per group (memory bound).")
+    ] = 16,
     format: Annotated[
         OutputFormat,
         typer.Option("--format", "-f", help="table: lines on stderr only; json: run ids and status on stdout."),
@@ -355,6 +390,7 @@ def sweep(
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
     options = backend_options(backend, address, gpus_per_run, cpus_per_run)
+    options.update(executor_options(backend, executor, max_group))
 
     if dry_run:
         _dry_run(configs, cache, results, format, backend, options)

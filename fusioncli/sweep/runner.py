@@ -44,6 +44,9 @@ SKIPPED = "skipped"
 TRACEBACK_CHARS = 4000
 ERROR_CHARS = 2000
 BACKENDS = ("local", "ray")
+# Runs trained together by the stacked executor: bounds the memory of one group (params, grads
+# and Adam state of each member) while keeping the GPU busy; the seed's grid is groups of 6.
+DEFAULT_MAX_GROUP = 16
 
 TrainFn = Callable[..., Any]  # (config, data, *, on_epoch) -> object with .record and .model
 Resolver = Callable[[RunConfig], RunConfig]  # "auto" device/precision -> what the run will use
@@ -426,46 +429,131 @@ def run_sweep(
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
     on_run_end: Callable[[RunOutcome], None] | None = None,
     robustness: bool = False,
+    executor: str = "auto",
+    max_group: int | None = DEFAULT_MAX_GROUP,
 ) -> SweepSummary:
-    """Run every config on ``data`` (loaded once, shared by all runs) into ``store``, one by one.
+    """Run every config on ``data`` (loaded once, shared by all runs) into ``store``.
 
     Finished runs already in the store are skipped unless ``force``; failed ones are retried.
     Each run's record is stored the moment it ends. A KeyboardInterrupt stops the sweep after
-    discarding only the run in flight; the summary says ``interrupted`` (exit code 130).
+    discarding only the run(s) in flight; the summary says ``interrupted`` (exit code 130).
     Callbacks: ``on_run_start(index, total, run_id, config)`` before a run is trained,
     ``on_epoch(config, history_row)`` after each epoch, ``on_run_end(outcome)`` for every
     grid point (finished, failed or skipped). ``train_fn`` defaults to
     :func:`fusioncli.train.loop.train_run` (looked up at call time, so it can be patched).
     ``robustness`` adds ``record["robustness"]`` to each finished run (see :func:`train_one`).
+
+    ``executor``: ``loop`` trains one run after another; ``stacked`` trains runs that differ
+    only in lr, scheduler and seed together as one vmapped model, at most ``max_group`` at a
+    time (:mod:`fusioncli.train.stacked`); ``auto`` picks by device (stacked on CUDA, the loop
+    on the CPU). A custom ``train_fn`` always uses the loop.
     """
+    from fusioncli.train.stacked import check_max_group, choose_executor
+
     started = time.perf_counter()
+    check_max_group(max_group)
     store.repair()
     grid = resolve_grid(configs, data.fingerprint)
     recorder = OutcomeRecorder(
         store, len(grid), force=force, keep_best=keep_best, trackers=trackers, robustness=robustness
     )
+    device = grid[0][1].device if grid else "cpu"
+    use_stacked = choose_executor(device, executor) == "stacked" and train_fn is None
     outcomes: list[RunOutcome] = []
+
+    def ended(outcome: RunOutcome) -> None:
+        outcomes.append(outcome)
+        if on_run_end is not None:
+            on_run_end(outcome)
+
     interrupted = False
     try:
+        todo = []
         for index, (rid, cfg) in enumerate(grid, start=1):
             outcome = recorder.skipped(index, rid, cfg)
-            if outcome is None:
+            if outcome is not None:
+                ended(outcome)
+            elif use_stacked:
+                todo.append((index, rid, cfg))
+            else:
                 if on_run_start is not None:
                     on_run_start(index, len(grid), rid, cfg)
-                outcome = _run_one(
-                    recorder.begin(index, rid, cfg),
-                    data,
-                    train_fn=train_fn,
-                    robustness=robustness,
-                    on_epoch=on_epoch,
-                )
-            outcomes.append(outcome)
-            if on_run_end is not None:
-                on_run_end(outcome)
+                ended(_run_one(recorder.begin(index, rid, cfg), data, train_fn=train_fn, robustness=robustness, on_epoch=on_epoch))
+        if todo:
+            _run_stacked(
+                todo, recorder, data, robustness=robustness, max_group=max_group,
+                on_run_start=on_run_start, on_epoch=on_epoch, ended=ended,
+            )  # fmt: skip
     except KeyboardInterrupt:
-        # Finished runs are already stored; only the run in flight (if any) is lost.
+        # Finished runs are already stored; only the run(s) in flight are lost.
         interrupted = True
     return recorder.summary(outcomes, interrupted=interrupted, started=started)
+
+
+def _run_stacked(
+    todo: Sequence[tuple[int, str, RunConfig]],
+    recorder: OutcomeRecorder,
+    data: PreparedData,
+    *,
+    robustness: bool,
+    max_group: int | None,
+    on_run_start: Callable[[int, int, str, RunConfig], None] | None,
+    on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None,
+    ended: Callable[[RunOutcome], None],
+) -> None:
+    """Train the pending grid points in stacked groups and store each member's outcome.
+
+    A group that fails as a whole (one member's loss turned NaN, out of memory) is re-run one
+    member at a time with the loop, so each run gets its own finished or failed record.
+    """
+    from fusioncli.train.stacked import group_configs, train_stacked
+
+    by_config = {id(cfg): (index, rid) for index, rid, cfg in todo}
+    total = recorder.total
+    for group in group_configs([cfg for _, _, cfg in todo], max_group):
+        runs: dict[int, RunRecorder] = {}
+        for cfg in group:
+            index, rid = by_config[id(cfg)]
+            if on_run_start is not None:
+                on_run_start(index, total, rid, cfg)
+            runs[id(cfg)] = recorder.begin(index, rid, cfg)
+
+        def epoch_done(cfg: RunConfig, row: dict[str, Any]) -> None:
+            runs[id(cfg)].epoch(row)
+            if on_epoch is not None:
+                on_epoch(cfg, dict(row))
+
+        try:
+            results = train_stacked(group, data, on_epoch=epoch_done)
+        except KeyboardInterrupt:
+            for run in runs.values():
+                run.interrupted()
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried run by run below, which records it
+            note = f"stacked group of {len(group)} failed ({error_message(exc)}); re-run one at a time"
+            recorder.warnings.append(note)
+            free_device_memory(group[0].device)
+            for cfg in group:
+                run = runs[id(cfg)]
+                run.history.clear()
+                ended(_run_one(run, data, train_fn=None, robustness=robustness, on_epoch=on_epoch))
+            continue
+        for cfg, result in zip(group, results):
+            run = runs[id(cfg)]
+            try:
+                if robustness:
+                    from fusioncli.eval.robustness import add_robustness
+
+                    add_robustness(result, data)
+            except Exception as exc:  # noqa: BLE001 - same rule as train_one: the run fails
+                free_device_memory(cfg.device)
+                error = (f"robustness evaluation failed: {error_message(exc)}", "")
+                failure = failure_record(
+                    cfg, run.run_id, error, data=data, history=run.history, started_at=result.record["started_at"]
+                )
+                ended(run.failed(failure))
+                continue
+            ended(run.finished(result.record, lambda model=result.model: model))
 
 
 def _run_one(

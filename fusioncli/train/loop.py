@@ -389,6 +389,7 @@ def finished_record(
             "train_epoch_seconds": train_phase_seconds,  # the training part of each epoch
             "samples_per_s": samples_per_s,
             "samples_per_s_note": note,
+            "executor": "loop",  # a stacked group's timing_notes say "stacked"
             **(timing_notes or {}),
         },
         "memory": memory if memory is not None else peak_memory(cfg.device),

@@ -295,3 +295,33 @@ def test_robustness_and_modality_dropout_reach_every_record(cache_dir: Path, tmp
 def test_bad_modality_dropout_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["sweep", "--modality-dropout", "1.5", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 2 and "--modality-dropout" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--executor", "bogus"], "--executor"),
+        (["--max-group", "0"], "--max-group must be an integer >= 1"),
+        (["--executor", "stacked", "--backend", "ray"], "--executor stacked: not available with --backend ray"),
+    ],
+)
+def test_bad_executor_options_exit_2(extra: list, message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sweep", *extra, "--cache-dir", str(tmp_path), "--results-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_stacked_executor_through_the_cli(cache_dir: Path, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    args = [
+        "sweep", "--strategies", "late", "--lrs", "1e-3,3e-4", "--schedulers", "constant", "--epochs", "1",
+        "--limit-per-class", "4", "--precision", "fp32", "--device", "cpu", "--executor", "stacked",
+        "--cache-dir", str(cache_dir), "--results-dir", str(results), "--format", "json",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "stacked groups of <= 16" in result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    for row in rows:
+        record = json.loads((results / "records" / f"{row['run_id']}.json").read_text())
+        assert record["timing"]["executor"] == "stacked" and record["timing"]["stacked_group_size"] == 2

@@ -423,3 +423,50 @@ def test_robustness_sweep_retrains_finished_runs_stored_without_it(
         "skipped"
     ]
     assert [o.status for o in run_sweep(configs, data, store, train_fn=FakeTrainer()).outcomes] == ["skipped"]
+
+
+def test_stacked_executor_stores_the_same_runs_as_the_loop(prepared, tmp_path: Path) -> None:
+    """--executor stacked: same run ids and (fp32, within float tolerance) the same metrics."""
+    configs = grid(
+        strategies=["late"], lrs=[1e-3, 3e-4], schedulers=["cosine", "constant"], precision="fp32", limit_per_class=8,
+        epochs=2,
+    )  # fmt: skip
+    loop_store, stacked_store = ResultsStore(tmp_path / "loop"), ResultsStore(tmp_path / "stacked")
+    epochs_seen: list = []
+    looped = run_sweep(configs, prepared, loop_store, executor="loop")
+    stacked = run_sweep(
+        configs, prepared, stacked_store, executor="stacked", max_group=3,
+        on_epoch=lambda cfg, row: epochs_seen.append((cfg.lr, cfg.scheduler, row["epoch"])),
+    )  # fmt: skip
+    assert looped.exit_code == stacked.exit_code == 0
+    assert [o.run_id for o in stacked.outcomes] == [o.run_id for o in looped.outcomes]  # grid order kept
+    assert len(epochs_seen) == 2 * len(configs)
+    for outcome in looped.outcomes:
+        a, b = loop_store.get(outcome.run_id), stacked_store.get(outcome.run_id)
+        assert b["timing"]["executor"] == "stacked"
+        assert b["metrics"]["val_accuracy"] == a["metrics"]["val_accuracy"]
+        assert b["metrics"]["val_loss"] == pytest.approx(a["metrics"]["val_loss"], rel=1e-4)
+        assert [r["lr"] for r in b["history"]] == [r["lr"] for r in a["history"]]
+    assert stacked_store.best_record()["run_id"] == loop_store.best_record()["run_id"]
+    # a stored run is skipped whichever executor stored it
+    assert {o.status for o in run_sweep(configs, prepared, stacked_store, executor="loop").outcomes} == {"skipped"}
+
+
+def test_a_failing_stacked_group_is_rerun_one_at_a_time(prepared, tmp_path: Path) -> None:
+    """One member's loss turns NaN: the group fails, each run is retried alone and recorded."""
+    store = ResultsStore(tmp_path / "results")
+    configs = grid(strategies=["late"], lrs=[1e-3, 1e30], precision="fp32", limit_per_class=4)
+    summary = run_sweep(configs, prepared, store, executor="stacked")
+    assert summary.exit_code == 1
+    status = {o.config.lr: o.status for o in summary.outcomes}
+    assert status == {1e-3: "finished", 1e30: "failed"}
+    assert "non-finite" in store.get(summary.failed[0].run_id)["error"]
+    assert any("stacked group of 2 failed" in w for w in summary.warnings)
+    assert store.get(summary.finished[0].run_id)["timing"].get("executor") != "stacked"  # retrained by the loop
+
+
+def test_bad_max_group_is_a_usage_error(store: ResultsStore) -> None:
+    from fusioncli.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="--max-group"):
+        run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(), max_group=0)
