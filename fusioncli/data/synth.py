@@ -21,12 +21,24 @@ Speed comes from (a) casting only the rays whose pixel can see the object's boun
 conservative window per sample, so the result is exactly that of casting every ray), (b) doing
 the ray maths vectorised over a batch of samples, (c) writing the PNG and ``.npy`` bytes
 directly, and (d) a process pool over chunks of samples for larger sets.
+
+Difficulty. The defaults are the ``easy`` preset: clean renders close to the real set. The
+``medium`` and ``hard`` presets (:data:`DIFFICULTIES`, :func:`difficulty_params`) turn on knobs,
+each a :class:`SceneParams` field that is off by default: LiDAR depth noise and beam dropout,
+low light (exposure) and RGB sensor noise, smaller and farther objects, clutter (elongated boxes
+and ellipsoids, ray cast in both sensors, never in front of the object) and *complementary
+corruption*: with probability ``corruption`` a sample has exactly one modality (50/50) replaced
+by a sensor failure that carries nothing of the scene -- camera glare or lost LiDAR returns --
+so no single modality suffices for the whole set. Per-pixel noise comes from a per-sample
+generator seeded by ``(seed, label, index, stream)``: still independent of N, batch and workers.
 """
 
 from __future__ import annotations
 
 import colorsys
+import json
 import math
+import numbers
 import os
 import struct
 import sys
@@ -34,7 +46,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -89,6 +101,13 @@ class SceneParams:
     supersample: int = 2  # rays per pixel side (2 -> 2x2 anti-aliasing)
     # -- the LiDAR
     max_range: float = MAX_RANGE  # depth written where nothing is hit (and the clip for hits)
+    # -- difficulty knobs; every default is "off" and leaves the renders byte for byte as before
+    depth_noise: float = 0.0  # std (metres) of Gaussian noise on each LiDAR return; misses stay
+    beam_dropout: float = 0.0  # probability that a return is lost (written as max_range)
+    exposure: float = 1.0  # scales the camera's linear shade before gamma: < 1 is low light
+    rgb_noise: float = 0.0  # std of Gaussian sensor noise per RGB channel, in full-scale units
+    clutter: int = 0  # distractor objects per scene: elongated boxes and ellipsoids
+    corruption: float = 0.0  # probability that one modality (50/50) of a sample fails outright
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -98,18 +117,21 @@ class SceneParams:
             if isinstance(value, (list, tuple)):
                 expected = 3 if f.name in ("light_direction", "camera_position", "camera_target") else 2
                 if len(value) != expected:
-                    raise BadInputError(f"SceneParams.{f.name} needs {expected} numbers, got {value!r}")
+                    raise BadInputError(f"{_name(f.name)} needs {expected} numbers, got {value!r}")
                 object.__setattr__(self, f.name, tuple(float(v) for v in value))
         for name in ("size_range", "distance_range", "hue_range_deg", "saturation_range", "value_range"):
             low, high = getattr(self, name)
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-                problems.append(f"SceneParams.{name} must be (low, high) with low <= high, got {(low, high)}")
+                problems.append(f"{_name(name)} must be (low, high) with low <= high, got {(low, high)}")
         if self.size_range[0] <= 0:
-            problems.append(f"SceneParams.size_range must be positive, got {self.size_range}")
+            problems.append(f"{_name('size_range')} must be positive, got {self.size_range}")
         if self.sphere_scale <= 0:
             problems.append(f"SceneParams.sphere_scale must be positive, got {self.sphere_scale}")
         if self.distance_range[0] <= self.size_range[1] * max(math.sqrt(3) / 2, self.sphere_scale / 2):
-            problems.append("SceneParams.distance_range must keep objects clear of the LiDAR (larger than size)")
+            problems.append(f"{_name('distance_range')} must keep objects clear of the LiDAR (larger than size)")
+        elif self.distance_range[1] > MAX_DISTANCE:
+            problems.append(f"{_name('distance_range')} must stay within {MAX_DISTANCE:g} m, got {self.distance_range}")
+        problems.extend(self._knob_problems())
         for name in ("saturation_range", "value_range"):
             low, high = getattr(self, name)
             if low < 0 or high > 1:
@@ -129,9 +151,135 @@ class SceneParams:
         if problems:
             raise BadInputError(problems)
 
+    def _knob_problems(self) -> list[str]:
+        """Range checks of the difficulty knobs, each message naming its ``fusioncli synth`` flag."""
+        problems = []
+        for name, low, high, closed, what in _KNOB_RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                problems.append(f"{_name(name)} must be a number ({what}), got {value!r}")
+                continue
+            above = value > high if closed else value >= high
+            below = value <= low if name == "exposure" else value < low
+            if below or above:
+                interval = f"({low:g}, {high:g}]" if name == "exposure" else f"[{low:g}, {high:g}{']' if closed else ')'}"
+                problems.append(f"{_name(name)} must be in {interval} ({what}), got {value:g}")
+            else:
+                object.__setattr__(self, name, float(value))
+        clutter = self.clutter
+        if isinstance(clutter, bool) or not isinstance(clutter, numbers.Integral) or not 0 <= clutter <= MAX_CLUTTER:
+            problems.append(f"{_name('clutter')} must be an integer from 0 to {MAX_CLUTTER}, got {clutter!r}")
+        else:
+            object.__setattr__(self, "clutter", int(clutter))
+        return problems
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples become lists)."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+# The knobs `fusioncli synth` exposes, by field: error messages name the flag a user typed.
+KNOB_FLAGS: dict[str, str] = {
+    "size_range": "--size-range",
+    "distance_range": "--distance-range",
+    "depth_noise": "--depth-noise",
+    "beam_dropout": "--beam-dropout",
+    "exposure": "--exposure",
+    "rgb_noise": "--rgb-noise",
+    "clutter": "--clutter",
+    "corruption": "--corruption",
+}
+# (field, low, high, high included, meaning); exposure excludes its low end (0 = no light at all)
+_KNOB_RANGES: tuple[tuple[str, float, float, bool, str], ...] = (
+    ("depth_noise", 0.0, 5.0, True, "metres of noise std on each return"),
+    ("beam_dropout", 0.0, 1.0, False, "fraction of LiDAR returns lost"),
+    ("exposure", 0.0, 4.0, True, "scale on the light; < 1 is low light"),
+    ("rgb_noise", 0.0, 1.0, True, "noise std as a fraction of full scale"),
+    ("corruption", 0.0, 1.0, True, "probability that one modality of a sample fails"),
+)
+MAX_CLUTTER = 8
+MAX_DISTANCE = 30.0  # object centres stay well inside the 50 m range, clutter behind them too
+
+
+def _name(field_name: str) -> str:
+    """How an error message names a parameter: its CLI flag where it has one, and the field."""
+    flag = KNOB_FLAGS.get(field_name)
+    return f"{flag} (SceneParams.{field_name})" if flag else f"SceneParams.{field_name}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Difficulty presets
+
+DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
+# Field values on top of the defaults. easy = the defaults: clean, close to the real set.
+# hard was tuned with benchmarks/bench_difficulty.py (see benchmarks/RESULTS.md) so that the best
+# fusion strategy beats the best single modality by >= 10 accuracy points.
+PRESETS: dict[str, dict[str, Any]] = {
+    "easy": {},
+    "medium": {
+        "size_range": (0.8, 1.25),
+        "distance_range": (9.0, 13.0),
+        "depth_noise": 0.03,
+        "beam_dropout": 0.1,
+        "exposure": 0.6,
+        "rgb_noise": 0.03,
+        "clutter": 1,
+        "corruption": 0.3,
+    },
+    "hard": {
+        "size_range": (0.7, 1.1),
+        "distance_range": (10.0, 15.0),
+        "depth_noise": 0.06,
+        "beam_dropout": 0.2,
+        "exposure": 0.35,
+        "rgb_noise": 0.06,
+        "clutter": 2,
+        "corruption": 0.6,
+    },
+}
+
+
+def difficulty_params(difficulty: str = "easy", **overrides: Any) -> SceneParams:
+    """The :class:`SceneParams` of a difficulty preset, with explicit knob values on top.
+
+    ``overrides`` are SceneParams fields; ``None`` means "the preset's value" (how the CLI passes
+    a flag that was not given). Unknown presets or fields are a :class:`BadInputError`.
+    """
+    if difficulty not in PRESETS:
+        raise BadInputError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    known = {f.name for f in fields(SceneParams)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise BadInputError(f"unknown scene parameter(s): {', '.join(unknown)}")
+    values = dict(PRESETS[difficulty])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SceneParams(**values)
+
+
+def changed_params(params: SceneParams, difficulty: str = "easy") -> dict[str, Any]:
+    """The fields of ``params`` that differ from the preset ``difficulty`` (JSON-able)."""
+    base = difficulty_params(difficulty).to_dict()
+    return {k: v for k, v in params.to_dict().items() if base[k] != v}
+
+
+BOX, ELLIPSOID = "box", "ellipsoid"  # clutter shapes
+RGB, LIDAR = "rgb", "lidar"  # the modality a complementary corruption takes out
+
+
+@dataclass(frozen=True)
+class Clutter:
+    """A distractor: an elongated box or ellipsoid, neither a cube nor a sphere."""
+
+    kind: str  # BOX or ELLIPSOID
+    centre: tuple[float, float, float]
+    rotation: tuple[tuple[float, float, float], ...]  # 3x3, columns = its axes in world
+    half_extents: tuple[float, float, float]  # box half edges, or ellipsoid semi-axes
+    colour: tuple[float, float, float]
+
+    @property
+    def bounding_radius(self) -> float:
+        a, b, c = self.half_extents
+        return math.sqrt(a * a + b * b + c * c) if self.kind == BOX else max(a, b, c)
 
 
 @dataclass(frozen=True)
@@ -143,6 +291,11 @@ class Scene:
     rotation: tuple[tuple[float, float, float], ...]  # 3x3, columns = the cube's axes in world
     size: float  # cube edge length, or sphere diameter
     colour: tuple[float, float, float]  # linear RGB albedo in [0, 1]
+    # (seed, label, index) of a sampled scene: seeds its per-pixel noise. A hand-built scene
+    # (None) uses (0, label, 0).
+    key: tuple[int, int, int] | None = None
+    corrupt: str | None = None  # RGB or LIDAR: that sensor fails in this sample (None: neither)
+    clutter: tuple[Clutter, ...] = ()
 
     @property
     def bounding_radius(self) -> float:
@@ -161,6 +314,9 @@ class SynthSummary:
     samples_per_s: float
     workers: int = 1
     params: dict[str, Any] = field(default_factory=dict)
+    difficulty: str | None = None  # the preset it started from (None: params given directly)
+    overrides: dict[str, Any] = field(default_factory=dict)  # params that differ from that preset
+    record: str | None = None  # the SYNTH_RECORD file written at the root, if any
 
     @property
     def total(self) -> int:
@@ -212,7 +368,10 @@ def sample_scenes(
     """Scenes of samples [start, stop) of class ``label`` (each a function of seed, label, index)."""
     p = params or SceneParams()
     u = scene_uniforms(label, np.arange(start, stop), seed).tolist()
-    return [_scene_from_uniforms(label, row, p) for row in u]
+    scenes = [_scene_from_uniforms(label, row, p, (seed, label, i)) for i, row in zip(range(start, stop), u)]
+    if p.clutter:
+        scenes = [replace(sc, clutter=_sample_clutter(sc, p)) for sc in scenes]
+    return scenes
 
 
 def sample_scene(label: int, index: int, seed: int = 0, params: SceneParams | None = None) -> Scene:
@@ -220,9 +379,9 @@ def sample_scene(label: int, index: int, seed: int = 0, params: SceneParams | No
     return sample_scenes(label, index, index + 1, seed, params)[0]
 
 
-def _scene_from_uniforms(label: int, u: list[float], p: SceneParams) -> Scene:
+def _scene_from_uniforms(label: int, u: list[float], p: SceneParams, key: tuple[int, int, int]) -> Scene:
     """One sample's scene from its uniforms: 0 size, 1 distance, 2-3 direction, 4-6 rotation,
-    7-9 colour (10-15 unused, for future knobs).
+    7-9 colour, 10-11 complementary corruption (12-15 unused, for future knobs).
     """
     # Scalar math per sample (not vectorised): libm's sin/cos give the same bits whatever the
     # batch, where numpy's SIMD kernels might not.
@@ -253,7 +412,61 @@ def _scene_from_uniforms(label: int, u: list[float], p: SceneParams) -> Scene:
     rotation = _uniform_rotation(u[4], u[5], u[6])
     hue = uniform(7, p.hue_range_deg) / 360.0 % 1.0
     colour = colorsys.hsv_to_rgb(hue, uniform(8, p.saturation_range), uniform(9, p.value_range))
-    return Scene(label=label, centre=centre, rotation=rotation, size=size, colour=colour)
+    # the same columns for both classes: which samples fail, and how, says nothing of the class
+    corrupt = (RGB if u[11] < 0.5 else LIDAR) if u[10] < p.corruption else None
+    return Scene(
+        label=label, centre=centre, rotation=rotation, size=size, colour=colour, key=key, corrupt=corrupt
+    )
+
+
+# Per-sample random streams (besides scene_uniforms' columns): one generator per sample and use,
+# so turning one knob on never changes the draws of another.
+_STREAM_DEPTH_NOISE, _STREAM_DROPOUT, _STREAM_RGB_NOISE, _STREAM_CLUTTER, _STREAM_FAILURE = 1, 2, 3, 4, 5
+
+
+def _sample_rng(scene: Scene, stream: int) -> np.random.Generator:
+    """The generator of one sample and stream: a function of (seed, label, index, stream) only."""
+    seed, label, index = scene.key if scene.key is not None else (0, scene.label, 0)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, label, index, stream])))
+
+
+def _sample_clutter(scene: Scene, p: SceneParams) -> tuple[Clutter, ...]:
+    """``p.clutter`` distractors anywhere in the LiDAR's view, always behind the object.
+
+    "Behind" for both sensors: the nearest point of a distractor is farther from the LiDAR and
+    from the camera than the farthest point of the object, so it never hides any part of the
+    object -- it only adds returns and shapes around and behind it.
+    """
+    rng = _sample_rng(scene, _STREAM_CLUTTER)
+    (az0, az1), (ze0, ze1) = _grid_limits_deg()
+    lo_size, hi_size = p.size_range
+    obj_r = scene.bounding_radius
+    out = []
+    for _ in range(p.clutter):
+        u = rng.random(12).tolist()
+        kind = BOX if u[0] < 0.5 else ELLIPSOID
+        # elongated: the long side like a large object, the two others a quarter to half of it
+        long = (lo_size + (hi_size - lo_size) * u[1]) * (1.1 + 0.6 * u[2])
+        half = (long / 2, long * (0.25 + 0.25 * u[3]) / 2, long * (0.25 + 0.25 * u[4]) / 2)
+        r = math.sqrt(sum(h * h for h in half)) if kind == BOX else half[0]
+        az = math.radians(az0 + (az1 - az0) * u[5])
+        ze = math.radians(ze0 + (ze1 - ze0) * u[6])
+        direction = (math.sin(-az) * math.cos(-ze), math.cos(-az) * math.cos(-ze), math.sin(-ze))
+        near = 0.0
+        for sensor in ((0.0, 0.0, 0.0), p.camera_position):
+            # smallest d with |d * direction - sensor| >= (object's far side) + r
+            reach = math.dist(scene.centre, sensor) + obj_r + r + 0.2
+            b = sum(di * si for di, si in zip(direction, sensor))
+            c = sum(si * si for si in sensor) - reach * reach
+            near = max(near, b + math.sqrt(max(0.0, b * b - c)))
+        distance = near + 4.0 * u[7]
+        centre = tuple(distance * di for di in direction)
+        hue = (p.hue_range_deg[0] + (p.hue_range_deg[1] - p.hue_range_deg[0]) * u[8]) / 360.0 % 1.0
+        sat = p.saturation_range[0] + (p.saturation_range[1] - p.saturation_range[0]) * u[9]
+        colour = colorsys.hsv_to_rgb(hue, sat, p.value_range[0] + (p.value_range[1] - p.value_range[0]) * u[10])
+        rotation = _uniform_rotation(*rng.random(3).tolist())
+        out.append(Clutter(kind, centre, rotation, half, colour))  # type: ignore[arg-type]
+    return tuple(out)
 
 
 def _uniform_rotation(u1: float, u2: float, u3: float) -> tuple[tuple[float, float, float], ...]:
@@ -433,8 +646,12 @@ def _cast(
     obj: _Objects,
     *,
     normals: bool,
+    round_hit: Callable[..., Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...] | None]:
     """Intersect unit rays from ``origin`` with the object of their sample ``sid``.
+
+    ``obj.is_cube`` picks the slab test (cubes, and clutter boxes); the others go to
+    ``round_hit`` (default: spheres; clutter passes :func:`_hit_ellipsoids`).
 
     ``dirs`` are float32 (N,) x, y, z. Returns ``hit`` (N,) bool, ``t`` (N,) float32 distance
     along the ray (inf where missed) and, if asked, the unit surface normal's x, y, z (N,) each
@@ -456,7 +673,7 @@ def _cast(
                 continue
         s = sid if rays is None else sid[rays]
         d = dirs if rays is None else tuple(c[rays] for c in dirs)
-        ok, tk, nk = (_hit_cubes if cube else _hit_spheres)(oc, obj, s, d, normals)
+        ok, tk, nk = (_hit_cubes if cube else (round_hit or _hit_spheres))(oc, obj, s, d, normals)
         k = np.flatnonzero(ok) if rays is None else rays[ok]
         hit[k] = True
         t[k] = tk
@@ -492,12 +709,13 @@ def _hit_spheres(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
 
 
 def _hit_cubes(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
-    """Ray/oriented box by the slab method in the cube's own frame."""
+    """Ray/oriented box by the slab method in the box's own frame (cubes and clutter boxes)."""
     ax = obj.axes
     # per sample: the ray origin in the cube's frame is o_l = -axes . oc; along axis k the ray is
     # inside the slab for t * d_l in [-h - o_l, h - o_l]
     o_l = -(ax[:, :, 0] * oc[:, None, 0] + ax[:, :, 1] * oc[:, None, 1] + ax[:, :, 2] * oc[:, None, 2])
-    lo, hi = -obj.half[:, None] - o_l, obj.half[:, None] - o_l
+    half = obj.half[:, None] if obj.half.ndim == 1 else obj.half  # (B, 1) cube or (B, 3) box
+    lo, hi = -half - o_l, half - o_l
     rows = _per_ray([ax[:, k, j] for k in range(3) for j in range(3)] + [*lo.T, *hi.T], s)
     dx, dy, dz = d
     near, far, d_local = [], [], []
@@ -525,6 +743,226 @@ def _hit_cubes(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
     return ok, t, (a[:, 0] * sign, a[:, 1] * sign, a[:, 2] * sign)
 
 
+def _hit_ellipsoids(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
+    """Ray/ellipsoid: in the frame where it is the unit sphere, |o' + t d'|^2 = 1."""
+    m = obj.axes / obj.half[:, :, None]  # (B, 3, 3): row k = axis k / semi-axis k
+    o_l = -(m[:, :, 0] * oc[:, None, 0] + m[:, :, 1] * oc[:, None, 1] + m[:, :, 2] * oc[:, None, 2])
+    c_l = o_l[:, 0] * o_l[:, 0] + o_l[:, 1] * o_l[:, 1] + o_l[:, 2] * o_l[:, 2] - 1.0
+    rows = _per_ray([m[:, k, j] for k in range(3) for j in range(3)] + [*o_l.T, c_l], s)
+    dx, dy, dz = d
+    dl = [rows[3 * k] * dx + rows[3 * k + 1] * dy + rows[3 * k + 2] * dz for k in range(3)]
+    a = dl[0] * dl[0] + dl[1] * dl[1] + dl[2] * dl[2]
+    b = rows[9] * dl[0] + rows[10] * dl[1] + rows[11] * dl[2]
+    disc = b * b - a * rows[12]
+    ok = disc >= 0
+    t = (-b[ok] - np.sqrt(disc[ok])) / a[ok]
+    front = t > 0
+    ok[ok] = front
+    t = t[front]
+    if not normals:
+        return ok, t, None
+    # the gradient of |M (x - c)|^2 is 2 M^T p' with p' the hit in the unit-sphere frame
+    p_l = [rows[9 + k][ok] + t * dl[k][ok] for k in range(3)]
+    n = [sum(p_l[k] * rows[3 * k + j][ok] for k in range(3)) for j in range(3)]
+    inv = 1.0 / np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2])
+    return ok, t, (n[0] * inv, n[1] * inv, n[2] * inv)
+
+
+@dataclass(frozen=True)
+class _Shapes:
+    """One clutter object per member sample, as arrays (the interface :func:`_cast` reads)."""
+
+    centre: np.ndarray  # (B, 3)
+    axes: np.ndarray  # (B, 3, 3)
+    half: np.ndarray  # (B, 3) half extents / semi-axes
+    is_cube: np.ndarray  # (B,) bool: True for boxes (the slab test), False for ellipsoids
+    colour: np.ndarray  # (B, 3)
+
+    @classmethod
+    def of(cls, items: Sequence[Clutter]) -> _Shapes:
+        return cls(
+            centre=np.array([c.centre for c in items], dtype=np.float64).reshape(-1, 3),
+            axes=np.array([c.rotation for c in items], dtype=np.float64).reshape(-1, 3, 3).transpose(0, 2, 1),
+            half=np.array([c.half_extents for c in items], dtype=np.float64).reshape(-1, 3),
+            is_cube=np.array([c.kind == BOX for c in items], dtype=bool),
+            colour=np.array([c.colour for c in items], dtype=np.float64).reshape(-1, 3),
+        )
+
+
+def _shade_pixels(
+    p: SceneParams,
+    n_pixels: int,
+    target: np.ndarray,
+    n_rays: int,
+    on: np.ndarray,
+    normal: tuple[np.ndarray, ...],
+    eye: tuple[np.ndarray, ...],
+    colour: np.ndarray,
+) -> np.ndarray:
+    """Shade the hit sub-pixel rays ``on`` (of ``n_rays``, pixel-major) into RGBA pixels.
+
+    ``normal`` and ``eye`` (the ray directions) are x, y, z of the hits, ``colour`` (3, H) their
+    albedo; the sub-pixels of pixel ``j`` of the list are rays ``j * n_sub ...``, and land on
+    output pixel ``target[j]`` of ``n_pixels``. Returns (n_pixels, 4) uint8.
+    """
+    nx, ny, nz = normal
+    ex, ey, ez = eye
+    lx, ly, lz = (c / math.hypot(*p.light_direction) for c in p.light_direction)
+    # dot products written out element-wise: BLAS may sum in a batch-dependent order
+    lambert = np.maximum(nx * lx + ny * ly + nz * lz, 0)
+    # white Blinn-Phong highlight: half vector of light and eye, exponent 16 by squaring
+    hx, hy, hz = lx - ex, ly - ey, lz - ez
+    spec = np.maximum(nx * hx + ny * hy + nz * hz, 0) / np.sqrt(hx * hx + hy * hy + hz * hz)
+    spec *= lambert > 0
+    for _ in range(4):
+        spec *= spec
+    shade = p.ambient + (1 - p.ambient) * lambert
+    highlight = p.specular * spec
+    if p.exposure != 1.0:  # low light: less light on the same sensor, before its gamma
+        shade = shade * np.float32(p.exposure)
+        highlight = highlight * np.float32(p.exposure)
+    n_sub = p.supersample**2
+    rgba = np.zeros((n_pixels, 4), dtype=np.uint8)
+    rgba[:, 3] = 255  # opaque everywhere, like the real PNGs: black background, not transparent
+    scale = np.float32(255 / n_sub)
+    value = np.zeros(n_rays, dtype=np.float32)
+    for channel in range(3):
+        # gamma 2 (sqrt is exactly rounded, so deterministic) on the linear shade
+        value[on] = np.sqrt(np.minimum(colour[channel] * shade + highlight, 1))
+        per_pixel = value.reshape(-1, n_sub)
+        total = per_pixel[:, 0].copy()
+        for j in range(1, n_sub):  # a fixed summation order: deterministic
+            total += per_pixel[:, j]
+        rgba[target, channel] = np.floor(total * scale + 0.5)
+    return rgba
+
+
+def _layers(scenes: Sequence[Scene]) -> list[tuple[Any, list[Any], np.ndarray, Callable[..., Any]]]:
+    """The scene's objects as layers: (arrays, items, sample index of each item, round hit test).
+
+    Layer 0 is the cube/sphere of every sample; layer k >= 1 the k-th clutter object of the
+    samples that have one.
+    """
+    layers: list[tuple[Any, list[Any], np.ndarray, Callable[..., Any]]] = [
+        (_Objects.of(scenes), list(scenes), np.arange(len(scenes)), _hit_spheres)
+    ]
+    for k in range(max(len(sc.clutter) for sc in scenes)):
+        members = [i for i, sc in enumerate(scenes) if len(sc.clutter) > k]
+        items = [scenes[i].clutter[k] for i in members]
+        layers.append((_Shapes.of(items), items, np.array(members), _hit_ellipsoids))
+    return layers
+
+
+def _render_layers(
+    scenes: Sequence[Scene], p: SceneParams, sensors: _Sensors, full: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_batch`'s geometry for scenes with clutter: several objects per sample.
+
+    Each layer casts only the rays of its own windows; the nearest hit per ray wins, then
+    shading runs once on the winners.
+    """
+    b = len(scenes)
+    n_az, n_ze = len(sensors.azimuth), len(sensors.zenith)
+    layers = _layers(scenes)
+
+    t_lidar = np.full(b * n_az * n_ze, np.inf, dtype=np.float32)
+    for obj, items, members, round_hit in layers:
+        windows = [(0, n_az, 0, n_ze) if full else _lidar_window(it, sensors) for it in items]
+        idx, sid = _gather(windows, n_ze)
+        dirs = tuple(d[idx] for d in sensors.lidar_dirs)
+        hit, t, _ = _cast((0.0, 0.0, 0.0), dirs, sid, obj, normals=False, round_hit=round_hit)
+        flat = members[sid[hit]] * (n_az * n_ze) + idx[hit]
+        t_lidar[flat] = np.minimum(t_lidar[flat], t[hit])  # a layer touches a ray at most once
+    depth = np.where(np.isfinite(t_lidar), np.minimum(t_lidar, p.max_range), p.max_range).astype(np.float32)
+
+    # Camera: the pixels any layer may touch, as one sorted list of (sample, pixel) keys; a
+    # z-buffer over their sub-pixels keeps the nearest hit, then shading runs on the winners.
+    n_sub = p.supersample**2
+    n_pix = IMAGE_SIZE * IMAGE_SIZE
+    cast = []
+    for obj, items, members, round_hit in layers:
+        windows = [(0, IMAGE_SIZE, 0, IMAGE_SIZE) if full else _camera_window(it, sensors) for it in items]
+        pix, pix_sid = _gather(windows, IMAGE_SIZE)
+        cast.append((pix, pix_sid, members[pix_sid] * n_pix + pix))
+    keys = np.unique(np.concatenate([key for _, _, key in cast]))
+    zbuf = np.full(keys.size * n_sub, np.inf, dtype=np.float32)
+    nbuf = np.zeros((3, keys.size * n_sub), dtype=np.float32)
+    cbuf = np.zeros((3, keys.size * n_sub), dtype=np.float32)
+    for (obj, _, _, round_hit), (pix, pix_sid, key) in zip(layers, cast):
+        sub = sensors.cam_subpixels[pix].ravel()
+        sid = np.repeat(pix_sid, n_sub)
+        dirs = tuple(d[sub] for d in sensors.cam_dirs)
+        hit, t, normal = _cast(sensors.cam_origin, dirs, sid, obj, normals=True, round_hit=round_hit)
+        assert normal is not None
+        h = np.flatnonzero(hit)
+        # slot of sub-pixel j of the pixel with key k: position of k in keys * n_sub + j
+        slot = (np.repeat(np.searchsorted(keys, key), n_sub) * n_sub + np.tile(np.arange(n_sub), key.size))[h]
+        nearer = t[h] < zbuf[slot]  # a layer touches a sub-pixel at most once
+        h, slot = h[nearer], slot[nearer]
+        zbuf[slot] = t[h]
+        for k in range(3):
+            nbuf[k, slot] = normal[k][h]
+            cbuf[k, slot] = obj.colour[sid[h], k]
+    on = np.flatnonzero(zbuf < np.inf)
+    sub = sensors.cam_subpixels[keys % n_pix].ravel()[on]
+    rgba = _shade_pixels(
+        p,
+        b * n_pix,
+        keys,
+        zbuf.size,
+        on,
+        (nbuf[0, on], nbuf[1, on], nbuf[2, on]),
+        tuple(d[sub] for d in sensors.cam_dirs),
+        cbuf[:, on],
+    )
+    return rgba.reshape(b, IMAGE_SIZE, IMAGE_SIZE, 4), depth.reshape(b, n_az, n_ze)
+
+
+# Complementary corruption: what a failed sensor delivers (nothing of the scene).
+GLARE_LEVEL = (0.3, 0.8)  # a washed-out frame: one grey level per sample, full-scale units
+GLARE_NOISE = 0.15  # its noise std
+SPURIOUS_RETURNS = 0.03  # a LiDAR that lost its returns still sees this fraction of spurious ones
+SPURIOUS_DEPTH = (1.0, 30.0)  # ... at depths uniform in this range (metres)
+
+
+def _sensor_effects(scenes: Sequence[Scene], p: SceneParams, rgba: np.ndarray, depth: np.ndarray) -> None:
+    """Apply sensor failures, LiDAR noise/dropout and camera noise in place (per sample).
+
+    Each effect draws from its own per-sample stream, so a sample's output is a function of
+    (seed, label, index) alone. A failed sensor's frame is replaced before the ordinary noise
+    is applied on top, so it carries the same noise as any other frame.
+    """
+    if not (p.depth_noise or p.beam_dropout or p.rgb_noise or any(sc.corrupt for sc in scenes)):
+        return
+    max_range = np.float32(p.max_range)
+    shape, pixels = depth.shape[1:], (*rgba.shape[1:3], 3)
+    for k, sc in enumerate(scenes):
+        if sc.corrupt == LIDAR:
+            rng = _sample_rng(sc, _STREAM_FAILURE)
+            spurious = rng.random(shape) < SPURIOUS_RETURNS
+            depth[k] = max_range
+            depth[k][spurious] = rng.uniform(*SPURIOUS_DEPTH, size=int(spurious.sum())).astype(np.float32)
+        elif sc.corrupt == RGB:
+            rng = _sample_rng(sc, _STREAM_FAILURE)
+            level = rng.uniform(*GLARE_LEVEL)
+            frame = (level + GLARE_NOISE * rng.standard_normal(pixels)) * 255
+            rgba[k, ..., :3] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    # the draws are per sample; the arithmetic on them runs once for the batch (element-wise)
+    if p.depth_noise:
+        noise = np.stack([_sample_rng(sc, _STREAM_DEPTH_NOISE).standard_normal(shape, dtype=np.float32) for sc in scenes])
+        hit = depth < max_range
+        # a return stays a return: clipped short of max_range (and in front of the sensor)
+        noisy = depth[hit] + np.float32(p.depth_noise) * noise[hit]
+        depth[hit] = np.clip(noisy, np.float32(0.05), np.nextafter(max_range, np.float32(0)))
+    if p.beam_dropout:
+        draws = np.stack([_sample_rng(sc, _STREAM_DROPOUT).random(shape, dtype=np.float32) for sc in scenes])
+        depth[draws < np.float32(p.beam_dropout)] = max_range
+    if p.rgb_noise:
+        noise = np.stack([_sample_rng(sc, _STREAM_RGB_NOISE).standard_normal(pixels, dtype=np.float32) for sc in scenes])
+        noisy = rgba[..., :3].astype(np.float32) + np.float32(p.rgb_noise * 255) * noise
+        rgba[..., :3] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
 def render_batch(
     scenes: Sequence[Scene], params: SceneParams | None = None, *, full: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -532,10 +970,23 @@ def render_batch(
 
     Returns ``rgba`` (B, 64, 64, 4) uint8 and ``depth`` (B, 64, 64) float32 (rows = azimuth,
     columns = zenith; ``max_range`` where nothing is hit). ``full=True`` casts every ray instead
-    of only those that can reach the object -- slower, same result; kept to test exactly that.
+    of only those that can reach the objects -- slower, same result; kept to test exactly that.
+    Sensor noise, dropout and failures (the difficulty knobs) are applied per sample last.
     """
     p = params or SceneParams()
     sensors = _sensors(p)
+    if any(sc.clutter for sc in scenes):
+        rgba, depth = _render_layers(scenes, p, sensors, full)
+    else:
+        rgba, depth = _render_objects(scenes, p, sensors, full)
+    _sensor_effects(scenes, p, rgba, depth)
+    return rgba, depth
+
+
+def _render_objects(
+    scenes: Sequence[Scene], p: SceneParams, sensors: _Sensors, full: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_batch`'s geometry for one object per sample (no clutter): the fast path."""
     b = len(scenes)
     obj = _Objects.of(scenes)
     n_az, n_ze = len(sensors.azimuth), len(sensors.zenith)
@@ -557,33 +1008,17 @@ def render_batch(
     hit, _, normal = _cast(sensors.cam_origin, dirs, sid, obj, normals=True)
     assert normal is not None
     on = np.flatnonzero(hit)
-    nx, ny, nz = (c[on] for c in normal)
-    ex, ey, ez = (c[on] for c in dirs)
-    lx, ly, lz = (c / math.hypot(*p.light_direction) for c in p.light_direction)
-    # dot products written out element-wise: BLAS may sum in a batch-dependent order
-    lambert = np.maximum(nx * lx + ny * ly + nz * lz, 0)
-    # white Blinn-Phong highlight: half vector of light and eye, exponent 16 by squaring
-    hx, hy, hz = lx - ex, ly - ey, lz - ez
-    spec = np.maximum(nx * hx + ny * hy + nz * hz, 0) / np.sqrt(hx * hx + hy * hy + hz * hz)
-    spec *= lambert > 0
-    for _ in range(4):
-        spec *= spec
-    shade = p.ambient + (1 - p.ambient) * lambert
-    highlight = p.specular * spec
     colour = np.take(obj.colour.T.astype(np.float32), sid[on], axis=1)  # (3, H)
-    rgba = np.zeros((b * IMAGE_SIZE * IMAGE_SIZE, 4), dtype=np.uint8)
-    rgba[:, 3] = 255  # opaque everywhere, like the real PNGs: black background, not transparent
-    target = pix_sid * (IMAGE_SIZE * IMAGE_SIZE) + pix
-    scale = np.float32(255 / n_sub)
-    value = np.zeros(sid.size, dtype=np.float32)
-    for channel in range(3):
-        # gamma 2 (sqrt is exactly rounded, so deterministic) on the linear shade
-        value[on] = np.sqrt(np.minimum(colour[channel] * shade + highlight, 1))
-        per_pixel = value.reshape(-1, n_sub)
-        total = per_pixel[:, 0].copy()
-        for j in range(1, n_sub):  # a fixed summation order: deterministic
-            total += per_pixel[:, j]
-        rgba[target, channel] = np.floor(total * scale + 0.5)
+    rgba = _shade_pixels(
+        p,
+        b * IMAGE_SIZE * IMAGE_SIZE,
+        pix_sid * (IMAGE_SIZE * IMAGE_SIZE) + pix,
+        sid.size,
+        on,
+        tuple(c[on] for c in normal),
+        tuple(c[on] for c in dirs),
+        colour,
+    )
     return rgba.reshape(b, IMAGE_SIZE, IMAGE_SIZE, 4), depth.reshape(b, n_az, n_ze)
 
 
@@ -703,6 +1138,21 @@ def _default_workers(total: int) -> int:
     return max(1, min(cpus, 8))
 
 
+SYNTH_RECORD = "synth.json"  # at the dataset root; `prepare` only looks at class folders
+
+
+def synth_record(per_class: int, seed: int, params: SceneParams, difficulty: str | None) -> dict[str, Any]:
+    """What :data:`SYNTH_RECORD` holds: everything needed to render the same set again."""
+    return {
+        "format": 1,
+        "per_class": per_class,
+        "seed": seed,
+        "difficulty": difficulty,
+        "overrides": changed_params(params, difficulty or "easy"),
+        "params": params.to_dict(),
+    }
+
+
 def write_dataset(
     out_dir: Path,
     per_class: int = DEFAULT_PER_CLASS,
@@ -712,6 +1162,7 @@ def write_dataset(
     force: bool = False,
     progress: Progress | None = None,
     workers: int | None = None,
+    difficulty: str | None = None,
 ) -> SynthSummary:
     """Render ``per_class`` cubes and spheres into ``out_dir`` in the NVIDIA DLI layout.
 
@@ -721,9 +1172,17 @@ def write_dataset(
     a staging folder that replaces ``out_dir`` only when complete. A non-empty ``out_dir`` is
     refused unless ``force``. ``workers`` = processes (default: 1 for small sets, else the
     available cores, at most 8); the files do not depend on it.
+
+    ``difficulty`` names a preset (:data:`DIFFICULTIES`): it gives the params when ``params`` is
+    None, and is recorded either way. Any set that is not the plain defaults also gets
+    ``<out>/synth.json`` (:func:`synth_record`: preset, overrides, every param), so one can see
+    what was rendered; default sets stay byte for byte what they always were.
     """
     out_dir = Path(out_dir)
-    params = params or SceneParams()
+    if params is None:
+        params = difficulty_params(difficulty or "easy")
+    elif difficulty is not None and difficulty not in PRESETS:
+        raise BadInputError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     problems = []
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         problems.append(f"--per-class must be a positive integer, got {per_class!r}")
@@ -748,6 +1207,11 @@ def write_dataset(
             (staging / name / "lidar").mkdir(parents=True)
             np.save(staging / name / "azimuth.npy", az)
             np.save(staging / name / "zenith.npy", ze)
+        record = None
+        if params != SceneParams() or difficulty not in (None, "easy"):
+            record = SYNTH_RECORD
+            text = json.dumps(synth_record(per_class, seed, params, difficulty), indent=2, sort_keys=True)
+            (staging / SYNTH_RECORD).write_text(text + "\n", encoding="utf-8")
         # tasks: ~ 4 per worker and class keeps both cores busy until the end
         step = max(CHUNK_SIZE, -(-per_class // (4 * n_workers)))
         tasks = [
@@ -770,6 +1234,9 @@ def write_dataset(
         samples_per_s=total / seconds if seconds > 0 else float("inf"),
         workers=n_workers,
         params=params.to_dict(),
+        difficulty=difficulty,
+        overrides=changed_params(params, difficulty or "easy"),
+        record=record,
     )
 
 

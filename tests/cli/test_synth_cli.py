@@ -77,3 +77,66 @@ def test_help_documents_the_default_size_and_an_example() -> None:
     assert result.exit_code == 0
     assert "1000" in result.stdout and "data/assessment" in result.stdout
     assert "fusioncli synth data/assessment" in result.stdout
+
+
+# -- difficulty ---------------------------------------------------------------------------------
+
+
+def test_difficulty_preset_and_knob_flags_reach_the_renderer(tmp_path: Path) -> None:
+    from fusioncli.data.synth import SYNTH_RECORD, difficulty_params
+
+    out = tmp_path / "hard"
+    result = runner.invoke(
+        app, ["synth", str(out), "-n", "2", "--difficulty", "hard", "--clutter", "0", "--exposure", "0.8",
+              "--size-range", "0.6", "0.9", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    expected = difficulty_params("hard", clutter=0, exposure=0.8, size_range=(0.6, 0.9)).to_dict()
+    assert summary["difficulty"] == "hard" and summary["params"] == expected
+    assert summary["overrides"] == {"clutter": 0, "exposure": 0.8, "size_range": [0.6, 0.9]}
+    record = json.loads((out / SYNTH_RECORD).read_text())
+    assert record["params"] == expected and record["difficulty"] == "hard"
+    # the knobs change the files: the same seed at easy writes other bytes
+    easy = tmp_path / "easy"
+    assert runner.invoke(app, ["synth", str(easy), "-n", "2"]).exit_code == 0
+    assert not (easy / SYNTH_RECORD).exists()
+    name = "cubes/lidar/0000.npy"
+    assert (out / name).read_bytes() != (easy / name).read_bytes()
+
+
+def test_table_summary_names_the_difficulty_and_overrides(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "-n", "1", "-d", "medium", "--corruption", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert "difficulty medium with corruption=0.0" in result.stderr and "synth.json" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--depth-noise", "-1"], "--depth-noise"),
+        (["--beam-dropout", "1"], "--beam-dropout"),
+        (["--exposure", "0"], "--exposure"),
+        (["--rgb-noise", "2"], "--rgb-noise"),
+        (["--clutter", "9"], "--clutter"),
+        (["--corruption", "1.5"], "--corruption"),
+        (["--size-range", "2", "1"], "--size-range"),
+        (["--distance-range", "1", "2"], "--distance-range"),
+        (["--difficulty", "extreme"], "--difficulty"),
+        (["--corruption", "lots"], "--corruption"),
+    ],
+)
+def test_bad_knob_values_exit_2_naming_the_flag(tmp_path: Path, args: list[str], flag: str) -> None:
+    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "-n", "1", *args])
+    assert result.exit_code == 2
+    assert flag in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_help_lists_the_difficulty_knobs() -> None:
+    result = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--difficulty", "--depth-noise", "--beam-dropout", "--exposure", "--rgb-noise", "--size-range",
+                 "--distance-range", "--clutter", "--corruption"):
+        assert flag in result.stdout, flag
+    assert "--difficulty hard" in result.stdout
