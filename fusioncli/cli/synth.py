@@ -95,7 +95,10 @@ def synth(
         Optional[float],
         typer.Option(
             "--corruption",
-            help="Probability that one modality of a sample (RGB or LiDAR, 50/50) fails outright.",
+            help=(
+                "Probability that one modality of a sample (RGB or LiDAR, 50/50) fails outright: a dark "
+                "camera frame, or a LiDAR that lost its returns; nothing of the scene is left in it."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -150,7 +153,7 @@ def synth(
             f"wrote {summary.total:,} samples ({counts}) to {summary.out_dir} "
             f"in {summary.seconds:.1f} s ({summary.samples_per_s:,.0f} samples/s, seed {summary.seed}, "
             f"difficulty {summary.difficulty}{' with ' + changed if changed else ''})"
-            + (f"; parameters in {SYNTH_RECORD}" if summary.record else ""),
+            + (f"; parameters in {SYNTH_RECORD}" if summary.params_file else ""),
             highlight=False,
             markup=False,
         )

@@ -28,7 +28,7 @@ each a :class:`SceneParams` field that is off by default: LiDAR depth noise and 
 low light (exposure) and RGB sensor noise, smaller and farther objects, clutter (elongated boxes
 and ellipsoids, ray cast in both sensors, never in front of the object) and *complementary
 corruption*: with probability ``corruption`` a sample has exactly one modality (50/50) replaced
-by a sensor failure that carries nothing of the scene -- camera glare or lost LiDAR returns --
+by a sensor failure that carries nothing of the scene -- a dark camera frame, lost LiDAR returns --
 so no single modality suffices for the whole set. Per-pixel noise comes from a per-sample
 generator seeded by ``(seed, label, index, stream)``: still independent of N, batch and workers.
 """
@@ -162,7 +162,8 @@ class SceneParams:
             above = value > high if closed else value >= high
             below = value <= low if name == "exposure" else value < low
             if below or above:
-                interval = f"({low:g}, {high:g}]" if name == "exposure" else f"[{low:g}, {high:g}{']' if closed else ')'}"
+                opening = "(" if name == "exposure" else "["
+                interval = f"{opening}{low:g}, {high:g}{']' if closed else ')'}"
                 problems.append(f"{_name(name)} must be in {interval} ({what}), got {value:g}")
             else:
                 object.__setattr__(self, name, float(value))
@@ -217,24 +218,23 @@ DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": {},
     "medium": {
-        "size_range": (0.8, 1.25),
-        "distance_range": (9.0, 13.0),
-        "depth_noise": 0.03,
-        "beam_dropout": 0.1,
-        "exposure": 0.6,
-        "rgb_noise": 0.03,
+        "distance_range": (8.25, 12.25),
+        "depth_noise": 0.005,
+        "beam_dropout": 0.01,
+        "exposure": 0.85,
+        "rgb_noise": 0.015,
         "clutter": 1,
-        "corruption": 0.3,
+        "corruption": 0.5,
     },
     "hard": {
-        "size_range": (0.7, 1.1),
-        "distance_range": (10.0, 15.0),
-        "depth_noise": 0.06,
-        "beam_dropout": 0.2,
-        "exposure": 0.35,
-        "rgb_noise": 0.06,
-        "clutter": 2,
-        "corruption": 0.6,
+        "size_range": (0.85, 1.35),
+        "distance_range": (8.5, 12.5),
+        "depth_noise": 0.01,
+        "beam_dropout": 0.02,
+        "exposure": 0.7,
+        "rgb_noise": 0.03,
+        "clutter": 1,
+        "corruption": 1.0,
     },
 }
 
@@ -316,7 +316,7 @@ class SynthSummary:
     params: dict[str, Any] = field(default_factory=dict)
     difficulty: str | None = None  # the preset it started from (None: params given directly)
     overrides: dict[str, Any] = field(default_factory=dict)  # params that differ from that preset
-    record: str | None = None  # the SYNTH_RECORD file written at the root, if any
+    params_file: str | None = None  # SYNTH_RECORD, when it was written at the root
 
     @property
     def total(self) -> int:
@@ -445,8 +445,10 @@ def _sample_clutter(scene: Scene, p: SceneParams) -> tuple[Clutter, ...]:
     for _ in range(p.clutter):
         u = rng.random(12).tolist()
         kind = BOX if u[0] < 0.5 else ELLIPSOID
-        # elongated: the long side like a large object, the two others a quarter to half of it
-        long = (lo_size + (hi_size - lo_size) * u[1]) * (1.1 + 0.6 * u[2])
+        # elongated: the long side up to an object's size, the two others a quarter to half of it
+        # (larger clutter drew the LiDAR models' attention so much that they did not learn in
+        # benchmarks/bench_difficulty.py's budget)
+        long = (lo_size + (hi_size - lo_size) * u[1]) * (0.7 + 0.4 * u[2])
         half = (long / 2, long * (0.25 + 0.25 * u[3]) / 2, long * (0.25 + 0.25 * u[4]) / 2)
         r = math.sqrt(sum(h * h for h in half)) if kind == BOX else half[0]
         az = math.radians(az0 + (az1 - az0) * u[5])
@@ -459,7 +461,7 @@ def _sample_clutter(scene: Scene, p: SceneParams) -> tuple[Clutter, ...]:
             b = sum(di * si for di, si in zip(direction, sensor))
             c = sum(si * si for si in sensor) - reach * reach
             near = max(near, b + math.sqrt(max(0.0, b * b - c)))
-        distance = near + 4.0 * u[7]
+        distance = near + 1.0 + 5.0 * u[7]  # 1-6 m behind the object
         centre = tuple(distance * di for di in direction)
         hue = (p.hue_range_deg[0] + (p.hue_range_deg[1] - p.hue_range_deg[0]) * u[8]) / 360.0 % 1.0
         sat = p.saturation_range[0] + (p.saturation_range[1] - p.saturation_range[0]) * u[9]
@@ -919,9 +921,11 @@ def _render_layers(
 
 
 # Complementary corruption: what a failed sensor delivers (nothing of the scene).
-GLARE_LEVEL = (0.3, 0.8)  # a washed-out frame: one grey level per sample, full-scale units
-GLARE_NOISE = 0.15  # its noise std
-SPURIOUS_RETURNS = 0.03  # a LiDAR that lost its returns still sees this fraction of spurious ones
+# Dark and quiet on purpose: a loud failure (glare, many spurious points) gives the models noise
+# to memorise and slowed learning down in benchmarks/bench_difficulty.py's budget.
+FAILED_FRAME_LEVEL = (0.0, 0.1)  # a failed camera's frame: one flat dark grey per sample (full
+# scale); the ordinary RGB noise, if any, then lands on it as on every frame
+SPURIOUS_RETURNS = 0.01  # a LiDAR that lost its returns still sees this fraction of spurious ones
 SPURIOUS_DEPTH = (1.0, 30.0)  # ... at depths uniform in this range (metres)
 
 
@@ -944,12 +948,10 @@ def _sensor_effects(scenes: Sequence[Scene], p: SceneParams, rgba: np.ndarray, d
             depth[k][spurious] = rng.uniform(*SPURIOUS_DEPTH, size=int(spurious.sum())).astype(np.float32)
         elif sc.corrupt == RGB:
             rng = _sample_rng(sc, _STREAM_FAILURE)
-            level = rng.uniform(*GLARE_LEVEL)
-            frame = (level + GLARE_NOISE * rng.standard_normal(pixels)) * 255
-            rgba[k, ..., :3] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+            rgba[k, ..., :3] = round(rng.uniform(*FAILED_FRAME_LEVEL) * 255)
     # the draws are per sample; the arithmetic on them runs once for the batch (element-wise)
     if p.depth_noise:
-        noise = np.stack([_sample_rng(sc, _STREAM_DEPTH_NOISE).standard_normal(shape, dtype=np.float32) for sc in scenes])
+        noise = np.stack([_sample_rng(sc, _STREAM_DEPTH_NOISE).standard_normal(shape, np.float32) for sc in scenes])
         hit = depth < max_range
         # a return stays a return: clipped short of max_range (and in front of the sensor)
         noisy = depth[hit] + np.float32(p.depth_noise) * noise[hit]
@@ -958,7 +960,7 @@ def _sensor_effects(scenes: Sequence[Scene], p: SceneParams, rgba: np.ndarray, d
         draws = np.stack([_sample_rng(sc, _STREAM_DROPOUT).random(shape, dtype=np.float32) for sc in scenes])
         depth[draws < np.float32(p.beam_dropout)] = max_range
     if p.rgb_noise:
-        noise = np.stack([_sample_rng(sc, _STREAM_RGB_NOISE).standard_normal(pixels, dtype=np.float32) for sc in scenes])
+        noise = np.stack([_sample_rng(sc, _STREAM_RGB_NOISE).standard_normal(pixels, np.float32) for sc in scenes])
         noisy = rgba[..., :3].astype(np.float32) + np.float32(p.rgb_noise * 255) * noise
         rgba[..., :3] = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
@@ -1207,9 +1209,9 @@ def write_dataset(
             (staging / name / "lidar").mkdir(parents=True)
             np.save(staging / name / "azimuth.npy", az)
             np.save(staging / name / "zenith.npy", ze)
-        record = None
+        params_file = None
         if params != SceneParams() or difficulty not in (None, "easy"):
-            record = SYNTH_RECORD
+            params_file = SYNTH_RECORD
             text = json.dumps(synth_record(per_class, seed, params, difficulty), indent=2, sort_keys=True)
             (staging / SYNTH_RECORD).write_text(text + "\n", encoding="utf-8")
         # tasks: ~ 4 per worker and class keeps both cores busy until the end
@@ -1236,7 +1238,7 @@ def write_dataset(
         params=params.to_dict(),
         difficulty=difficulty,
         overrides=changed_params(params, difficulty or "easy"),
-        record=record,
+        params_file=params_file,
     )
 
 

@@ -394,3 +394,18 @@ def test_cube_faces_are_shaded_by_their_normal() -> None:
         shade = params.ambient + (1 - params.ambient) * max(0.0, float(np.dot(normal, light)))
         expected = [math.floor(255 * math.sqrt(min(c * shade, 1.0)) + 0.5) for c in colour]
         assert np.abs(rgba[0, row, col, :3].astype(int) - expected).max() <= 1, normal
+
+
+def test_default_output_is_byte_for_byte_what_it_was_before_the_difficulty_knobs(tmp_path: Path) -> None:
+    # sha256 over (relative path, bytes) of every file, in sorted order, as rendered by the
+    # renderer before SceneParams had any difficulty knob (same machine type: x86_64, numpy 2.4).
+    # New knobs must default to "off" and leave this digest alone.
+    import hashlib
+
+    root = write_dataset(tmp_path / "d", per_class=6, seed=0).out_dir
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    assert digest.hexdigest() == "9acf4ad7f6020ac36f3aa41c69120605f98b7a9f3feda13a156cb3c76def50aa"

@@ -111,12 +111,14 @@ def test_rgb_noise_has_the_asked_spread_and_leaves_the_lidar_alone(clean) -> Non
 
 def test_clutter_adds_returns_and_shapes_but_never_hides_the_object(clean) -> None:
     scenes, rgba, depth = clean
-    cluttered = [dataclasses.replace(sc, clutter=c.clutter) for sc, c in zip(scenes, _mixed(8, params=SceneParams(clutter=3)))]
+    # the same scenes, each with the three distractors its sample draws at clutter=3
+    with_clutter = _mixed(8, params=SceneParams(clutter=3))
+    cluttered = [dataclasses.replace(sc, clutter=c.clutter) for sc, c in zip(scenes, with_clutter)]
     c_rgba, c_depth = render_batch(cluttered)
     hit = depth < MAX_RANGE
     assert np.array_equal(c_depth[hit], depth[hit])  # behind the object for the LiDAR...
     extra = (c_depth < MAX_RANGE) & ~hit
-    assert extra.sum() > 0.3 * hit.sum() and extra.any(axis=(1, 2)).mean() > 0.8
+    assert extra.sum() > 0.08 * hit.sum() and extra.any(axis=(1, 2)).mean() > 0.8
     lit, c_lit = (x[..., :3].max(axis=-1) > 0 for x in (rgba, c_rgba))
     # ...and for the camera: every object pixel still shows the object (edges may blend)
     assert np.all(c_lit[lit]) and c_lit.sum() > lit.sum()
@@ -170,11 +172,12 @@ def test_corruption_takes_out_exactly_one_modality(clean) -> None:
     for k, sc in enumerate(failing):
         if sc.corrupt == RGB:
             assert np.array_equal(f_depth[k], depth[k]) and not np.array_equal(f_rgba[k], rgba[k])
-            assert (f_rgba[k, ..., :3].max(axis=-1) == 0).mean() < 0.05  # washed out: no black background
+            frame = f_rgba[k, ..., :3].astype(float)  # a dark, flat frame: no object in it
+            assert frame.mean() < 0.15 * 255 and frame.std() < 0.05 * 255
         else:
             assert np.array_equal(f_rgba[k], rgba[k]) and not np.array_equal(f_depth[k], depth[k])
             returns = f_depth[k] < MAX_RANGE
-            assert returns.mean() < 0.06 and not np.array_equal(returns, depth[k] < MAX_RANGE)
+            assert returns.mean() < 0.03 and not np.array_equal(returns, depth[k] < MAX_RANGE)
 
 
 @pytest.mark.parametrize("modality", [RGB, LIDAR])
@@ -237,7 +240,7 @@ def test_easy_is_the_defaults_and_writes_no_record(tmp_path: Path) -> None:
     plain = _files(write_dataset(tmp_path / "plain", per_class=2, seed=1).out_dir)
     easy = write_dataset(tmp_path / "easy", per_class=2, seed=1, difficulty="easy")
     assert _files(easy.out_dir) == plain and SYNTH_RECORD not in plain
-    assert easy.difficulty == "easy" and easy.overrides == {} and easy.record is None
+    assert easy.difficulty == "easy" and easy.overrides == {} and easy.params_file is None
 
 
 def test_presets_get_harder_knob_by_knob() -> None:
@@ -276,7 +279,7 @@ def test_the_record_says_what_was_rendered_and_prepare_ignores_it(tmp_path: Path
     assert record["difficulty"] == "medium" and record["seed"] == 2 and record["per_class"] == 3
     assert record["overrides"] == {"clutter": 0} == summary.overrides
     assert SceneParams(**record["params"]) == params
-    assert summary.to_dict()["difficulty"] == "medium" and summary.record == SYNTH_RECORD
+    assert summary.to_dict()["difficulty"] == "medium" and summary.params_file == SYNTH_RECORD
     layout = discover(tmp_path / "d")  # a file at the root is neither a class nor a problem
     assert layout.class_names == ("cubes", "spheres") and layout.n_samples == 6
     assert not layout.problems and not layout.orphans and not layout.notes
