@@ -7,6 +7,11 @@ pair by seed. So ``--compare late gmu`` over a store with two learning rates giv
 learning rate, and ``--compare "strategy=late,lr=1e-4" "strategy=late,lr=1e-5"`` compares the
 two learning rates of late fusion.
 
+With several rows (pairs of configurations) each row is one test, so the p-values are also
+Holm-Bonferroni adjusted over the rows, and significance -- the verdicts and the machine
+views' ``significant`` -- goes by the adjusted p: k rows do not give k chances of a false
+positive.
+
 Pairing by seed removes the seed-to-seed variation both runs share (same data order, same
 initialisation draws where the architectures agree), which makes a paired test far more
 sensitive than comparing two means. With the usual 3-5 seeds, read the CI and the effect size
@@ -48,7 +53,7 @@ from fusioncli.results.render import (
     to_markdown,
     to_rich,
 )
-from fusioncli.results.stats import PairedTest, paired_test
+from fusioncli.results.stats import PairedTest, holm_adjust, paired_test
 
 # Keys a selector may name: config fields and the dataset, but not the seed -- runs pair by it.
 SELECTOR_KEYS = tuple(f for f in GROUP_FIELDS if f != "seed")
@@ -155,7 +160,14 @@ class ComparisonRow:
     run_ids_a: list[str]
     run_ids_b: list[str]
     test: PairedTest
-    verdict: str
+    verdict: str = ""
+    # Holm-adjusted over the comparison's tested rows (= test.p when there is one); what
+    # `significant` and the verdict go by, so k rows do not give k chances of a false positive.
+    p_adjusted: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return not math.isnan(self.p_adjusted) and self.p_adjusted < self.test.alpha
 
 
 @dataclass
@@ -191,9 +203,10 @@ class Comparison:
                     "t": t.t,
                     "df": t.df,
                     "p": t.p,
+                    "p_holm": row.p_adjusted,
                     "cohen_dz": t.cohen_dz,
                     "effect": t.effect,
-                    "significant": t.significant,
+                    "significant": row.significant,
                     "verdict": row.verdict,
                     "note": t.note,
                     "run_ids_a": ",".join(row.run_ids_a),
@@ -201,7 +214,7 @@ class Comparison:
                 }
             )
         columns = [*self.context_fields, "a", "b", "metric", "n", "seeds", "mean_a", "mean_b", "mean_diff"]
-        columns += ["diff_ci95_lo", "diff_ci95_hi", "sd_diff", "t", "df", "p", "cohen_dz", "effect", "significant"]
+        columns += ["diff_ci95_lo", "diff_ci95_hi", "sd_diff", "t", "df", "p", "p_holm", "cohen_dz", "effect", "significant"]
         columns += ["verdict", "note", "run_ids_a", "run_ids_b"]
         return pd.DataFrame(records, columns=columns)
 
@@ -229,22 +242,29 @@ def _amount(metric: Metric, value: float) -> str:
     return f"{number} {unit} of {name}" if unit else f"{number} of {name}"
 
 
-def verdict(a: str, b: str, test: PairedTest, metric: Metric) -> str:
-    """One sentence: who is better by how much, or that no difference can be told apart."""
+def verdict(a: str, b: str, test: PairedTest, metric: Metric, p: float | None = None) -> str:
+    """One sentence: who is better by how much, or that no difference can be told apart.
+
+    ``p`` is the p-value to judge by (the Holm-adjusted one when the comparison has several
+    rows); default: the test's own.
+    """
     if test.n < 2:
         return f"no test: {test.n} shared seed(s), a paired test needs at least 2"
     if test.mean_diff == 0 and test.sd_diff == 0:
         return f"{a} and {b} are identical on every seed (no difference in {metric.label})"
-    if test.significant:
+    judged = test.p if p is None else p
+    adjusted = "" if p is None or p == test.p else " Holm-adjusted"
+    if judged < test.alpha:
         a_better = test.mean_diff > 0 if metric.better == "max" else test.mean_diff < 0
         winner, loser = (a, b) if a_better else (b, a)
         how = "same difference on every seed" if math.isinf(test.t) else f"{test.effect} effect"
-        return f"{winner} is better than {loser} by {_amount(metric, test.mean_diff)} (p = {format_p(test.p)}, {how})"
+        amount = _amount(metric, test.mean_diff)
+        return f"{winner} is better than {loser} by {amount} (p ={adjusted} {format_p(judged)}, {how})"
     unit = _unit(metric)[1]
     diff = f"{test.mean_diff:+.{metric.digits}f}" + (f" {unit}" if unit else "")
     return (
         f"no significant difference between {a} and {b} "
-        f"(p = {format_p(test.p)}, {a} - {b} = {diff}, {test.effect} effect)"
+        f"(p ={adjusted} {format_p(judged)}, {a} - {b} = {diff}, {test.effect} effect)"
     )
 
 
@@ -338,7 +358,6 @@ def build_comparison(
                         run_ids_a=[str(a_runs[s]["run_id"]) for s in seeds],
                         run_ids_b=[str(b_runs[s]["run_id"]) for s in seeds],
                         test=test,
-                        verdict=verdict(a_label, b_label, test, chosen),
                     )
                 )
     if not comparison.rows:
@@ -349,6 +368,9 @@ def build_comparison(
             f"B has seeds {_seeds(seeds_seen['B'])}); runs pair by seed",
             hint=SEEDS_HINT,
         )
+    for row, p in zip(comparison.rows, holm_adjust([row.test.p for row in comparison.rows])):
+        row.p_adjusted = p
+        row.verdict = verdict(row.a_label, row.b_label, row.test, chosen, p=p)
     if all(row.test.n < 2 for row in comparison.rows):
         found = sorted({s for row in comparison.rows for s in row.seeds})
         raise BadInputError(
@@ -400,13 +422,18 @@ def comparison_display(comparison: Comparison) -> DisplayTable:
     add("t", True, [_num(t.t, 2) for t in tests])
     add("df", True, [str(t.df) for t in tests])
     add("p", True, [format_p(t.p) for t in tests])
+    tested = sum(not math.isnan(t.p) for t in tests)
+    if tested > 1:
+        add("p (Holm)", True, [format_p(row.p_adjusted) for row in comparison.rows])
     add("Cohen's dz", True, ["-" if math.isnan(t.cohen_dz) else f"{_num(t.cohen_dz, 2)} ({t.effect})" for t in tests])
 
     rows = [list(r) for r in zip(*columns)]
     best = [[False] * len(headers) for _ in rows]
     metric_note = f"metric: {comparison.metric.label}; paired two-sided t-test over shared seeds, alpha 0.05"
-    if len(comparison.rows) > 1:
-        metric_note += " per row (not corrected for multiple comparisons)"
+    if tested > 1:
+        metric_note += (
+            f" per row; p (Holm) adjusts for the {tested} tests (Holm-Bonferroni) and decides significance"
+        )
     caption = "; ".join(filter(None, [caption, metric_note]))
     notes = []
     for row in comparison.rows:

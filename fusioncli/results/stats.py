@@ -331,3 +331,22 @@ def paired_test(
         significant=p < alpha,
         alpha=alpha,
     )
+
+
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the order given; NaN (no test) stays NaN.
+
+    With m real tests sorted so that p(1) <= ... <= p(m), the adjusted p(i) is
+    max over j <= i of min(1, (m - j + 1) p(j)): rejecting where it is below alpha keeps the
+    chance of any false "significant" among the m tests at most alpha (Holm 1979), and it never
+    rejects less than plain Bonferroni. One test: the p-value itself.
+    """
+    values = [float(p) for p in pvalues]
+    tested = sorted((p, i) for i, p in enumerate(values) if not math.isnan(p))
+    m = len(tested)
+    adjusted = [math.nan] * len(values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted

@@ -245,3 +245,31 @@ def test_every_format() -> None:
     tex = render_comparison(comparison, "latex")
     assert "\\begin{tabular}" in tex and "% verdict (lr=1e-4)" in tex
     assert render_comparison(comparison, "table").caption.count("verdict") == 2
+
+
+def test_several_rows_are_judged_by_holm_adjusted_p() -> None:
+    # Two learning rates, each with a difference that is significant on its own (0.025 < p < 0.05)
+    # but not once the two tests are accounted for (Holm doubles the smaller p).
+    late = {0: 0.90, 1: 0.92, 2: 0.88, 3: 0.91}
+    gaps = {1e-3: (0.01, 0.02, 0.03, 0.01), 1e-4: (0.012, 0.02, 0.03, 0.01)}
+    records = []
+    for lr, gap in gaps.items():
+        for seed, g in zip(late, gap):
+            records += [record("late", seed, accuracy=late[seed], lr=lr), record("gmu", seed, accuracy=late[seed] - g, lr=lr)]
+    comparison = build_comparison(_runs(*records), "late", "gmu")
+    assert len(comparison.rows) == 2
+    for row in comparison.rows:
+        assert 0.025 < row.test.p < 0.05 and row.test.significant  # alone: significant
+        assert row.p_adjusted >= 0.05 and not row.significant
+        assert row.verdict.startswith("no significant difference between late and gmu (p = Holm-adjusted ")
+    back = pd.read_csv(io.StringIO(render_comparison(comparison, "csv")))
+    assert not back["significant"].any() and (back["p_holm"] >= back["p"]).all()
+    md = render_comparison(comparison, "markdown")
+    assert "p (Holm)" in md.splitlines()[0] and "Holm-Bonferroni" in md
+
+
+def test_one_row_is_not_adjusted() -> None:
+    comparison = build_comparison(_runs(*_pairs()), "late", "gmu")
+    (row,) = comparison.rows
+    assert row.p_adjusted == row.test.p and row.significant
+    assert "Holm" not in row.verdict and "p (Holm)" not in render_comparison(comparison, "markdown")

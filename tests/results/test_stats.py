@@ -16,6 +16,7 @@ from fusioncli.results.stats import (
     betainc,
     ci95_half_width,
     effect_label,
+    holm_adjust,
     mean_ci95,
     paired_test,
     t_cdf,
@@ -193,3 +194,25 @@ def test_paired_test_rejects_bad_input() -> None:
 )
 def test_effect_labels(d: float, label: str) -> None:
     assert effect_label(d) == label
+
+
+def test_holm_adjust_known_numbers() -> None:
+    # sorted: 0.005 x4 = 0.02; 0.01 x3 = 0.03; 0.03 x2 = 0.06; 0.04 x1 = 0.04 -> kept monotone at 0.06
+    assert holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjust([0.2]) == [0.2]  # one test: unchanged
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    out = holm_adjust([math.nan, 0.02, 0.01])  # no test: not counted, stays NaN
+    assert math.isnan(out[0]) and out[1:] == pytest.approx([0.02, 0.02])
+    assert holm_adjust([]) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=12))
+def test_holm_adjust_bounds(pvalues: list[float]) -> None:
+    adjusted = holm_adjust(pvalues)
+    m = len(pvalues)
+    for p, q in zip(pvalues, adjusted):
+        assert p - 1e-15 <= q <= min(1.0, m * p) + 1e-15  # between raw p and Bonferroni
+    # the order of the p-values is kept
+    ordered = sorted(zip(pvalues, adjusted))
+    assert all(a[1] <= b[1] + 1e-15 for a, b in zip(ordered, ordered[1:]))
