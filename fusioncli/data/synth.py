@@ -213,8 +213,9 @@ def _name(field_name: str) -> str:
 
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
 # Field values on top of the defaults. easy = the defaults: clean, close to the real set.
-# hard was tuned with benchmarks/bench_difficulty.py (see benchmarks/RESULTS.md) so that the best
-# fusion strategy beats the best single modality by >= 10 accuracy points.
+# hard was tuned with benchmarks/bench_difficulty.py so that the best fusion strategy beats the
+# best single modality by >= 10 accuracy points: measured +23.2 (decision 98.0 % vs rgb-only
+# 74.8 %, 2,500 per class, 16 epochs, 2 seeds; benchmarks/RESULTS.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "easy": {},
     "medium": {
