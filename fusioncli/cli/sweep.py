@@ -165,15 +165,11 @@ def backend_options(
     return options
 
 
-def executor_options(backend: Backend, executor: Executor, max_group: int) -> dict[str, Any]:
-    """The executor's keyword arguments for the local backend (Ray trains one run per task)."""
+def executor_options(executor: Executor, max_group: int) -> dict[str, Any]:
+    """The executor's keyword arguments (both backends: on Ray a stacked group is one task)."""
     from fusioncli.train.stacked import check_max_group
 
     check_max_group(max_group)
-    if backend is Backend.ray:
-        if executor is Executor.stacked:
-            raise BadInputError("--executor stacked: not available with --backend ray (each Ray task trains one run)")
-        return {}
     return {"executor": executor.value, "max_group": max_group}
 
 
@@ -190,12 +186,16 @@ def placement(configs: list, backend: Backend, options: dict[str, Any]) -> str:
         return f"{device}, {executor} executor" if executor == "loop" else f"{device}, stacked groups of <= {options['max_group']}"
     from fusioncli.sweep.ray_backend import LOCAL_ADDRESSES, resolve_for_ray
 
+    from fusioncli.train.stacked import choose_executor
+
     device = resolve_for_ray(configs[0], options["gpus_per_run"]).device
     address = options["address"]
     cluster = "a Ray instance started here" if address in LOCAL_ADDRESSES else f"the Ray cluster at {address}"
     share = f"{options['cpus_per_run']:g} CPU"
     if options["gpus_per_run"] > 0:
         share += f" + {options['gpus_per_run']:g} GPU"
+    if choose_executor(device, options.get("executor", "auto")) == "stacked":
+        return f"{device} on {cluster}, stacked groups of <= {options['max_group']}, {share} per group"
     return f"{device} on {cluster}, {share} per run"
 
 
@@ -320,7 +320,7 @@ def sweep(
         Optional[float],
         typer.Option(
             "--cpus-per-run",
-            help="Ray: CPU cores each run reserves (also its torch threads; default 1).",
+            help="Ray: CPU cores each run (or stacked group) reserves (also its torch threads; default 1).",
             show_default=False,
         ),
     ] = None,
@@ -348,9 +348,10 @@ def sweep(
     most the runs in flight: run the same command to resume. The best run's
     weights are kept in <results>/best/. Exit code 1 if any run failed.
 
-    With --backend ray each run is a Ray task; the cache folder must be on
-    storage every node sees at the same path, and records come back into the
-    results folder on this machine as runs finish.
+    With --backend ray each run (or, with the stacked executor, each stacked
+    group) is a Ray task; the cache folder must be on storage every node sees
+    at the same path, and records come back into the results folder on this
+    machine as runs finish.
 
     Example:  fusioncli sweep --lrs 1e-4,1e-5 --seeds 51,52,53 --epochs 5
 
@@ -390,7 +391,7 @@ def sweep(
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
     options = backend_options(backend, address, gpus_per_run, cpus_per_run)
-    options.update(executor_options(backend, executor, max_group))
+    options.update(executor_options(executor, max_group))
 
     if dry_run:
         _dry_run(configs, cache, results, format, backend, options)

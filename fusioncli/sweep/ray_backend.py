@@ -1,4 +1,4 @@
-"""Run a sweep on a Ray cluster: one Ray task per run, records streamed into the local store.
+"""Run a sweep on a Ray cluster: one Ray task per run (or stacked group), records streamed into the local store.
 
 The driver (this process) resolves the grid, skips finished runs and submits one task per
 remaining run, reserving ``num_cpus=cpus_per_run`` and ``num_gpus=gpus_per_run``. A task loads
@@ -45,7 +45,9 @@ from typing import Any
 from fusioncli.errors import BadInputError
 from fusioncli.results.store import FAILED, FINISHED, ResultsStore
 from fusioncli.sweep.runner import (
+    DEFAULT_MAX_GROUP,
     TRACEBACK_CHARS,
+    MemberFailure,
     OutcomeRecorder,
     PlannedRun,
     RunOutcome,
@@ -55,8 +57,10 @@ from fusioncli.sweep.runner import (
     error_message,
     failure_record,
     free_device_memory,
+    group_failure_note,
     plan_sweep,
     resolve_grid,
+    train_group,
     train_one,
 )
 from fusioncli.sweep.tracking import Tracker
@@ -218,6 +222,8 @@ def run_sweep_ray(
     robustness: bool = False,
     train_fn: TrainFn | None = None,
     num_cpus: int | None = None,
+    executor: str = "auto",
+    max_group: int | None = DEFAULT_MAX_GROUP,
 ) -> SweepSummary:
     """Run every config as a Ray task and store each record on this machine as it completes.
 
@@ -228,6 +234,11 @@ def run_sweep_ray(
     connection is used as is. Each task reserves ``gpus_per_run`` GPUs (0..1; > 0 trains on
     CUDA) and ``cpus_per_run`` CPUs (also its torch threads). Ray starts only if some run is
     left to train.
+
+    ``executor`` as for the local backend, decided by the runs' device (a GPU share -> CUDA):
+    ``stacked`` (``auto`` on CUDA) sends each stacked group of at most ``max_group`` runs as
+    one task, which reserves ``gpus_per_run`` / ``cpus_per_run`` for the whole group; ``loop``
+    (``auto`` on the CPU) one task per run. A custom ``train_fn`` always means one per run.
 
     Callbacks run on the driver: ``on_run_start`` as each run is submitted, ``on_epoch`` for
     each history row and trackers' calls when the run's result arrives (replayed, in order),
@@ -244,6 +255,11 @@ def run_sweep_ray(
     manifest = cache_manifest(cache_dir)
     dataset = {"fingerprint": manifest["fingerprint"], "class_names": list(manifest["class_names"])}
     grid = resolve_grid(configs, dataset["fingerprint"], partial(resolve_for_ray, gpus_per_run=gpus_per_run))
+
+    from fusioncli.train.stacked import check_max_group, choose_executor
+
+    check_max_group(max_group)
+    use_stacked = bool(grid) and choose_executor(grid[0][1].device, executor) == "stacked" and train_fn is None
 
     started = time.perf_counter()
     store.repair()
@@ -269,33 +285,35 @@ def run_sweep_ray(
         if todo:
             with ray_session(address, num_cpus) as ray:
                 _check_cluster(ray, gpus_per_run, cpus_per_run)
-                task = ray.remote(run_task).options(
-                    num_cpus=cpus_per_run,
-                    num_gpus=gpus_per_run,
-                    max_retries=TASK_MAX_RETRIES,
-                    retry_exceptions=False,
-                )
-                pending: dict[Any, tuple[int, str, RunConfig, str]] = {}
+                options = {
+                    "num_cpus": cpus_per_run,
+                    "num_gpus": gpus_per_run,
+                    "max_retries": TASK_MAX_RETRIES,
+                    "retry_exceptions": False,
+                }
+                run_remote = ray.remote(run_task).options(**options)
+                group_remote = ray.remote(group_task).options(**options)
+                common = {"cpus_per_run": cpus_per_run, "send_weights": keep_best, "robustness": robustness}
+                pending: dict[Any, tuple[list[tuple[int, str, RunConfig]], str]] = {}
                 try:
-                    for index, rid, cfg in todo:
-                        ref = task.remote(
-                            cfg.to_dict(),
-                            rid,
-                            str(cache_dir),
-                            dataset,
-                            cpus_per_run=cpus_per_run,
-                            send_weights=keep_best,
-                            robustness=robustness,
-                            train_fn=train_fn,
-                        )
-                        pending[ref] = (index, rid, cfg, _utc_now())
+                    for batch in _batches(todo, max_group if use_stacked else 1):
+                        if use_stacked:
+                            cfgs = [cfg.to_dict() for _, _, cfg in batch]
+                            rids = [rid for _, rid, _ in batch]
+                            ref = group_remote.remote(cfgs, rids, str(cache_dir), dataset, **common)
+                        else:
+                            (_, rid, cfg), = batch
+                            ref = run_remote.remote(cfg.to_dict(), rid, str(cache_dir), dataset, train_fn=train_fn, **common)
+                        pending[ref] = (batch, _utc_now())
                         if on_run_start is not None:
-                            on_run_start(index, len(grid), rid, cfg)
+                            for index, rid, cfg in batch:
+                                on_run_start(index, len(grid), rid, cfg)
                     while pending:
                         ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                         for ref in ready:
-                            index, rid, cfg, submitted_at = pending.pop(ref)
-                            ended(_collect(ray, ref, recorder, index, rid, cfg, dataset, submitted_at, on_epoch))
+                            batch, submitted_at = pending.pop(ref)
+                            for outcome in _collect(ray, ref, recorder, batch, dataset, submitted_at, on_epoch):
+                                ended(outcome)
                 finally:
                     # Ctrl-C, or a store that cannot be written: stop what is still running.
                     _cancel(ray, pending)
@@ -313,18 +331,28 @@ def _cancel(ray: Any, pending: dict[Any, Any]) -> None:
             pass
 
 
+def _batches(
+    todo: Sequence[tuple[int, str, RunConfig]], max_group: int | None
+) -> list[list[tuple[int, str, RunConfig]]]:
+    """What each task trains: one run (``max_group`` 1) or a stacked group of runs."""
+    if max_group == 1:
+        return [[item] for item in todo]
+    from fusioncli.train.stacked import group_configs
+
+    by_config = {id(cfg): (index, rid, cfg) for index, rid, cfg in todo}
+    return [[by_config[id(cfg)] for cfg in group] for group in group_configs([c for _, _, c in todo], max_group)]
+
+
 def _collect(
     ray: Any,
     ref: Any,
     recorder: OutcomeRecorder,
-    index: int,
-    rid: str,
-    cfg: RunConfig,
+    batch: Sequence[tuple[int, str, RunConfig]],
     dataset: dict[str, Any],
     submitted_at: str,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None,
-) -> RunOutcome:
-    """Store the outcome of one completed task (finished, failed in the run, or died)."""
+) -> list[RunOutcome]:
+    """Store the outcome of each run of one completed task (finished, failed in the run, or died)."""
     try:
         payload = ray.get(ref)
     except Exception as exc:  # noqa: BLE001 - the worker died, the node was lost, the task never ran
@@ -333,20 +361,31 @@ def _collect(
         cause = getattr(exc, "cause", None)
         message = error_message(cause if isinstance(cause, BaseException) else exc)
         error = (message, str(exc)[-TRACEBACK_CHARS:])
-        record = failure_record(cfg, rid, error, dataset=dataset, started_at=submitted_at)
-        record["env"] = None  # the worker's machine is unknown here; the driver's would mislead
-        return recorder.begin(index, rid, cfg).failed(record)
+        outcomes = []
+        for index, rid, cfg in batch:
+            record = failure_record(cfg, rid, error, dataset=dataset, started_at=submitted_at)
+            record["env"] = None  # the worker's machine is unknown here; the driver's would mislead
+            outcomes.append(recorder.begin(index, rid, cfg).failed(record))
+        return outcomes
 
-    record = payload["record"]
-    run = recorder.begin(index, rid, cfg)
-    for row in record.get("history") or []:
-        run.epoch(row)
-        if on_epoch is not None:
-            on_epoch(cfg, dict(row))
-    if payload["status"] == FINISHED:
-        weights = payload.get("weights")
-        return run.finished(record, lambda: model_from_weights(record, weights))
-    return run.failed(record)
+    payloads = payload if isinstance(payload, list) else [payload]
+    outcomes = []
+    for (index, rid, cfg), member in zip(batch, payloads):
+        for note in member.get("warnings", ()):
+            if note not in recorder.warnings:
+                recorder.warnings.append(note)
+        record = member["record"]
+        run = recorder.begin(index, rid, cfg)
+        for row in record.get("history") or []:
+            run.epoch(row)
+            if on_epoch is not None:
+                on_epoch(cfg, dict(row))
+        if member["status"] == FINISHED:
+            weights = member.get("weights")
+            outcomes.append(run.finished(record, lambda record=record, weights=weights: model_from_weights(record, weights)))
+        else:
+            outcomes.append(run.failed(record))
+    return outcomes
 
 
 def weights_to_bytes(model: Any) -> bytes:
@@ -410,23 +449,114 @@ def _train_on_worker(
     robustness: bool,
     train_fn: TrainFn | None,
 ) -> dict[str, Any]:
-    from fusioncli.train.probes import utc_now
-
-    started_at = utc_now()
-    history: list[dict[str, Any]] = []
-    data = None
+    started_at = _utc_now()
     try:
         data = _load_on_worker(cache_dir, cfg.device, dataset["fingerprint"])
+    except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, like the local backend
+        return _failed_payload(cfg, rid, describe_exception(exc), dataset, started_at=started_at)
+    return _train_loaded(cfg, rid, data, dataset, send_weights, robustness, train_fn)
+
+
+def _train_loaded(
+    cfg: RunConfig,
+    rid: str,
+    data: Any,
+    dataset: dict[str, Any],
+    send_weights: bool,
+    robustness: bool,
+    train_fn: TrainFn | None,
+) -> dict[str, Any]:
+    """Train one run on data already loaded on this worker; its payload, finished or failed."""
+    started_at = _utc_now()
+    history: list[dict[str, Any]] = []
+    try:
         result = train_one(cfg, data, train_fn=train_fn, robustness=robustness, on_epoch=history.append)
     except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, like the local backend
-        error = describe_exception(exc)
-    else:
-        payload: dict[str, Any] = {"status": FINISHED, "record": result.record}
-        if send_weights:
-            payload["weights"] = weights_to_bytes(result.model)
-        return payload
-    record = failure_record(cfg, rid, error, data=data, dataset=dataset, history=history, started_at=started_at)
+        return _failed_payload(cfg, rid, describe_exception(exc), dataset, data=data, history=history, started_at=started_at)
+    return _finished_payload(result, send_weights)
+
+
+def _finished_payload(result: Any, send_weights: bool) -> dict[str, Any]:
+    payload: dict[str, Any] = {"status": FINISHED, "record": result.record}
+    if send_weights:
+        payload["weights"] = weights_to_bytes(result.model)
+    return payload
+
+
+def _failed_payload(
+    cfg: RunConfig,
+    rid: str,
+    error: tuple[str, str],
+    dataset: dict[str, Any],
+    *,
+    data: Any = None,
+    history: list[dict[str, Any]] | None = None,
+    started_at: str,
+) -> dict[str, Any]:
+    record = failure_record(cfg, rid, error, data=data, dataset=dataset, history=history or [], started_at=started_at)
     return {"status": FAILED, "record": record}
+
+
+def group_task(
+    configs: list[dict[str, Any]],
+    rids: list[str],
+    cache_dir: str,
+    dataset: dict[str, Any],
+    *,
+    cpus_per_run: float = 1.0,
+    send_weights: bool = True,
+    robustness: bool = False,
+) -> list[dict[str, Any]]:
+    """One stacked group on a Ray worker: load the cache once, train the runs together
+    (:func:`fusioncli.sweep.runner.train_group`), return one :func:`run_task` payload per run.
+
+    A group that fails as a whole is re-run here one run at a time, as the local backend does;
+    the first payload then carries the note in ``"warnings"``.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus_per_run)))
+    cfgs = [RunConfig.from_dict(c) for c in configs]
+    try:
+        return _train_group_on_worker(cfgs, rids, Path(cache_dir), dataset, send_weights, robustness)
+    finally:
+        free_device_memory(cfgs[0].device)
+
+
+def _train_group_on_worker(
+    cfgs: list[RunConfig],
+    rids: list[str],
+    cache_dir: Path,
+    dataset: dict[str, Any],
+    send_weights: bool,
+    robustness: bool,
+) -> list[dict[str, Any]]:
+    started_at = _utc_now()
+    try:
+        data = _load_on_worker(cache_dir, cfgs[0].device, dataset["fingerprint"])
+    except Exception as exc:  # noqa: BLE001 - every run of the group fails with it
+        error = describe_exception(exc)
+        return [_failed_payload(cfg, rid, error, dataset, started_at=started_at) for cfg, rid in zip(cfgs, rids)]
+    histories: dict[int, list[dict[str, Any]]] = {id(cfg): [] for cfg in cfgs}
+    try:
+        members = train_group(cfgs, data, robustness=robustness, on_epoch=lambda cfg, row: histories[id(cfg)].append(row))
+    except Exception as exc:  # noqa: BLE001 - re-run one at a time, each with its own record
+        note = group_failure_note(cfgs, exc)
+        free_device_memory(cfgs[0].device)
+        payloads = [_train_loaded(cfg, rid, data, dataset, send_weights, robustness, None) for cfg, rid in zip(cfgs, rids)]
+        payloads[0]["warnings"] = [note]
+        return payloads
+    payloads = []
+    for cfg, rid, member in zip(cfgs, rids, members):
+        if isinstance(member, MemberFailure):
+            payloads.append(
+                _failed_payload(
+                    cfg, rid, member.error, dataset, data=data, history=histories[id(cfg)], started_at=member.started_at
+                )
+            )
+        else:
+            payloads.append(_finished_payload(member, send_weights))
+    return payloads
 
 
 def _load_on_worker(cache_dir: Path, device: str, fingerprint: str) -> Any:

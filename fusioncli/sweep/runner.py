@@ -506,7 +506,7 @@ def _run_stacked(
     A group that fails as a whole (one member's loss turned NaN, out of memory) is re-run one
     member at a time with the loop, so each run gets its own finished or failed record.
     """
-    from fusioncli.train.stacked import group_configs, train_stacked
+    from fusioncli.train.stacked import group_configs
 
     by_config = {id(cfg): (index, rid) for index, rid, cfg in todo}
     total = recorder.total
@@ -524,36 +524,75 @@ def _run_stacked(
                 on_epoch(cfg, dict(row))
 
         try:
-            results = train_stacked(group, data, on_epoch=epoch_done)
+            members = train_group(group, data, robustness=robustness, on_epoch=epoch_done)
         except KeyboardInterrupt:
             for run in runs.values():
                 run.interrupted()
             raise
         except Exception as exc:  # noqa: BLE001 - retried run by run below, which records it
-            note = f"stacked group of {len(group)} failed ({error_message(exc)}); re-run one at a time"
-            recorder.warnings.append(note)
+            recorder.warnings.append(group_failure_note(group, exc))
             free_device_memory(group[0].device)
             for cfg in group:
                 run = runs[id(cfg)]
                 run.history.clear()
                 ended(_run_one(run, data, train_fn=None, robustness=robustness, on_epoch=on_epoch))
             continue
-        for cfg, result in zip(group, results):
+        for cfg, member in zip(group, members):
             run = runs[id(cfg)]
-            try:
-                if robustness:
-                    from fusioncli.eval.robustness import add_robustness
-
-                    add_robustness(result, data)
-            except Exception as exc:  # noqa: BLE001 - same rule as train_one: the run fails
-                free_device_memory(cfg.device)
-                error = (f"robustness evaluation failed: {error_message(exc)}", "")
+            if isinstance(member, MemberFailure):
                 failure = failure_record(
-                    cfg, run.run_id, error, data=data, history=run.history, started_at=result.record["started_at"]
+                    cfg, run.run_id, member.error, data=data, history=run.history, started_at=member.started_at
                 )
                 ended(run.failed(failure))
+            else:
+                ended(run.finished(member.record, lambda model=member.model: model))
+
+
+@dataclass(frozen=True)
+class MemberFailure:
+    """A stacked group's member that trained but then failed on its own (its robustness pass)."""
+
+    error: tuple[str, str]  # (message, traceback text), as for failure_record
+    started_at: str
+
+
+def train_group(
+    group: Sequence[RunConfig],
+    data: PreparedData,
+    *,
+    robustness: bool = False,
+    on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
+) -> list[Any]:
+    """Train one stacked group (:func:`fusioncli.train.stacked.train_stacked`) and, with
+    ``robustness``, evaluate each member; what every backend does with a group.
+
+    Returns, in ``group`` order, each member's result (``.record``, ``.model``) or a
+    :class:`MemberFailure` for a member whose robustness evaluation failed (same rule as
+    :func:`train_one`: the run fails). Raises whatever fails the group as a whole (a member's
+    loss turned NaN, out of memory): the caller re-runs the members one at a time.
+    """
+    from fusioncli.train.stacked import train_stacked
+
+    results = train_stacked(group, data, on_epoch=on_epoch)
+    members: list[Any] = []
+    for cfg, result in zip(group, results):
+        if robustness:
+            from fusioncli.eval.robustness import add_robustness
+
+            try:
+                add_robustness(result, data)
+            except Exception as exc:  # noqa: BLE001 - this member fails, the others stand
+                free_device_memory(cfg.device)
+                message = f"robustness evaluation failed: {error_message(exc)}"
+                members.append(MemberFailure((message, ""), result.record["started_at"]))
                 continue
-            ended(run.finished(result.record, lambda model=result.model: model))
+        members.append(result)
+    return members
+
+
+def group_failure_note(group: Sequence[RunConfig], exc: BaseException) -> str:
+    """The sweep warning when a stacked group fails as a whole and is re-run one at a time."""
+    return f"stacked group of {len(group)} failed ({error_message(exc)}); re-run one at a time"
 
 
 def _run_one(

@@ -256,3 +256,38 @@ def test_robustness_is_evaluated_on_the_worker(ray_instance, cache_dir: Path, tm
     robustness = store.get(summary.outcomes[0].run_id)["robustness"]
     assert robustness["version"] == 1
     assert robustness["clean_accuracy"] == summary.outcomes[0].record["metrics"]["val_accuracy"]
+
+
+@needs_ray
+@pytest.mark.slow
+def test_stacked_groups_are_one_task_each_and_match_the_local_stacked_executor(
+    ray_instance, cache_dir: Path, tmp_path: Path
+) -> None:
+    # Two lrs of late fusion stack into one group; intermediate-add is a group of its own.
+    configs = grid(strategies=["late", "intermediate-add"], lrs=[1e-3, 3e-4], precision="fp32", limit_per_class=8)
+    local = run_sweep(configs, load_cache(cache_dir), ResultsStore(tmp_path / "local"), executor="stacked")
+    store = ResultsStore(tmp_path / "ray")
+    summary = run_sweep_ray(configs, cache_dir, store, executor="stacked", robustness=True, cpus_per_run=2)
+
+    assert summary.exit_code == 0, [o.error for o in summary.failed]
+    assert [o.run_id for o in summary.outcomes] == [o.run_id for o in local.outcomes]
+    for theirs, ours in zip(local.outcomes, summary.outcomes):
+        stored = store.get(ours.run_id)
+        assert stored["timing"]["executor"] == "stacked" and stored["timing"]["stacked_group_size"] == 2
+        assert stored["metrics"]["val_accuracy"] == theirs.record["metrics"]["val_accuracy"]
+        assert stored["metrics"]["val_loss"] == pytest.approx(theirs.record["metrics"]["val_loss"], abs=1e-5)
+        assert stored["robustness"]["clean_accuracy"] == stored["metrics"]["val_accuracy"]  # evaluated on the worker
+    assert store.best_checkpoint_path.exists()
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_failing_stacked_group_is_rerun_one_run_at_a_time_on_the_worker(
+    ray_instance, cache_dir: Path, tmp_path: Path
+) -> None:
+    configs = grid(strategies=["late"], lrs=[1e-3, 1e30], precision="fp32", limit_per_class=8)
+    summary = run_sweep_ray(configs, cache_dir, ResultsStore(tmp_path), executor="stacked", keep_best=False)
+    assert [o.status for o in summary.outcomes] == ["finished", "failed"]
+    assert any("stacked group of 2 failed" in w for w in summary.warnings), summary.warnings
+    assert "loss became non-finite" in summary.outcomes[1].error
+    assert summary.outcomes[0].record["timing"]["executor"] == "loop"  # the re-run, one at a time
