@@ -433,28 +433,27 @@ def run_task(
     torch.set_num_threads(max(1, int(cpus_per_run)))
     cfg = RunConfig.from_dict(config)
     try:
-        return _train_on_worker(cfg, rid, Path(cache_dir), dataset, send_weights, robustness, train_fn)
+        data, failed = _load_or_fail([cfg], [rid], Path(cache_dir), dataset)
+        if failed:
+            return failed[0]
+        return _train_loaded(cfg, rid, data, dataset, send_weights, robustness, train_fn)
     finally:
         # The run's data and model are released by now; runs sharing this GPU (a fractional
         # --gpus-per-run) get the memory back instead of it staying cached in an idle worker.
         free_device_memory(cfg.device)
 
 
-def _train_on_worker(
-    cfg: RunConfig,
-    rid: str,
-    cache_dir: Path,
-    dataset: dict[str, Any],
-    send_weights: bool,
-    robustness: bool,
-    train_fn: TrainFn | None,
-) -> dict[str, Any]:
+def _load_or_fail(
+    cfgs: Sequence[RunConfig], rids: Sequence[str], cache_dir: Path, dataset: dict[str, Any]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """``(data, [])`` with the cache loaded on this worker, or ``(None, failed payloads)`` --
+    one per run, every run of the task fails with the load's error."""
     started_at = _utc_now()
     try:
-        data = _load_on_worker(cache_dir, cfg.device, dataset["fingerprint"])
-    except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, like the local backend
-        return _failed_payload(cfg, rid, describe_exception(exc), dataset, started_at=started_at)
-    return _train_loaded(cfg, rid, data, dataset, send_weights, robustness, train_fn)
+        return _load_on_worker(cache_dir, cfgs[0].device, dataset["fingerprint"]), []
+    except Exception as exc:  # noqa: BLE001 - recorded as the runs' failure, like the local backend
+        error = describe_exception(exc)
+        return None, [_failed_payload(cfg, rid, error, dataset, started_at=started_at) for cfg, rid in zip(cfgs, rids)]
 
 
 def _train_loaded(
@@ -531,12 +530,9 @@ def _train_group_on_worker(
     send_weights: bool,
     robustness: bool,
 ) -> list[dict[str, Any]]:
-    started_at = _utc_now()
-    try:
-        data = _load_on_worker(cache_dir, cfgs[0].device, dataset["fingerprint"])
-    except Exception as exc:  # noqa: BLE001 - every run of the group fails with it
-        error = describe_exception(exc)
-        return [_failed_payload(cfg, rid, error, dataset, started_at=started_at) for cfg, rid in zip(cfgs, rids)]
+    data, failed = _load_or_fail(cfgs, rids, cache_dir, dataset)
+    if failed:
+        return failed
     histories: dict[int, list[dict[str, Any]]] = {id(cfg): [] for cfg in cfgs}
     try:
         members = train_group(cfgs, data, robustness=robustness, on_epoch=lambda cfg, row: histories[id(cfg)].append(row))
