@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Issue 6's GPU evidence in one command, for a machine with a CUDA GPU and a python3 that has a
+# CUDA build of torch plus fusioncli's dependencies (typer, rich, pandas, pyarrow, pillow,
+# safetensors, psutil; pytest and hypothesis for the tests). fusioncli itself need not be
+# installed: it is imported from this checkout.
+#
+#   bash benchmarks/gpu_evidence.sh            # logs under $OUT (default benchmarks/_work/gpu)
+#
+# Steps, each under its own time limit (seconds, overridable) so one slow step cannot eat the
+# others' time; every log is written as it goes, so a step cut off still shows how far it got:
+#   1. env.txt          nvidia-smi, torch/CUDA versions
+#   2. grid.txt/.json   the seed grid (24 runs x 15 epochs x 19,358 samples), stacked executor,
+#                       plus 2 runs one at a time for the per-run ratio  (GRID_LIMIT, 270)
+#   3. pytest_gpu.txt   the CUDA tests: pytest -m gpu                     (PYTEST_LIMIT, 150)
+#   4. stacked.txt      bench_stacked.py: K=6 lrs, stacked vs one at a time (STACKED_LIMIT, 120)
+# Total at most ~9 min. Exit status: the number of steps that failed or ran out of time.
+# SMOKE=1 runs the same steps on the CPU at toy sizes (checks the script, not the GPU).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/_work/gpu}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 FUSIONCLI_NO_PROGRESS=1
+failed=0
+DEVICE=cuda GRID_SIZE=() STACKED_SIZE=(--per-class 2000 --epochs 3)
+if [ "${SMOKE:-0}" = 1 ]; then
+    DEVICE=cpu GRID_SIZE=(--per-class 60 --epochs 2 --strategies late --lrs 1e-4) STACKED_SIZE=(--per-class 60 --epochs 2)
+fi
+
+step() {  # step NAME LIMIT COMMAND...: run under a time limit, log to $OUT/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/$name.txt"
+    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
+
+step env 30 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))'"
+step grid "${GRID_LIMIT:-270}" "$PY" benchmarks/bench_grid.py --device "$DEVICE" --executor stacked "${GRID_SIZE[@]}" \
+    --json "$OUT/grid.json"
+step pytest_gpu "${PYTEST_LIMIT:-150}" "$PY" -m pytest -m gpu -p no:cacheprovider -rs tests
+step stacked "${STACKED_LIMIT:-120}" "$PY" benchmarks/bench_stacked.py --device "$DEVICE" "${STACKED_SIZE[@]}" \
+    --lrs 1e-3,3e-4,1e-4,3e-5,1e-5,3e-6
+tail -n 25 "$OUT/grid.txt"
+exit "$failed"
