@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from fusioncli import __version__
-from fusioncli.cli import demo, prepare, report, strategies, sweep, synth, train
+from fusioncli.cli import demo, evaluate, prepare, report, strategies, sweep, synth, train
 
 app = typer.Typer(
     name="fusioncli",
@@ -54,6 +54,7 @@ app.command("strategies")(strategies.strategies)
 app.command("train")(train.train)
 app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
+app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)
 
 

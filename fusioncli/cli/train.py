@@ -17,6 +17,7 @@ from fusioncli.cli._options import (
     RobustnessOption,
 )
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
+from fusioncli.cli._tables import robustness_table
 from fusioncli.paths import default_cache_dir
 
 
@@ -77,28 +78,8 @@ def _summary_tables(record: dict[str, Any]) -> list[Table]:
         per_class.add_row(name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
     tables = [run, per_class]
     if record.get("robustness") is not None:
-        tables.append(_robustness_table(record["robustness"]))
+        tables.append(robustness_table(record["robustness"]))
     return tables
-
-
-def _robustness_table(robustness: dict[str, Any]) -> Table:
-    from fusioncli.eval.robustness import summary_rows
-
-    table = Table(
-        title=f"robustness (validation, corruption seed {robustness['seed']}; relative = accuracy / clean accuracy)",
-        title_justify="left",
-    )
-    for col in ("condition", "accuracy", "relative", "AUC", "relative AUC"):
-        table.add_column(col, justify="left" if col == "condition" else "right")
-
-    def cell(value: Optional[float]) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    for row in summary_rows(robustness):
-        table.add_row(
-            row["condition"], cell(row["accuracy"]), cell(row["relative"]), cell(row["auc"]), cell(row["relative_auc"])
-        )
-    return table
 
 
 @report_errors

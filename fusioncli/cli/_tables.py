@@ -1,0 +1,26 @@
+"""Rich tables that more than one command prints."""
+
+from typing import Any, Optional
+
+from rich.table import Table
+
+
+def robustness_table(robustness: dict[str, Any], where: str = "validation") -> Table:
+    """Accuracy per corruption condition with relative figures and AUCs (a record's ``robustness``)."""
+    from fusioncli.eval.robustness import summary_rows
+
+    table = Table(
+        title=f"robustness ({where}, corruption seed {robustness['seed']}; relative = accuracy / clean accuracy)",
+        title_justify="left",
+    )
+    for col in ("condition", "accuracy", "relative", "AUC", "relative AUC"):
+        table.add_column(col, justify="left" if col == "condition" else "right")
+
+    def cell(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for row in summary_rows(robustness):
+        table.add_row(
+            row["condition"], cell(row["accuracy"]), cell(row["relative"]), cell(row["auc"]), cell(row["relative_auc"])
+        )
+    return table

@@ -1,0 +1,146 @@
+"""`fusioncli evaluate`: score saved models on a prepared dataset (the training one or another)."""
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from fusioncli.cli._common import OutputFormat, err, out, report_errors
+from fusioncli.cli._options import CacheDirOption, Precision, PrecisionOption, ResultsDirOption, RobustnessOption
+from fusioncli.cli._tables import robustness_table
+from fusioncli.errors import BadInputError
+from fusioncli.paths import default_cache_dir, default_results_dir
+
+
+class Split(str, Enum):
+    auto = "auto"
+    val = "val"
+    train = "train"
+    all = "all"
+
+
+def _checkpoints(paths: Optional[list[Path]], results_dir: Optional[Path]) -> list[Path]:
+    """The checkpoints asked for, or the results store's best model; every one must exist."""
+    from fusioncli.eval.saved import checkpoint_file
+    from fusioncli.results.store import ResultsStore
+
+    if not paths:
+        store = ResultsStore(results_dir if results_dir is not None else default_results_dir())
+        if not store.best_checkpoint_path.is_file():
+            raise BadInputError(
+                f"no checkpoint given and no best model in the results store {store.root}",
+                hint="pass checkpoint files (fusioncli train --checkpoint PATH writes one) or run `fusioncli sweep`",
+            )
+        return [store.best_checkpoint_path]
+    found = [checkpoint_file(p) for p in paths]
+    missing = [f"checkpoint {p} does not exist" for p in found if not p.is_file()]
+    if missing:
+        raise BadInputError(missing, hint="write one with `fusioncli train --checkpoint PATH`")
+    return found
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _summary_table(evaluations: list[dict[str, Any]], cache: Path) -> Table:
+    table = Table(
+        title=f"evaluation on {cache}",
+        caption="own acc: the run's validation accuracy when it was trained; Δ: accuracy here minus own acc",
+        title_justify="left",
+    )
+    table.add_column("checkpoint", overflow="fold", min_width=14)
+    table.add_column("strategy", overflow="fold", min_width=10)
+    for col in ("split", "n", "acc", "F1", "loss", "own acc", "Δ"):
+        # Figures never wrap: narrow terminals fold the names instead.
+        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    for e in evaluations:
+        m, trained = e["metrics"], e["trained"]["val_accuracy"]
+        delta = None if trained is None else m["accuracy"] - trained
+        table.add_row(
+            e["checkpoint"],
+            e["model"]["strategy"] if e["model"]["backbone"] == "seed" else f"{e['model']['strategy']}/{e['model']['backbone']}",
+            e["dataset"]["split"],
+            str(e["dataset"]["n"]),
+            _fmt(m["accuracy"]),
+            _fmt(m["f1_macro"]),
+            _fmt(m["loss"]),
+            _fmt(trained),
+            "-" if delta is None else f"{delta:+.4f}",
+        )
+    return table
+
+
+def _per_class_table(evaluation: dict[str, Any]) -> Table:
+    names = evaluation["dataset"]["class_names"]
+    table = Table(title=f"{evaluation['checkpoint']}: per class (rows: true class; predicted counts)", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support", *[f"→ {n}" for n in names]):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, row in zip(names, evaluation["metrics"]["confusion"]):
+        c = evaluation["metrics"]["per_class"][name]
+        table.add_row(name, _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), str(c["support"]), *map(str, row))
+    return table
+
+
+@report_errors
+def evaluate(
+    checkpoints: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Checkpoint files (.safetensors with their .json) or folders holding model.safetensors; "
+            "default: the results store's best model.",
+            show_default=False,
+        ),
+    ] = None,
+    cache_dir: CacheDirOption = None,
+    results_dir: ResultsDirOption = None,
+    split: Annotated[
+        Split,
+        typer.Option(
+            "--split",
+            help="auto: the validation split if the cache is the one the model was trained on, else all samples.",
+        ),
+    ] = Split.auto,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: PrecisionOption = Precision.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
+    robustness: RobustnessOption = False,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table: summary tables; json: one evaluation record per checkpoint.")
+    ] = OutputFormat.table,
+) -> None:
+    """Score saved models on a prepared dataset: the one they were trained on, or another.
+
+    Train on one dataset, test on another (synthetic -> real, easy -> hard): prepare the other
+    data into its own cache and point --cache-dir at it. Nothing is written.
+
+    Example:  fusioncli evaluate model.safetensors --cache-dir .fusioncli/cache-hard --robustness
+    """
+    from fusioncli.data.cache import load_cache
+    from fusioncli.eval.saved import evaluate_checkpoint
+    from fusioncli.train.config import RunConfig
+
+    paths = _checkpoints(checkpoints, results_dir)
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    resolved = RunConfig(device=device, precision=precision.value, batch_size=batch_size).resolve()
+    data = load_cache(cache, resolved.device)
+    evaluations = []
+    for i, path in enumerate(paths, 1):
+        err.print(f"[{i}/{len(paths)}] evaluating {path} on {cache}", highlight=False)
+        evaluation = evaluate_checkpoint(
+            path, data, split=split.value, device=resolved.device, precision=resolved.precision,
+            batch_size=batch_size, robustness=robustness, cache_hint=str(cache),
+        )  # fmt: skip
+        err.print(f"    {evaluation['dataset']['split_note']}: accuracy {evaluation['metrics']['accuracy']:.4f}", highlight=False)
+        evaluations.append(evaluation)
+    if format is OutputFormat.json:
+        out.print(json.dumps(evaluations), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return
+    out.print(_summary_table(evaluations, cache))
+    for evaluation in evaluations:
+        out.print(_per_class_table(evaluation))
+        if evaluation["robustness"] is not None:
+            out.print(robustness_table(evaluation["robustness"], where=f"{evaluation['dataset']['split']} split"))
