@@ -2,7 +2,11 @@
 
 from typing import Any, Optional
 
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+
+from fusioncli.cli._common import out
 
 
 def robustness_table(robustness: dict[str, Any], where: str = "validation") -> Table:
@@ -24,3 +28,13 @@ def robustness_table(robustness: dict[str, Any], where: str = "validation") -> T
             row["condition"], cell(row["accuracy"]), cell(row["relative"]), cell(row["auc"]), cell(row["relative_auc"])
         )
     return table
+
+
+def print_table(table: Table) -> None:
+    """A rich table on stdout; piped or redirected, at its natural width instead of 80 columns."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    # Console.print caps width at the console's (80 when not a terminal): use a wider one.
+    width = max(out.width, Measurement.get(out, out.options.update_width(100_000), table).maximum)
+    Console(file=out.file, width=width, no_color=out.no_color).print(table)

@@ -8,7 +8,7 @@ import typer
 
 from fusioncli.cli._options import Precision, PrecisionOption
 from fusioncli.cli._common import err, progress_bar, progress_enabled, report_errors
-from fusioncli.cli.report import print_table
+from fusioncli.cli._tables import print_table
 from fusioncli.cli.sweep import outcome_line, print_summary, run_label
 
 

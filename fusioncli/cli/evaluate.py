@@ -10,7 +10,7 @@ from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, err, out, report_errors
 from fusioncli.cli._options import CacheDirOption, Precision, PrecisionOption, ResultsDirOption, RobustnessOption
-from fusioncli.cli._tables import robustness_table
+from fusioncli.cli._tables import print_table, robustness_table
 from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
 
@@ -85,6 +85,67 @@ def _per_class_table(evaluation: dict[str, Any]) -> Table:
     return table
 
 
+def _evaluate_runs(
+    results_dir: Optional[Path],
+    into: Optional[Path],
+    filters: list[str],
+    force: bool,
+    cache: Path,
+    resolved: Any,
+    split: Split,
+    robustness: bool,
+    format: OutputFormat,
+) -> None:
+    """``evaluate --runs``: every kept-weights run of the store, reported over seeds."""
+    from fusioncli.data.cache import load_cache
+    from fusioncli.eval.saved import evaluate_runs
+    from fusioncli.results.aggregate import build_report, filter_runs, parse_filters
+    from fusioncli.results.render import render
+    from fusioncli.results.store import ResultsStore, open_store, runs_frame
+
+    store = open_store(results_dir if results_dir is not None else default_results_dir(), must_exist=True)
+    frame = store.load_runs()
+    run_ids = list(filter_runs(frame, parse_filters(filters))["run_id"]) if filters else None
+    data = load_cache(cache, resolved.device)
+
+    def on_run(index: int, total: int, record: dict[str, Any], reused: bool) -> None:
+        how = "already in --into" if reused else record["evaluation"]["split_note"]
+        err.print(
+            f"[{index}/{total}] {record['run_id'][:12]} {record['config']['strategy']}: "
+            f"accuracy {record['metrics']['val_accuracy']:.4f} ({how})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    records, missing = evaluate_runs(
+        store, data, run_ids=run_ids, into=None if into is None else ResultsStore(into), force=force,
+        split=split.value, device=resolved.device, precision=resolved.precision, batch_size=resolved.batch_size,
+        robustness=robustness, cache_hint=str(cache), on_run=on_run,
+    )  # fmt: skip
+    if missing:
+        err.print(
+            f"note: {len(missing)} finished run(s) kept no weights and were left out "
+            "(re-run the sweep with --keep-weights: it retrains exactly those)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if not records:
+        raise BadInputError(
+            f"no run in {store.root} has kept weights to evaluate",
+            hint="run the sweep with --keep-weights (finished runs without weights are retrained)",
+        )
+    report = build_report(runs_frame(records))
+    rendered = render(report, "json" if format is OutputFormat.json else "table")
+    if isinstance(rendered, str):
+        typer.echo(rendered, nl=False)
+    else:
+        splits = sorted({r["evaluation"]["split"] for r in records})
+        rendered.title = f"{rendered.title}, evaluated on {cache} ({'/'.join(splits)} split)"
+        print_table(rendered)
+    if into is not None:
+        err.print(f"evaluated runs stored in {into}: fusioncli report --results-dir {into}", highlight=False, soft_wrap=True)
+
+
 @report_errors
 def evaluate(
     checkpoints: Annotated[
@@ -108,39 +169,80 @@ def evaluate(
     precision: PrecisionOption = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
     robustness: RobustnessOption = False,
+    runs: Annotated[
+        bool,
+        typer.Option(
+            "--runs",
+            help="Evaluate every run of the results store that kept its weights (sweep --keep-weights) and "
+            "report them like `fusioncli report`: mean and 95% CI over seeds.",
+        ),
+    ] = False,
+    into: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--into",
+            help="With --runs: store the evaluated runs in this (new) results store, for `fusioncli report "
+            "--results-dir` (--compare, --robustness, ...); runs already evaluated there are reused.",
+            show_default=False,
+        ),
+    ] = None,
+    filter: Annotated[
+        Optional[list[str]],
+        typer.Option("--filter", help="With --runs: KEY=VALUE on a config field, as in `fusioncli report`.", show_default=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --into: evaluate runs stored there again.")] = False,
     format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="table: summary tables; json: one evaluation record per checkpoint.")
+        OutputFormat,
+        typer.Option(
+            "--format", "-f", help="table: summary tables; json: one evaluation record per checkpoint (--runs: the report)."
+        ),
     ] = OutputFormat.table,
 ) -> None:
     """Score saved models on a prepared dataset: the one they were trained on, or another.
 
     Train on one dataset, test on another (synthetic -> real, easy -> hard): prepare the other
-    data into its own cache and point --cache-dir at it. Nothing is written.
+    data into its own cache and point --cache-dir at it. Writes nothing, except with --into.
 
     Example:  fusioncli evaluate model.safetensors --cache-dir .fusioncli/cache-hard --robustness
+
+    A whole sweep:  fusioncli sweep --keep-weights ... && fusioncli evaluate --runs --cache-dir
+    .fusioncli/cache-hard --into .fusioncli/results-hard && fusioncli report --results-dir .fusioncli/results-hard
     """
     from fusioncli.data.cache import load_cache
-    from fusioncli.eval.saved import evaluate_checkpoint
     from fusioncli.train.config import RunConfig
 
-    paths = _checkpoints(checkpoints, results_dir)
+    if runs and checkpoints:
+        raise BadInputError("give checkpoint files or --runs, not both")
+    for flag, value in (("--into", into), ("--filter", filter), ("--force", force or None)):
+        if value is not None and not runs:
+            raise BadInputError(f"{flag} goes with --runs")
+    paths = None if runs else _checkpoints(checkpoints, results_dir)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     resolved = RunConfig(device=device, precision=precision.value, batch_size=batch_size).resolve()
+    if runs:
+        _evaluate_runs(results_dir, into, filter or [], force, cache, resolved, split, robustness, format)
+        return
+    from fusioncli.eval.saved import evaluate_checkpoint
+
     data = load_cache(cache, resolved.device)
     evaluations = []
     for i, path in enumerate(paths, 1):
-        err.print(f"[{i}/{len(paths)}] evaluating {path} on {cache}", highlight=False)
+        err.print(f"[{i}/{len(paths)}] evaluating {path} on {cache}", highlight=False, soft_wrap=True)
         evaluation = evaluate_checkpoint(
             path, data, split=split.value, device=resolved.device, precision=resolved.precision,
             batch_size=batch_size, robustness=robustness, cache_hint=str(cache),
         )  # fmt: skip
-        err.print(f"    {evaluation['dataset']['split_note']}: accuracy {evaluation['metrics']['accuracy']:.4f}", highlight=False)
+        err.print(
+            f"    {evaluation['dataset']['split_note']}: accuracy {evaluation['metrics']['accuracy']:.4f}",
+            highlight=False,
+            soft_wrap=True,
+        )
         evaluations.append(evaluation)
     if format is OutputFormat.json:
         out.print(json.dumps(evaluations), markup=False, highlight=False, emoji=False, soft_wrap=True)
         return
-    out.print(_summary_table(evaluations, cache))
+    print_table(_summary_table(evaluations, cache))
     for evaluation in evaluations:
-        out.print(_per_class_table(evaluation))
+        print_table(_per_class_table(evaluation))
         if evaluation["robustness"] is not None:
-            out.print(robustness_table(evaluation["robustness"], where=f"{evaluation['dataset']['split']} split"))
+            print_table(robustness_table(evaluation["robustness"], where=f"{evaluation['dataset']['split']} split"))

@@ -5,12 +5,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
 
 from fusioncli.cli._options import ResultsDirOption
 from fusioncli.cli._common import err, out, report_errors
+from fusioncli.cli._tables import print_table
 from fusioncli.paths import default_results_dir
 
 
@@ -20,16 +18,6 @@ class ReportFormat(str, Enum):
     csv = "csv"
     json = "json"
     latex = "latex"
-
-
-def print_table(table: Table) -> None:
-    """A rich table on stdout; piped or redirected, at its natural width instead of 80 columns."""
-    if out.is_terminal:
-        out.print(table)
-        return
-    # Console.print caps width at the console's (80 when not a terminal): use a wider one.
-    width = max(out.width, Measurement.get(out, out.options.update_width(100_000), table).maximum)
-    Console(file=out.file, width=width, no_color=out.no_color).print(table)
 
 
 @report_errors

@@ -273,6 +273,14 @@ def sweep(
     cache_dir: CacheDirOption = None,
     results_dir: ResultsDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute runs that are already finished.")] = False,
+    keep_weights: Annotated[
+        bool,
+        typer.Option(
+            "--keep-weights",
+            help="Keep every finished run's weights in <results>/weights/ (for `fusioncli evaluate --runs`); "
+            "a finished run without them is retrained.",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the runs (and which are already done) without training.")
     ] = False,
@@ -412,6 +420,7 @@ def sweep(
         show_bar=progress_enabled() and format is OutputFormat.table,
         backend=backend,
         force=force,
+        keep_weights=keep_weights,
         trackers=trackers,
         robustness=robustness,
         **options,

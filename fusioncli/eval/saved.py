@@ -21,11 +21,16 @@ validation split when the cache is the one the model was trained on (its fingerp
 the same raw files and prepare options), else every sample (a different dataset is unseen as a
 whole). Asking for ``all`` or ``train`` on the training dataset is allowed — the record's
 ``split_note`` says the training samples make the figure optimistic.
+
+:func:`evaluate_runs` does this for every run of a sweep that kept its weights
+(``sweep --keep-weights``) and turns each result into a run record of its own
+(:func:`transferred_record`), so a results store of them reports like any other.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -181,3 +186,113 @@ def evaluate_checkpoint(
         "precision": resolved.precision,
         "seconds": time.perf_counter() - started,
     }
+
+
+# --------------------------------------------------------------------------- a sweep's runs
+
+
+def transferred_record(record: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """A run record whose metrics (and robustness) are those measured by ``evaluation``.
+
+    Config, parameters, training history, timing and memory stay the run's own; ``dataset``
+    describes the evaluated data, and ``evaluation`` says where the figures come from (the
+    checkpoint, the split, the dataset the run was trained on and its own validation
+    accuracy). Stored in a results store of its own, every ``fusioncli report`` view — means
+    and 95 % CIs over seeds, ``--compare``, ``--robustness`` — then reads the new figures.
+    """
+    m = evaluation["metrics"]
+    out = dict(record)
+    out["metrics"] = {
+        "val_loss": m["loss"],
+        "val_accuracy": m["accuracy"],
+        "f1_macro": m["f1_macro"],
+        "per_class": m["per_class"],
+        "confusion": m["confusion"],
+    }
+    out["robustness"] = evaluation["robustness"]
+    out["dataset"] = {
+        "fingerprint": evaluation["dataset"]["fingerprint"],
+        "n_train": 0,
+        "n_val": evaluation["dataset"]["n"],
+        "class_names": evaluation["dataset"]["class_names"],
+    }
+    out["evaluation"] = {
+        "schema": EVALUATION_SCHEMA,
+        "checkpoint": evaluation["checkpoint"],
+        "split": evaluation["dataset"]["split"],
+        "split_note": evaluation["dataset"]["split_note"],
+        "same_as_training": evaluation["dataset"]["same_as_training"],
+        "trained_dataset": record.get("dataset"),
+        "trained_metrics": {k: (record.get("metrics") or {}).get(k) for k in ("val_accuracy", "f1_macro", "val_loss")},
+        "device": evaluation["device"],
+        "precision": evaluation["precision"],
+        "seconds": evaluation["seconds"],
+    }
+    return out
+
+
+def _already_evaluated(into: Any, run_id: str, data: PreparedData, split: str, robustness: bool) -> dict | None:
+    """The stored transferred record of ``run_id`` when it answers this very request."""
+    stored = into.get(run_id)
+    if not stored or stored.get("status") != "finished" or "evaluation" not in stored:
+        return None
+    same_data = (stored.get("dataset") or {}).get("fingerprint") == data.fingerprint
+    same_split = split == "auto" or stored["evaluation"].get("split") == split
+    if same_data and same_split and (stored.get("robustness") or not robustness):
+        return stored
+    return None
+
+
+def evaluate_runs(
+    store: Any,
+    data: PreparedData,
+    *,
+    run_ids: Sequence[str] | None = None,
+    into: Any | None = None,
+    force: bool = False,
+    split: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 256,
+    robustness: bool = False,
+    cache_hint: str = "",
+    on_run: Callable[[int, int, dict[str, Any], bool], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Evaluate the finished runs of ``store`` whose weights were kept (``sweep --keep-weights``).
+
+    Returns ``(records, missing)``: one :func:`transferred_record` per evaluated run, and the
+    ids of selected finished runs without kept weights. ``run_ids`` narrows the selection.
+    With ``into`` (another :class:`~fusioncli.results.store.ResultsStore`) each record is stored
+    there as soon as it is measured, and runs already evaluated there the same way are reused
+    unless ``force``. ``on_run(index, total, record, reused)`` follows each run.
+    """
+    if into is not None and Path(into.root).resolve() == Path(store.root).resolve():
+        raise BadInputError(
+            f"--into {into.root} is the results store being evaluated; its training records would be replaced",
+            hint="give another folder, e.g. .fusioncli/results-<dataset>",
+        )
+    wanted = None if run_ids is None else set(run_ids)
+    records = [
+        r for r in store.records()
+        if r.get("status") == "finished" and (wanted is None or r.get("run_id") in wanted)
+    ]  # fmt: skip
+    with_weights = [r for r in records if store.has_weights(r["run_id"])]
+    missing = [r["run_id"] for r in records if not store.has_weights(r["run_id"])]
+    results = []
+    for index, record in enumerate(with_weights, 1):
+        rid = record["run_id"]
+        reused = None if (into is None or force) else _already_evaluated(into, rid, data, split, robustness)
+        if reused is None:
+            evaluation = evaluate_checkpoint(
+                store.weights_path(rid), data, split=split, device=device, precision=precision,
+                batch_size=batch_size, robustness=robustness, cache_hint=cache_hint,
+            )  # fmt: skip
+            transferred = transferred_record(record, evaluation)
+            if into is not None:
+                into.write(transferred)
+        else:
+            transferred = reused
+        results.append(transferred)
+        if on_run is not None:
+            on_run(index, len(with_weights), transferred, reused is not None)
+    return results, missing

@@ -5,6 +5,7 @@ Layout of a results folder (default ``.fusioncli/results``)::
     records/<run_id>.json     the full run record (config, metrics, history, env, ...)
     runs/<run_id>.parquet     the same run as one flat row (fixed schema, see RUN_SCHEMA)
     best/model.safetensors    weights of the best finished run (+ model.json: its info)
+    weights/<run_id>.safetensors  every finished run's weights (+ .json), with `sweep --keep-weights`
 
 ``pd.read_parquet("<results>/runs")`` reads every run as a table. Each file is written to a
 dot-prefixed temp file and renamed into place, and pandas/pyarrow skip dot-files, so a writer
@@ -231,6 +232,7 @@ class ResultsStore:
         self.records_dir = self.root / "records"
         self.runs_dir = self.root / "runs"
         self.best_dir = self.root / "best"
+        self.weights_dir = self.root / "weights"
 
     def __repr__(self) -> str:
         return f"ResultsStore({str(self.root)!r})"
@@ -241,6 +243,15 @@ class ResultsStore:
 
     def row_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.parquet"
+
+    def weights_path(self, run_id: str) -> Path:
+        """Where ``sweep --keep-weights`` keeps this run's weights (its info: same stem, .json)."""
+        return self.weights_dir / f"{run_id}.safetensors"
+
+    def has_weights(self, run_id: str) -> bool:
+        """True when both the weights and their JSON info of ``run_id`` are stored."""
+        path = self.weights_path(run_id)
+        return path.is_file() and path.with_suffix(".json").is_file()
 
     @property
     def best_checkpoint_path(self) -> Path:
@@ -291,7 +302,7 @@ class ResultsStore:
             if olds:
                 os.replace(olds[-1], self.best_dir)
         now = time.time()
-        for folder in (self.records_dir, self.runs_dir, self.best_dir):
+        for folder in (self.records_dir, self.runs_dir, self.best_dir, self.weights_dir):
             if not folder.is_dir():
                 continue
             for path in folder.glob(".*"):

@@ -26,7 +26,8 @@ sending runs to GPUs picks ``bf16``, which every GPU since Ampere computes nativ
 precisions are checked on the worker: a worker without native bf16 fails the run with a message.
 
 Time per task beyond training: loading the cache (:func:`fusioncli.data.cache.load_cache`,
-once per task) and the weights' trip back to the driver (skipped when ``keep_best`` is off).
+once per task) and the weights' trip back to the driver (skipped when neither ``keep_best`` nor
+``keep_weights`` wants them).
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def run_sweep_ray(
     cpus_per_run: float = 1.0,
     force: bool = False,
     keep_best: bool = True,
+    keep_weights: bool = False,
     trackers: Sequence[Tracker] = (),
     on_run_start: Callable[[int, int, str, RunConfig], None] | None = None,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
@@ -227,11 +229,11 @@ def run_sweep_ray(
 ) -> SweepSummary:
     """Run every config as a Ray task and store each record on this machine as it completes.
 
-    Same run ids, skipping (``force``), failure records, best checkpoint (``keep_best``) and
-    exit codes as :func:`fusioncli.sweep.runner.run_sweep`. ``cache_dir`` must be visible at
-    the same path on every node. ``address``: ``None``/``"local"`` starts Ray here (with
-    ``num_cpus``, default all), ``"auto"`` or ``"HOST:PORT"`` joins a cluster; an existing
-    connection is used as is. Each task reserves ``gpus_per_run`` GPUs (0..1; > 0 trains on
+    Same run ids, skipping (``force``), failure records, best checkpoint (``keep_best``), kept
+    weights (``keep_weights``) and exit codes as :func:`fusioncli.sweep.runner.run_sweep`.
+    ``cache_dir`` must be visible at the same path on every node. ``address``:
+    ``None``/``"local"`` starts Ray here (with ``num_cpus``, default all), ``"auto"`` or
+    ``"HOST:PORT"`` joins a cluster; an existing connection is used as is. Each task reserves ``gpus_per_run`` GPUs (0..1; > 0 trains on
     CUDA) and ``cpus_per_run`` CPUs (also its torch threads). Ray starts only if some run is
     left to train.
 
@@ -264,8 +266,9 @@ def run_sweep_ray(
     started = time.perf_counter()
     store.repair()
     recorder = OutcomeRecorder(
-        store, len(grid), force=force, keep_best=keep_best, trackers=trackers, robustness=robustness
-    )
+        store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
+        robustness=robustness,
+    )  # fmt: skip
     outcomes: list[RunOutcome] = []
 
     def ended(outcome: RunOutcome) -> None:
@@ -293,7 +296,8 @@ def run_sweep_ray(
                 }
                 run_remote = ray.remote(run_task).options(**options)
                 group_remote = ray.remote(group_task).options(**options)
-                common = {"cpus_per_run": cpus_per_run, "send_weights": keep_best, "robustness": robustness}
+                send_weights = keep_best or keep_weights
+                common = {"cpus_per_run": cpus_per_run, "send_weights": send_weights, "robustness": robustness}
                 pending: dict[Any, tuple[list[tuple[int, str, RunConfig]], str]] = {}
                 try:
                     for batch in _batches(todo, max_group if use_stacked else 1):

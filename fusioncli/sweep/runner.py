@@ -280,6 +280,19 @@ def failure_record(
     return record
 
 
+class _Once:
+    """Call ``make`` on the first call only, then return the same value (a model rebuilt once)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make: Callable[[], Any] | None = make
+        self._value: Any = None
+
+    def __call__(self) -> Any:
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+
 class OutcomeRecorder:
     """Stores what happened to each grid point of one sweep; shared by every backend.
 
@@ -301,6 +314,7 @@ class OutcomeRecorder:
         *,
         force: bool = False,
         keep_best: bool = True,
+        keep_weights: bool = False,
         trackers: Sequence[Tracker] = (),
         robustness: bool = False,
     ) -> None:
@@ -309,6 +323,7 @@ class OutcomeRecorder:
         self.force = force
         self.robustness = robustness
         self.keep_best = keep_best
+        self.keep_weights = keep_weights
         self.trackers = tuple(trackers)
         self.warnings: list[str] = []  # every run's warnings, in the order runs ended
 
@@ -317,12 +332,15 @@ class OutcomeRecorder:
 
         A sweep that asks for robustness re-trains a finished run stored without it: the
         evaluation needs the trained model, and only the best run's weights are kept (training
-        is deterministic, so the re-run reproduces the run and adds its robustness).
+        is deterministic, so the re-run reproduces the run and adds its robustness). Likewise
+        ``keep_weights`` re-trains a finished run whose weights were not kept.
         """
         if self.force or not self.store.is_finished(rid):
             return None
         record = self.store.get(rid)
         if self.robustness and not (record or {}).get("robustness"):
+            return None
+        if self.keep_weights and not self.store.has_weights(rid):
             return None
         return RunOutcome(index, self.total, rid, cfg, SKIPPED, record)
 
@@ -363,18 +381,26 @@ class RunRecorder:
         _call_trackers(self.sweep.trackers, "log_epoch", dict(row), warnings=self.warnings)
 
     def finished(self, record: dict[str, Any], get_model: Callable[[], Any]) -> RunOutcome:
-        """Store a finished run's record; ``get_model()`` is called only for a new best."""
+        """Store a finished run's record; ``get_model()`` is called (once) only when weights are saved."""
         store = self.sweep.store
         record = dict(record)
         # The key the store and the skip check use; train_run computes the same one.
         record["run_id"] = self.run_id
         record["status"] = FINISHED
+        model = _Once(get_model)
+        # Weights before the record: if we die in between, the run is redone (and compared for
+        # best again), rather than a finished record lacking the weights it should have.
+        if self.sweep.keep_weights:
+            from fusioncli.train.checkpoint import save_checkpoint
+
+            try:
+                save_checkpoint(store.weights_path(self.run_id), model(), record)
+            except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
+                self.warnings.append(f"weights not kept: {error_message(exc)}")
         new_best = False
         if self.sweep.keep_best and _is_better(record, store.best_record()):
-            # Checkpoint before record: if we die in between, the run is redone and compared
-            # again, rather than a finished run never having been considered for best.
             try:
-                save_best(store, get_model(), record)
+                save_best(store, model(), record)
                 new_best = True
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
                 self.warnings.append(f"best checkpoint not saved: {error_message(exc)}")
@@ -424,6 +450,7 @@ def run_sweep(
     train_fn: TrainFn | None = None,
     force: bool = False,
     keep_best: bool = True,
+    keep_weights: bool = False,
     trackers: Sequence[Tracker] = (),
     on_run_start: Callable[[int, int, str, RunConfig], None] | None = None,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
@@ -442,6 +469,8 @@ def run_sweep(
     grid point (finished, failed or skipped). ``train_fn`` defaults to
     :func:`fusioncli.train.loop.train_run` (looked up at call time, so it can be patched).
     ``robustness`` adds ``record["robustness"]`` to each finished run (see :func:`train_one`).
+    ``keep_best`` keeps the best run's weights in ``best/``; ``keep_weights`` every finished
+    run's in ``weights/<run_id>.safetensors`` (for ``fusioncli evaluate --runs``).
 
     ``executor``: ``loop`` trains one run after another; ``stacked`` trains runs that differ
     only in lr, scheduler and seed together as one vmapped model, at most ``max_group`` at a
@@ -455,8 +484,9 @@ def run_sweep(
     store.repair()
     grid = resolve_grid(configs, data.fingerprint)
     recorder = OutcomeRecorder(
-        store, len(grid), force=force, keep_best=keep_best, trackers=trackers, robustness=robustness
-    )
+        store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
+        robustness=robustness,
+    )  # fmt: skip
     device = grid[0][1].device if grid else "cpu"
     use_stacked = choose_executor(device, executor) == "stacked" and train_fn is None
     outcomes: list[RunOutcome] = []

@@ -86,3 +86,38 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, cache_dir: Path, tmp_path:
     broken.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
     result = runner.invoke(app, ["evaluate", str(broken), "--cache-dir", str(cache_dir), *CPU])
     assert result.exit_code == 2 and "is not a valid safetensors file" in result.stderr
+
+
+def test_runs_of_a_sweep_with_kept_weights_then_report_on_them(cache_dir: Path, tmp_path: Path) -> None:
+    results, into = tmp_path / "results", tmp_path / "results-other"
+    sweep = ["sweep", "--strategies", "early", "--lrs", "1e-3", "--schedulers", "constant", "--epochs", "1",
+             "--limit-per-class", "12", *CPU, "--cache-dir", str(cache_dir), "--results-dir", str(results)]  # fmt: skip
+    assert runner.invoke(app, [*sweep, "--seeds", "1"]).exit_code == 0  # no weights kept
+    result = runner.invoke(app, ["evaluate", "--runs", "--results-dir", str(results), "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 2 and "no run in" in result.stderr and "--keep-weights" in result.stderr
+    assert runner.invoke(app, [*sweep, "--seeds", "1,2", "--keep-weights"]).exit_code == 0
+
+    args = ["evaluate", "--runs", "--results-dir", str(results), "--cache-dir", str(cache_dir), *CPU]
+    result = runner.invoke(app, [*args, "--into", str(into), "--split", "all", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    [row] = json.loads(result.stdout)  # the report: one configuration over seeds 1 and 2
+    assert row["strategy"] == "early" and row["n"] == 2 and row["seeds"] == "1,2"
+    assert "[2/2]" in result.stderr and "includes samples the model was trained on" in result.stderr
+    report = runner.invoke(app, ["report", "--results-dir", str(into), "-f", "json"])
+    assert report.exit_code == 0, report.stderr
+    assert json.loads(report.stdout)[0]["accuracy_pct_mean"] == pytest.approx(row["accuracy_pct_mean"])
+    table = runner.invoke(app, [*args, "--filter", "seed=2"])
+    assert table.exit_code == 0, table.stderr
+    assert "1 configurations, evaluated on" in table.stdout and "[1/1]" in table.stderr
+
+
+def test_flags_that_need_runs(checkpoint, cache_dir: Path, tmp_path: Path) -> None:
+    path, _ = checkpoint
+    for extra, message in (
+        (["--into", str(tmp_path / "x")], "--into goes with --runs"),
+        (["--filter", "seed=1"], "--filter goes with --runs"),
+        (["--force"], "--force goes with --runs"),
+        (["--runs"], "give checkpoint files or --runs, not both"),
+    ):
+        result = runner.invoke(app, ["evaluate", str(path), "--cache-dir", str(cache_dir), *extra])
+        assert result.exit_code == 2 and message in result.stderr, (extra, result.stderr)

@@ -251,11 +251,15 @@ def test_ctrl_c_cancels_outstanding_tasks(ray_instance, cache_dir: Path, tmp_pat
 def test_robustness_is_evaluated_on_the_worker(ray_instance, cache_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("fusioncli.eval.robustness")
     store = ResultsStore(tmp_path)
-    summary = run_sweep_ray(grid(strategies=["late"], **QUICK), cache_dir, store, robustness=True)
+    summary = run_sweep_ray(
+        grid(strategies=["late"], **QUICK), cache_dir, store, robustness=True, keep_best=False, keep_weights=True
+    )
     assert summary.exit_code == 0, [o.error for o in summary.failed]
     robustness = store.get(summary.outcomes[0].run_id)["robustness"]
     assert robustness["version"] == 1
     assert robustness["clean_accuracy"] == summary.outcomes[0].record["metrics"]["val_accuracy"]
+    # --keep-weights: the weights came back from the worker even without a best checkpoint.
+    assert store.has_weights(summary.outcomes[0].run_id) and not store.best_checkpoint_path.exists()
 
 
 @needs_ray

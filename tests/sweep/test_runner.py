@@ -470,3 +470,29 @@ def test_bad_max_group_is_a_usage_error(store: ResultsStore) -> None:
 
     with pytest.raises(BadInputError, match="--max-group"):
         run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(), max_group=0)
+
+
+def test_keep_weights_stores_every_finished_run_and_retrains_runs_without(store: ResultsStore) -> None:
+    data = tiny_data()
+    run_sweep(grid(), data, store, train_fn=FakeTrainer())  # without --keep-weights
+    assert not store.weights_dir.exists()
+    trainer = FakeTrainer()
+    summary = run_sweep(grid(), data, store, train_fn=trainer, keep_weights=True)
+    # The finished runs had no weights: they were trained again, and now have them.
+    assert len(trainer.calls) == len(grid()) and not summary.skipped
+    for outcome in summary.finished:
+        assert store.has_weights(outcome.run_id)
+        info = json.loads(store.weights_path(outcome.run_id).with_suffix(".json").read_text())
+        assert info["info"]["run_id"] == outcome.run_id and info["info"]["status"] == "finished"
+    again = FakeTrainer()
+    summary = run_sweep(grid(), data, store, train_fn=again, keep_weights=True)
+    assert not again.calls and len(summary.skipped) == len(grid())
+
+
+def test_a_run_whose_weights_cannot_be_kept_is_still_recorded(store: ResultsStore) -> None:
+    store.root.mkdir(parents=True)
+    store.weights_dir.write_text("a file where the weights folder should be")
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(), keep_weights=True)
+    assert len(summary.finished) == len(grid()) and summary.exit_code == 0
+    assert all(store.is_finished(o.run_id) for o in summary.finished)
+    assert any("weights not kept" in w for w in summary.warnings)
