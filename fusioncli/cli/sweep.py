@@ -402,7 +402,8 @@ def sweep(
     options.update(executor_options(executor, max_group))
 
     if dry_run:
-        _dry_run(configs, cache, results, format, backend, options)
+        retrain = {"force": force, "robustness": robustness, "keep_weights": keep_weights}
+        _dry_run(configs, cache, results, format, backend, options, retrain)
         return
 
     trackers = make_trackers(
@@ -433,11 +434,23 @@ def sweep(
 
 
 def _dry_run(
-    configs: list, cache: Path, results: Path, format: OutputFormat, backend: Backend, options: dict[str, Any]
+    configs: list,
+    cache: Path,
+    results: Path,
+    format: OutputFormat,
+    backend: Backend,
+    options: dict[str, Any],
+    retrain: dict[str, bool],
 ) -> None:
+    """List the grid with each run's stored status and whether the sweep would train it.
+
+    ``retrain`` holds the options that make a sweep train a stored finished run again
+    (``force``, ``robustness``, ``keep_weights``): the same rule the sweep applies.
+    """
     from rich.table import Table
 
     from fusioncli.results.store import ResultsStore
+    from fusioncli.sweep.runner import OutcomeRecorder
 
     store = ResultsStore(results)
     if backend is Backend.ray:
@@ -450,20 +463,28 @@ def _dry_run(
 
         data = load_sweep_data(configs, cache)
         plan = plan_sweep(configs, data.fingerprint, store)
+    decide = OutcomeRecorder(store, len(plan), **retrain)
+    trains = {p.index: decide.skipped(p.index, p.run_id, p.config) is None for p in plan}
     if format is OutputFormat.json:
-        rows = [{"run_id": p.run_id, "stored_status": p.stored_status, **p.config.to_dict()} for p in plan]
+        rows = [
+            {"run_id": p.run_id, "stored_status": p.stored_status, "would_train": trains[p.index], **p.config.to_dict()}
+            for p in plan
+        ]
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
     else:
         table = Table(title=f"{len(plan)} runs planned")
-        for col in ("#", "run id", "strategy", "lr", "scheduler", "seed", "stored"):
+        for col in ("#", "run id", "strategy", "lr", "scheduler", "seed", "stored", "action"):
             table.add_column(col)
         for p in plan:
             c = p.config
             table.add_row(
-                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, str(c.seed), p.stored_status or "-"
-            )
+                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, str(c.seed), p.stored_status or "-",
+                "train" if trains[p.index] else "skip",
+            )  # fmt: skip
         out.print(table)
-    todo = sum(1 for p in plan if p.stored_status != "finished")
+    todo = sum(trains.values())
     err.print(
-        f"dry run: {todo} of {len(plan)} runs would be trained (others are finished)", highlight=False, soft_wrap=True
+        f"dry run: {todo} of {len(plan)} runs would be trained (the others are finished and would be skipped)",
+        highlight=False,
+        soft_wrap=True,
     )

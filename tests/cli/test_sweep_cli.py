@@ -140,8 +140,15 @@ def test_dry_run_lists_the_plan(cache_dir: Path, tmp_path: Path, fake_training: 
     assert result.exit_code == 0
     rows = json.loads(result.stdout)
     assert [(r["strategy"], r["stored_status"]) for r in rows] == [("late", "finished"), ("intermediate-add", None)]
+    assert [r["would_train"] for r in rows] == [False, True]
     assert "1 of 2 runs would be trained" in result.stderr
-    assert len(fake_training.calls) == 1  # the dry run trained nothing
+    # Options that retrain finished runs say so, as the sweep would do it.
+    for option in ("--force", "--keep-weights", "--robustness"):
+        result = runner.invoke(app, _args(cache_dir, results, "--dry-run", "--format", "json", option))
+        assert result.exit_code == 0, result.stderr
+        assert [r["would_train"] for r in json.loads(result.stdout)] == [True, True], option
+        assert "2 of 2 runs would be trained" in result.stderr
+    assert len(fake_training.calls) == 1  # the dry runs trained nothing
 
 
 def test_wandb_without_the_package(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

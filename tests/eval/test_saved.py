@@ -207,3 +207,14 @@ def test_evaluate_runs_selects_run_ids(swept, other: PreparedData) -> None:
     first = sorted(r["run_id"] for r in swept.records() if swept.has_weights(r["run_id"]))[0]
     records, missing = evaluate_runs(swept, other, run_ids=[first], **CPU)
     assert [r["run_id"] for r in records] == [first] and missing == []
+
+
+@pytest.mark.gpu
+def test_on_cuda_it_matches_the_cpu(trained, other: PreparedData) -> None:
+    cpu = evaluate_checkpoint(trained[0], other, **CPU)
+    cuda = evaluate_checkpoint(trained[0], other, device="cuda", precision="fp32")
+    assert cuda["device"] == "cuda:0"
+    assert cuda["metrics"]["accuracy"] == pytest.approx(cpu["metrics"]["accuracy"], abs=1 / len(other))
+    assert cuda["metrics"]["loss"] == pytest.approx(cpu["metrics"]["loss"], rel=1e-3)
+    bf16 = evaluate_checkpoint(trained[0], other, device="cuda", precision="bf16", robustness=True)
+    assert bf16["precision"] == "bf16" and bf16["robustness"]["clean_accuracy"] == bf16["metrics"]["accuracy"]
