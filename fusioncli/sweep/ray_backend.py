@@ -267,15 +267,9 @@ def run_sweep_ray(
     store.repair()
     recorder = OutcomeRecorder(
         store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
-        robustness=robustness,
+        robustness=robustness, on_run_end=on_run_end,
     )  # fmt: skip
-    outcomes: list[RunOutcome] = []
-
-    def ended(outcome: RunOutcome) -> None:
-        outcomes.append(outcome)
-        if on_run_end is not None:
-            on_run_end(outcome)
-
+    ended = recorder.ended
     interrupted = False
     try:
         todo = []
@@ -324,7 +318,7 @@ def run_sweep_ray(
     except KeyboardInterrupt:
         # Finished runs are already stored; only the runs in flight are lost.
         interrupted = True
-    return recorder.summary(outcomes, interrupted=interrupted, started=started)
+    return recorder.summary(interrupted=interrupted, started=started)
 
 
 def _cancel(ray: Any, pending: dict[Any, Any]) -> None:

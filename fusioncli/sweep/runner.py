@@ -297,14 +297,16 @@ class OutcomeRecorder:
     """Stores what happened to each grid point of one sweep; shared by every backend.
 
     The one place that decides a skip, writes finished and failed records, keeps the best
-    checkpoint, calls the trackers and builds the :class:`SweepSummary`::
+    checkpoint (and every run's weights), calls the trackers, collects the outcomes and builds
+    the :class:`SweepSummary`::
 
-        recorder = OutcomeRecorder(store, total, force=..., keep_best=..., trackers=...)
+        recorder = OutcomeRecorder(store, total, force=..., keep_best=..., on_run_end=...)
         outcome = recorder.skipped(index, rid, cfg)        # None: the run must train
         run = recorder.begin(index, rid, cfg)              # trackers: start
         run.epoch(row)                                     # trackers: log_epoch
         outcome = run.finished(record, lambda: model)      # or run.failed(record)
-        summary = recorder.summary(outcomes, interrupted=..., started=...)
+        recorder.ended(outcome)                            # collected; on_run_end(outcome)
+        summary = recorder.summary(interrupted=..., started=...)
     """
 
     def __init__(
@@ -317,6 +319,7 @@ class OutcomeRecorder:
         keep_weights: bool = False,
         trackers: Sequence[Tracker] = (),
         robustness: bool = False,
+        on_run_end: Callable[[RunOutcome], None] | None = None,
     ) -> None:
         self.store = store
         self.total = total
@@ -326,6 +329,8 @@ class OutcomeRecorder:
         self.keep_weights = keep_weights
         self.trackers = tuple(trackers)
         self.warnings: list[str] = []  # every run's warnings, in the order runs ended
+        self.outcomes: list[RunOutcome] = []  # in the order runs ended
+        self.on_run_end = on_run_end
 
     def skipped(self, index: int, rid: str, cfg: RunConfig) -> RunOutcome | None:
         """The ``skipped`` outcome when a finished record of ``rid`` is stored (and not ``force``).
@@ -348,13 +353,19 @@ class OutcomeRecorder:
         """Start recording one run (its trackers' ``start``)."""
         return RunRecorder(self, index, rid, cfg)
 
-    def summary(self, outcomes: Sequence[RunOutcome], *, interrupted: bool, started: float) -> SweepSummary:
-        """The sweep's summary: outcomes in grid order, the store's best, all warnings.
+    def ended(self, outcome: RunOutcome) -> None:
+        """One grid point is done (finished, failed or skipped): keep it and tell ``on_run_end``."""
+        self.outcomes.append(outcome)
+        if self.on_run_end is not None:
+            self.on_run_end(outcome)
+
+    def summary(self, *, interrupted: bool, started: float) -> SweepSummary:
+        """The sweep's summary: the ended outcomes in grid order, the store's best, all warnings.
 
         ``started`` is the sweep's :func:`time.perf_counter` at its start.
         """
         return SweepSummary(
-            outcomes=sorted(outcomes, key=lambda o: o.index),
+            outcomes=sorted(self.outcomes, key=lambda o: o.index),
             total=self.total,
             interrupted=interrupted,
             seconds=time.perf_counter() - started,
@@ -485,17 +496,11 @@ def run_sweep(
     grid = resolve_grid(configs, data.fingerprint)
     recorder = OutcomeRecorder(
         store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
-        robustness=robustness,
+        robustness=robustness, on_run_end=on_run_end,
     )  # fmt: skip
     device = grid[0][1].device if grid else "cpu"
     use_stacked = choose_executor(device, executor) == "stacked" and train_fn is None
-    outcomes: list[RunOutcome] = []
-
-    def ended(outcome: RunOutcome) -> None:
-        outcomes.append(outcome)
-        if on_run_end is not None:
-            on_run_end(outcome)
-
+    ended = recorder.ended
     interrupted = False
     try:
         todo = []
@@ -517,7 +522,7 @@ def run_sweep(
     except KeyboardInterrupt:
         # Finished runs are already stored; only the run(s) in flight are lost.
         interrupted = True
-    return recorder.summary(outcomes, interrupted=interrupted, started=started)
+    return recorder.summary(interrupted=interrupted, started=started)
 
 
 def _run_stacked(

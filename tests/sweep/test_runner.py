@@ -349,16 +349,23 @@ def test_recorder_builds_the_model_only_for_a_new_best(store: ResultsStore) -> N
         return torch.nn.Linear(2, 2)
 
     configs = [c.resolve() for c in grid(strategies=["late"])]  # lr 1e-3 beats 1e-4 in the fake
-    recorder = OutcomeRecorder(store, 2)
+    told = []
+    recorder = OutcomeRecorder(store, 2, on_run_end=told.append)
+    outcomes = []
     for index, cfg in enumerate(configs, start=1):
         rid = run_id(cfg, FINGERPRINT)
         assert recorder.skipped(index, rid, cfg) is None
         outcome = recorder.begin(index, rid, cfg).finished(fake_record(cfg), model)
         assert outcome.status == "finished" and store.is_finished(rid)
+        outcomes.append(outcome)
+    for outcome in reversed(outcomes):  # e.g. Ray: in the order the runs came back
+        recorder.ended(outcome)
     assert len(built) == 1 and store.best_record()["config"]["lr"] == 1e-3
     assert recorder.skipped(1, run_id(configs[0], FINGERPRINT), configs[0]).status == "skipped"
-    summary = recorder.summary([], interrupted=False, started=0.0)
+    summary = recorder.summary(interrupted=False, started=0.0)
     assert summary.best["run_id"] == run_id(configs[0], FINGERPRINT)
+    assert [o.index for o in told] == [2, 1]  # as they ended
+    assert [o.index for o in summary.outcomes] == [1, 2]  # grid order
 
 
 def test_failure_record_without_the_data_says_what_is_known() -> None:
