@@ -75,7 +75,7 @@ def predict(model: torch.nn.Module, data, precision: str) -> np.ndarray:  # type
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         for start in range(0, idx.numel(), 256):
             b = idx[start : start + 256]
-            out.append(model(data.rgb[b].float() / 255, data.xyza[b]).argmax(dim=1))
+            out.append(model(data.rgb[b].float() / 255, data.lidar(b)).argmax(dim=1))
     return torch.cat(out).numpy()
 
 

@@ -60,7 +60,8 @@ def seed_style_epochs(cfg: RunConfig, data: PreparedData) -> Iterator[dict]:
 
     def samples(indices: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # The seed's Dataset held one (rgb, xyza, label) tensor triple per sample.
-        return [(data.rgb[i].float() / 255, data.xyza[i], data.labels[i]) for i in indices.tolist()]
+        xyza = data.lidar(indices).contiguous()  # plain NCHW, as the seed had it
+        return [(data.rgb[i].float() / 255, xyza[j], data.labels[i]) for j, i in enumerate(indices.tolist())]
 
     train_set, val_set = samples(data.train_indices), samples(data.val_indices)
     # Its own generator, so nothing else drawing random numbers changes the batch order.

@@ -1,7 +1,9 @@
 """The in-memory form of a prepared dataset, as training consumes it.
 
 :func:`fusioncli.data.cache.load_cache` returns a :class:`PreparedData`; training moves it to
-its device once and batches by index (no per-sample DataLoader).
+its device once and batches by index (no per-sample DataLoader). The LiDAR model input (XYZA)
+is either stored whole (``xyza``) or projected from ``depth`` batch by batch
+(:meth:`PreparedData.lidar`), with the same values either way.
 """
 
 from __future__ import annotations
@@ -16,18 +18,41 @@ class PreparedData:
     """All samples of a prepared dataset as tensors (channels first)."""
 
     rgb: torch.Tensor  # (N, 4, 64, 64) uint8 RGBA; models get rgb.float() / 255
-    xyza: torch.Tensor  # (N, 4, 64, 64) float32, seed normalisation (see data.projection)
+    # (N, 4, 64, 64) float32 with the seed normalisation (see data.projection), or None: then
+    # lidar() projects depth with ``directions`` per batch.
+    xyza: torch.Tensor | None
     depth: torch.Tensor  # (N, 64, 64) float32 raw depth, 50.0 = no return
     labels: torch.Tensor  # (N,) int64 class index
     is_val: torch.Tensor  # (N,) bool, True for validation samples
     class_names: tuple[str, ...]
     fingerprint: str  # content fingerprint of the raw data + prepare options
+    directions: torch.Tensor | None = None  # (3, 64, 64) data.projection.unit_directions
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
         for name in ("rgb", "xyza", "depth", "is_val"):
-            if getattr(self, name).shape[0] != n:
-                raise ValueError(f"PreparedData.{name} has {getattr(self, name).shape[0]} rows, labels {n}")
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"PreparedData.{name} has {value.shape[0]} rows, labels {n}")
+        if self.xyza is None and self.directions is None:
+            raise ValueError("PreparedData needs xyza or the directions to project depth with")
+
+    def lidar(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """The XYZA model input of the samples at ``idx``: stored rows, or projected now.
+
+        Projected batches are channels_last (as training stores them) and bit-identical to
+        the stored form (:func:`fusioncli.data.projection.xyza_from_directions`).
+        """
+        if self.xyza is not None:
+            return self.xyza[idx]
+        from fusioncli.data.projection import xyza_from_directions
+
+        depth = self.depth[idx]
+        out = torch.empty(
+            (depth.shape[0], 4, *depth.shape[-2:]), dtype=depth.dtype, device=depth.device,
+            memory_format=torch.channels_last,
+        )  # fmt: skip
+        return xyza_from_directions(depth, self.directions, out=out)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -50,7 +75,7 @@ class PreparedData:
         return replace(
             self,
             rgb=self.rgb[idx],
-            xyza=self.xyza[idx],
+            xyza=None if self.xyza is None else self.xyza[idx],
             depth=self.depth[idx],
             labels=self.labels[idx],
             is_val=self.is_val[idx],
@@ -79,7 +104,8 @@ class PreparedData:
         return replace(
             self,
             rgb=self.rgb.to(device),
-            xyza=self.xyza.to(device),
+            xyza=None if self.xyza is None else self.xyza.to(device),
+            directions=None if self.directions is None else self.directions.to(device),
             depth=self.depth.to(device),
             labels=self.labels.to(device),
             is_val=self.is_val.to(device),

@@ -65,3 +65,36 @@ def project_xyza(
     scale = depth * a / MAX_RANGE if normalize else depth
     xyz = scale.unsqueeze(-3) * torch.stack([fx, fy, fz]).to(dtype)
     return torch.cat([xyz, a.unsqueeze(-3)], dim=-3)
+
+
+def unit_directions(
+    azimuth: torch.Tensor | np.ndarray,
+    zenith: torch.Tensor | np.ndarray,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The (3, H, W) direction grid :func:`project_xyza` multiplies depths by, in ``dtype``.
+
+    Taken from :func:`project_xyza` itself (``1 * direction`` is exact), so projecting with it
+    (:func:`xyza_from_directions`) gives bit-identical values.
+    """
+    ones = torch.ones((len(azimuth), len(zenith)), dtype=dtype, device=device)
+    return project_xyza(ones, azimuth, zenith, normalize=False)[:3]
+
+
+def xyza_from_directions(
+    depth: torch.Tensor, directions: torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """XYZA (..., 4, H, W) with the seed's normalisation from depths (..., H, W).
+
+    ``directions`` is :func:`unit_directions`; the operations are :func:`project_xyza`'s in the
+    same order, so the values are bit-identical to it. ``out`` (any memory format, e.g.
+    channels_last) receives the result.
+    """
+    a = (depth < MAX_RANGE).to(depth.dtype)
+    if out is None:
+        out = torch.empty((*depth.shape[:-2], 4, *depth.shape[-2:]), dtype=depth.dtype, device=depth.device)
+    torch.mul((depth * a / MAX_RANGE).unsqueeze(-3), directions, out=out[..., :3, :, :])
+    out[..., 3, :, :] = a
+    return out

@@ -96,16 +96,17 @@ def apply_modality_dropout(
 def _channels_last(data: PreparedData) -> PreparedData:
     # Indexing a channels_last tensor along the batch dimension keeps channels_last, so
     # converting the stored images once means no layout copy per batch.
+    # (Projected batches of data without stored XYZA come out channels_last already.)
     return replace(
         data,
         rgb=data.rgb.contiguous(memory_format=torch.channels_last),
-        xyza=data.xyza.contiguous(memory_format=torch.channels_last),
+        xyza=None if data.xyza is None else data.xyza.contiguous(memory_format=torch.channels_last),
     )
 
 
 def _batch(data: PreparedData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Model inputs for the samples at ``idx``: RGBA scaled to [0, 1] and XYZA as stored."""
-    return data.rgb[idx].float().div_(255), data.xyza[idx]
+    return data.rgb[idx].float().div_(255), data.lidar(idx)
 
 
 def _make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:

@@ -60,7 +60,9 @@ def test_cache_round_trip_matches_the_raw_files(raw: Path, tmp_path: Path) -> No
     data = load_cache(tmp_path / "cache")
     assert data.rgb.shape == (16, 4, 64, 64) and data.rgb.dtype == torch.uint8
     assert data.depth.shape == (16, 64, 64) and data.depth.dtype == torch.float32
-    assert data.xyza.shape == (16, 4, 64, 64) and data.xyza.dtype == torch.float32
+    assert data.xyza is None  # on the CPU XYZA is projected batch by batch
+    xyza = data.lidar(slice(None))
+    assert xyza.shape == (16, 4, 64, 64) and xyza.dtype == torch.float32
     assert data.labels.tolist() == [0] * 8 + [1] * 8
     assert data.is_val.dtype == torch.bool and int(data.is_val.sum()) == 4
     assert data.class_names == ("cubes", "spheres")
@@ -71,7 +73,10 @@ def test_cache_round_trip_matches_the_raw_files(raw: Path, tmp_path: Path) -> No
         seed = c_seed = cls * 100_000 + i
         assert np.array_equal(data.rgb[row].permute(1, 2, 0).numpy(), rf.rgba_image(seed))
         assert np.array_equal(data.depth[row].numpy(), rf.depth_map(c_seed))
-    assert torch.equal(data.xyza, project_xyza(data.depth, rf.angles(), rf.angles()))
+    assert torch.equal(xyza, project_xyza(data.depth, rf.angles(), rf.angles()))
+    # any batch, in any order, projects to the same values
+    idx = torch.tensor([5, 0, 11])
+    assert torch.equal(data.lidar(idx), project_xyza(data.depth[idx], rf.angles(), rf.angles()))
 
 
 def test_index_parquet_lists_samples_and_sources(raw: Path, tmp_path: Path) -> None:
@@ -214,7 +219,7 @@ def test_skip_invalid_leaves_bad_samples_out_and_records_them(raw: Path, tmp_pat
     assert len(data) == 14
     # the dropped rows are really gone: row 2 now holds cubes/0003
     assert np.array_equal(data.rgb[2].permute(1, 2, 0).numpy(), rf.rgba_image(3))
-    assert torch.equal(data.xyza, project_xyza(data.depth, rf.angles(), rf.angles()))
+    assert torch.equal(data.lidar(slice(None)), project_xyza(data.depth, rf.angles(), rf.angles()))
 
 
 def test_class_losing_every_sample_is_an_error(tmp_path: Path) -> None:
@@ -433,6 +438,9 @@ def test_loaded_tensors_are_private_copies_on_write(raw: Path, tmp_path: Path) -
 def test_load_cache_on_cuda(raw: Path, tmp_path: Path) -> None:
     _prep(raw, tmp_path / "cache")
     data = load_cache(tmp_path / "cache", device="cuda")
-    assert data.xyza.is_cuda and data.rgb.is_cuda
+    assert data.xyza.is_cuda and data.rgb.is_cuda  # projected whole, once, on the GPU
     cpu = load_cache(tmp_path / "cache")
-    assert torch.allclose(data.xyza.cpu(), cpu.xyza, atol=1e-6)
+    assert torch.allclose(data.xyza.cpu(), cpu.lidar(slice(None)), atol=1e-6)
+    # the lazy path on the GPU (a CPU-loaded dataset moved there) gives the same values
+    moved = cpu.to("cuda")
+    assert moved.xyza is None and torch.allclose(moved.lidar(slice(None)).cpu(), cpu.lidar(slice(None)), atol=1e-6)

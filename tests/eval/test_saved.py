@@ -69,7 +69,7 @@ def test_on_another_dataset_auto_scores_every_sample(trained, other: PreparedDat
 
     model, _ = load_checkpoint(path)
     with torch.no_grad():
-        logits = model(other.rgb.float() / 255, other.xyza)
+        logits = model(other.rgb.float() / 255, other.lidar(slice(None)))
     expected = (logits.argmax(dim=1) == other.labels).double().mean().item()
     assert e["metrics"]["accuracy"] == pytest.approx(expected, abs=1e-12)
     loss = torch.nn.functional.cross_entropy(logits, other.labels).item()
