@@ -80,7 +80,9 @@ def prepare_cache(args: argparse.Namespace, workdir: Path) -> Path:
     return cache
 
 
-def timed_sweep(configs: list, data: Any, store_dir: Path, executor: str, max_group: int | None) -> tuple[SweepSummary, float]:
+def timed_sweep(
+    configs: list, data: Any, store_dir: Path, executor: str, max_group: int | None, compile: bool = False
+) -> tuple[SweepSummary, float]:
     """Run ``configs`` into a fresh store at ``store_dir``; the summary and its wall seconds."""
 
     started = time.perf_counter()
@@ -97,7 +99,7 @@ def timed_sweep(configs: list, data: Any, store_dir: Path, executor: str, max_gr
 
     summary = run_sweep(
         configs, data, ResultsStore(store_dir), executor=executor, max_group=max_group, keep_best=False,
-        on_run_end=progress,
+        on_run_end=progress, compile=compile,
     )  # fmt: skip
     return summary, time.perf_counter() - started
 
@@ -153,6 +155,7 @@ def main() -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--executor", default="auto", choices=("auto", "loop", "stacked"))
     parser.add_argument("--max-group", type=int, default=16)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each stacked group's forward")
     parser.add_argument(
         "--baseline-runs", type=int, default=2, help="runs of the grid trained one at a time for the ratio (0: none)"
     )
@@ -176,7 +179,9 @@ def main() -> int:
         data = load_cache(prepare_cache(args, Path(tmp)), first.device)
         results["load_seconds"] = time.perf_counter() - t0
         print(f"grid: {len(configs)} runs on {first.device}, executor {args.executor}", file=sys.stderr)
-        grid_summary, grid_wall = timed_sweep(configs, data, Path(tmp) / "grid", args.executor, args.max_group)
+        grid_summary, grid_wall = timed_sweep(
+            configs, data, Path(tmp) / "grid", args.executor, args.max_group, args.compile
+        )
         results["grid"] = {"executor": args.executor, **per_run_figures(grid_summary, grid_wall)}
         if args.baseline_runs > 0:
             base = configs[: args.baseline_runs]
@@ -197,7 +202,8 @@ def main() -> int:
     )
     print()
     print(f"{'executor':<26} {'runs':>5} {'wall s':>9} {'per run s':>10} {'per-run samples/s':>18} {'ratio':>7}")
-    rows = [(f"grid ({choose_executor(first.device, args.executor)})", grid)]
+    compiled = ", compiled" if args.compile else ""
+    rows = [(f"grid ({choose_executor(first.device, args.executor)}{compiled})", grid)]
     if "baseline" in results:
         rows.append(("one at a time (loop)", results["baseline"]))
     base_rate = results["baseline"].get("per_run_samples_per_s") if "baseline" in results else None

@@ -178,11 +178,12 @@ def next_commands() -> list[str]:
     """The full-size pipeline, to print after the demo."""
     return [
         "fusioncli synth --per-class 9999        # or put the real data in data/assessment",
-        "fusioncli prepare                       # validate, project LiDAR, split (seed's split)",
+        "fusioncli prepare                       # validate, fingerprint, split (seed's split)",
         "fusioncli sweep                         # the seed's 4 strategies x 3 lrs x 2 schedulers, 15 epochs",
         "fusioncli report --format markdown      # mean ± 95% CI over seeds; add --seeds 51,52,53 to the sweep",
         "fusioncli report --compare late intermediate-add   # paired test over shared seeds",
         "fusioncli sweep --robustness && fusioncli report --robustness   # accuracy under corruption",
+        "fusioncli evaluate --cache-dir OTHER    # the best model on another prepared dataset (e.g. --difficulty hard)",
     ]
 
 

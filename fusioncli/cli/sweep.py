@@ -165,12 +165,14 @@ def backend_options(
     return options
 
 
-def executor_options(executor: Executor, max_group: int) -> dict[str, Any]:
+def executor_options(executor: Executor, max_group: int, compile: bool = False) -> dict[str, Any]:
     """The executor's keyword arguments (both backends: on Ray a stacked group is one task)."""
     from fusioncli.train.stacked import check_max_group
 
     check_max_group(max_group)
-    return {"executor": executor.value, "max_group": max_group}
+    if compile and executor is Executor.loop:
+        raise BadInputError("--compile applies to stacked groups; --executor loop trains without it")
+    return {"executor": executor.value, "max_group": max_group, "compile": compile}
 
 
 def placement(configs: list, backend: Backend, options: dict[str, Any]) -> str:
@@ -183,7 +185,11 @@ def placement(configs: list, backend: Backend, options: dict[str, Any]) -> str:
 
         device = configs[0].resolve().device
         executor = choose_executor(device, options.get("executor", "auto"))
-        return f"{device}, {executor} executor" if executor == "loop" else f"{device}, stacked groups of <= {options['max_group']}"
+        if executor == "loop":
+            unused = " (--compile unused: runs train one at a time)" if options.get("compile") else ""
+            return f"{device}, {executor} executor{unused}"
+        compiled = ", compiled" if options.get("compile") else ""
+        return f"{device}, stacked groups of <= {options['max_group']}{compiled}"
     from fusioncli.sweep.ray_backend import LOCAL_ADDRESSES, resolve_for_ray
 
     from fusioncli.train.stacked import choose_executor
@@ -343,6 +349,14 @@ def sweep(
     max_group: Annotated[
         int, typer.Option("--max-group", help="Stacked executor: at most this many runs per group (memory bound).")
     ] = 16,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Stacked executor: torch.compile each group's forward, once per architecture "
+            "(off by default: slower on CPUs, not yet measured on GPUs).",
+        ),
+    ] = False,
     format: Annotated[
         OutputFormat,
         typer.Option("--format", "-f", help="table: lines on stderr only; json: run ids and status on stdout."),
@@ -399,7 +413,7 @@ def sweep(
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
     options = backend_options(backend, address, gpus_per_run, cpus_per_run)
-    options.update(executor_options(executor, max_group))
+    options.update(executor_options(executor, max_group, compile))
 
     if dry_run:
         retrain = {"force": force, "robustness": robustness, "keep_weights": keep_weights}

@@ -226,6 +226,7 @@ def run_sweep_ray(
     num_cpus: int | None = None,
     executor: str = "auto",
     max_group: int | None = DEFAULT_MAX_GROUP,
+    compile: bool = False,
 ) -> SweepSummary:
     """Run every config as a Ray task and store each record on this machine as it completes.
 
@@ -241,6 +242,7 @@ def run_sweep_ray(
     ``stacked`` (``auto`` on CUDA) sends each stacked group of at most ``max_group`` runs as
     one task, which reserves ``gpus_per_run`` / ``cpus_per_run`` for the whole group; ``loop``
     (``auto`` on the CPU) one task per run. A custom ``train_fn`` always means one per run.
+    ``compile`` as for the local backend (compiled once per architecture per worker process).
 
     Callbacks run on the driver: ``on_run_start`` as each run is submitted, ``on_epoch`` for
     each history row and trackers' calls when the run's result arrives (replayed, in order),
@@ -298,7 +300,7 @@ def run_sweep_ray(
                         if use_stacked:
                             cfgs = [cfg.to_dict() for _, _, cfg in batch]
                             rids = [rid for _, rid, _ in batch]
-                            ref = group_remote.remote(cfgs, rids, str(cache_dir), dataset, **common)
+                            ref = group_remote.remote(cfgs, rids, str(cache_dir), dataset, compile=compile, **common)
                         else:
                             (_, rid, cfg), = batch
                             ref = run_remote.remote(cfg.to_dict(), rid, str(cache_dir), dataset, train_fn=train_fn, **common)
@@ -503,6 +505,7 @@ def group_task(
     cpus_per_run: float = 1.0,
     send_weights: bool = True,
     robustness: bool = False,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """One stacked group on a Ray worker: load the cache once, train the runs together
     (:func:`fusioncli.sweep.runner.train_group`), return one :func:`run_task` payload per run.
@@ -515,7 +518,7 @@ def group_task(
     torch.set_num_threads(max(1, int(cpus_per_run)))
     cfgs = [RunConfig.from_dict(c) for c in configs]
     try:
-        return _train_group_on_worker(cfgs, rids, Path(cache_dir), dataset, send_weights, robustness)
+        return _train_group_on_worker(cfgs, rids, Path(cache_dir), dataset, send_weights, robustness, compile)
     finally:
         free_device_memory(cfgs[0].device)
 
@@ -527,13 +530,16 @@ def _train_group_on_worker(
     dataset: dict[str, Any],
     send_weights: bool,
     robustness: bool,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     data, failed = _load_or_fail(cfgs, rids, cache_dir, dataset)
     if failed:
         return failed
     histories: dict[int, list[dict[str, Any]]] = {id(cfg): [] for cfg in cfgs}
     try:
-        members = train_group(cfgs, data, robustness=robustness, on_epoch=lambda cfg, row: histories[id(cfg)].append(row))
+        members = train_group(
+            cfgs, data, robustness=robustness, on_epoch=lambda cfg, row: histories[id(cfg)].append(row), compile=compile
+        )
     except Exception as exc:  # noqa: BLE001 - re-run one at a time, each with its own record
         note = group_failure_note(cfgs, exc)
         free_device_memory(cfgs[0].device)

@@ -469,6 +469,7 @@ def run_sweep(
     robustness: bool = False,
     executor: str = "auto",
     max_group: int | None = DEFAULT_MAX_GROUP,
+    compile: bool = False,
 ) -> SweepSummary:
     """Run every config on ``data`` (loaded once, shared by all runs) into ``store``.
 
@@ -486,7 +487,8 @@ def run_sweep(
     ``executor``: ``loop`` trains one run after another; ``stacked`` trains runs that differ
     only in lr, scheduler and seed together as one vmapped model, at most ``max_group`` at a
     time (:mod:`fusioncli.train.stacked`); ``auto`` picks by device (stacked on CUDA, the loop
-    on the CPU). A custom ``train_fn`` always uses the loop.
+    on the CPU). A custom ``train_fn`` always uses the loop. ``compile`` (stacked groups only)
+    runs each group's forward through ``torch.compile``, compiled once per architecture.
     """
     from fusioncli.train.stacked import check_max_group, choose_executor
 
@@ -516,7 +518,7 @@ def run_sweep(
                 ended(_run_one(recorder.begin(index, rid, cfg), data, train_fn=train_fn, robustness=robustness, on_epoch=on_epoch))
         if todo:
             _run_stacked(
-                todo, recorder, data, robustness=robustness, max_group=max_group,
+                todo, recorder, data, robustness=robustness, max_group=max_group, compile=compile,
                 on_run_start=on_run_start, on_epoch=on_epoch, ended=ended,
             )  # fmt: skip
     except KeyboardInterrupt:
@@ -532,6 +534,7 @@ def _run_stacked(
     *,
     robustness: bool,
     max_group: int | None,
+    compile: bool,
     on_run_start: Callable[[int, int, str, RunConfig], None] | None,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None,
     ended: Callable[[RunOutcome], None],
@@ -559,7 +562,7 @@ def _run_stacked(
                 on_epoch(cfg, dict(row))
 
         try:
-            members = train_group(group, data, robustness=robustness, on_epoch=epoch_done)
+            members = train_group(group, data, robustness=robustness, on_epoch=epoch_done, compile=compile)
         except KeyboardInterrupt:
             for run in runs.values():
                 run.interrupted()
@@ -597,9 +600,11 @@ def train_group(
     *,
     robustness: bool = False,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
+    compile: bool = False,
 ) -> list[Any]:
     """Train one stacked group (:func:`fusioncli.train.stacked.train_stacked`) and, with
     ``robustness``, evaluate each member; what every backend does with a group.
+    ``compile``: ``torch.compile`` the stacked forward (once per architecture per process).
 
     Returns, in ``group`` order, each member's result (``.record``, ``.model``) or a
     :class:`MemberFailure` for a member whose robustness evaluation failed (same rule as
@@ -608,7 +613,7 @@ def train_group(
     """
     from fusioncli.train.stacked import train_stacked
 
-    results = train_stacked(group, data, on_epoch=on_epoch)
+    results = train_stacked(group, data, on_epoch=on_epoch, compile=compile)
     members: list[Any] = []
     for cfg, result in zip(group, results):
         if robustness:

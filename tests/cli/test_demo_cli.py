@@ -41,7 +41,7 @@ def test_demo_pipeline_then_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "4 finished, 0 skipped, 0 failed" in first.stderr
     assert "4 configurations" in first.stdout and "late" in first.stdout
     assert "fusioncli synth --per-class 9999" in first.stderr
-    assert first.stderr.rstrip().splitlines()[-1].strip().startswith("fusioncli sweep --robustness")  # last hint
+    assert first.stderr.rstrip().splitlines()[-1].strip().startswith("fusioncli evaluate --cache-dir")  # last hint
     assert (tmp_path / "demo" / "results" / "best" / "model.safetensors").is_file()
     assert len(trainer.calls) == 4
 

@@ -332,3 +332,10 @@ def test_stacked_executor_through_the_cli(cache_dir: Path, tmp_path: Path) -> No
     for row in rows:
         record = json.loads((results / "records" / f"{row['run_id']}.json").read_text())
         assert record["timing"]["executor"] == "stacked" and record["timing"]["stacked_group_size"] == 2
+
+
+def test_compile_needs_the_stacked_executor(cache_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["sweep", "--executor", "loop", "--compile", "--cache-dir", str(cache_dir), "--results-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--compile applies to stacked groups" in result.stderr

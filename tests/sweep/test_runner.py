@@ -503,3 +503,35 @@ def test_a_run_whose_weights_cannot_be_kept_is_still_recorded(store: ResultsStor
     assert len(summary.finished) == len(grid()) and summary.exit_code == 0
     assert all(store.is_finished(o.run_id) for o in summary.finished)
     assert any("weights not kept" in w for w in summary.warnings)
+
+
+def test_compile_is_once_per_architecture_across_the_grids_groups(
+    prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--compile: every stacked group of one architecture reuses the first group's compiled forward."""
+    import fusioncli.train.stacked as stacked
+
+    compiled = []
+
+    def fake_compile(fn, **kwargs):  # counts, and leaves the function as it is (CPU compile is slow)
+        compiled.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(stacked, "_COMPILED", {})
+    monkeypatch.setattr(stacked.torch, "compile", fake_compile)
+    configs = grid(
+        strategies=["late", "early"], lrs=[1e-3, 3e-4], schedulers=["cosine", "constant"], precision="fp32",
+        limit_per_class=4, epochs=1,
+    )  # fmt: skip
+    store = ResultsStore(tmp_path / "results")
+    summary = run_sweep(configs, prepared, store, executor="stacked", max_group=2, compile=True)
+    assert summary.exit_code == 0 and len(summary.finished) == 8
+    # 4 groups of 2 (two per strategy), 2 architectures: compiled twice, statically shaped
+    assert compiled == [{"dynamic": False}, {"dynamic": False}]
+    assert {len(store.get(o.run_id)["timing"]["stacked_run_ids"]) for o in summary.finished} == {2}
+    assert all(store.get(o.run_id)["timing"]["compile"].startswith("compiled") for o in summary.finished)
+    # without --compile nothing is compiled
+    plain = ResultsStore(tmp_path / "plain")
+    summary = run_sweep(configs, prepared, plain, executor="stacked", max_group=2)
+    assert len(compiled) == 2
+    assert {plain.get(o.run_id)["timing"]["compile"] for o in summary.finished} == {"off"}
