@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, err, out, report_errors
-from fusioncli.cli._options import CacheDirOption, Precision, PrecisionOption, ResultsDirOption, RobustnessOption
+from fusioncli.cli._options import CacheDirOption, Precision, PrecisionOption, ResultsDirOption
 from fusioncli.cli._tables import print_table, robustness_table
 from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
@@ -168,7 +168,14 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: PrecisionOption = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
-    robustness: RobustnessOption = False,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Also score corrupted copies of the evaluated samples (missing modality, Gaussian noise at "
+            "severities 0-1, LiDAR dropout).",
+        ),
+    ] = False,
     runs: Annotated[
         bool,
         typer.Option(
