@@ -40,6 +40,10 @@ class Metric:
 METRICS: tuple[Metric, ...] = (
     Metric("accuracy_pct", "accuracy (%)", "val_accuracy", 100.0, "max", 2),
     Metric("f1_macro_pct", "F1 macro (%)", "f1_macro", 100.0, "max", 2),
+    # Runs evaluated on another dataset (evaluate --runs --into): accuracy on their own
+    # validation split, and the change to the accuracy here (per run, then averaged).
+    Metric("own_accuracy_pct", "own val. acc. (%)", "trained_val_accuracy", 100.0, "max", 2),
+    Metric("accuracy_change_pts", "Δ acc. (points)", "accuracy_change", 100.0, "max", 2),
     Metric("val_loss", "val loss", "val_loss", 1.0, "min", 4),
     Metric("train_time_s", "train time (s)", "train_seconds", 1.0, "min", 1),
     Metric("peak_gpu_mem_mib", "peak GPU mem (MiB)", "peak_gpu_allocated_bytes", 1.0 / MIB, "min", 0),
@@ -73,6 +77,9 @@ SORT_ALIASES = {
     "auc": "robust_auc_pct",
     "rgb_missing": "acc_rgb_missing_pct",
     "lidar_missing": "acc_lidar_missing_pct",
+    "own": "own_accuracy_pct",
+    "change": "accuracy_change_pts",
+    "delta": "accuracy_change_pts",
 }
 
 # The columns aggregate() writes per (non-constant) metric, after the "<metric>_" prefix.

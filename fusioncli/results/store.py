@@ -90,6 +90,8 @@ RUN_SCHEMA = pa.schema(
         ("robust_mean_relative_auc", _F64),
         ("acc_rgb_missing", _F64),
         ("acc_lidar_missing", _F64),
+        ("trained_val_accuracy", _F64),
+        ("accuracy_change", _F64),
         ("params_total", _I64),
         ("params_trainable", _I64),
         ("params_encoder", _I64),
@@ -157,6 +159,8 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
     history = record.get("history") or []
     class_names = _get(record, "dataset", "class_names")
     robustness = record.get("robustness")
+    accuracy = _get(record, "metrics", "val_accuracy")
+    trained_accuracy = _get(record, "evaluation", "trained_metrics", "val_accuracy")
     row: dict[str, Any] = {
         "run_id": record.get("run_id"),
         "status": record.get("status"),
@@ -166,13 +170,19 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
         "n_train": _get(record, "dataset", "n_train"),
         "n_val": _get(record, "dataset", "n_val"),
         "class_names": ",".join(class_names) if class_names else None,
-        "val_accuracy": _get(record, "metrics", "val_accuracy"),
+        "val_accuracy": accuracy,
         "f1_macro": _get(record, "metrics", "f1_macro"),
         "val_loss": _get(record, "metrics", "val_loss"),
         "robust_mean_auc": _get(robustness, "mean_auc"),
         "robust_mean_relative_auc": _get(robustness, "mean_relative_auc"),
         "acc_rgb_missing": _get(robustness, "missing", "rgb_missing", "accuracy"),
         "acc_lidar_missing": _get(robustness, "missing", "lidar_missing", "accuracy"),
+        # Runs evaluated on another dataset (fusioncli evaluate --runs --into): the accuracy the
+        # run had on its own validation split, and the change from it to the accuracy here.
+        "trained_val_accuracy": trained_accuracy,
+        "accuracy_change": (
+            accuracy - trained_accuracy if accuracy is not None and trained_accuracy is not None else None
+        ),
         **{f"params_{k}": _get(record, "params", k) for k in ("total", "trainable", "encoder", "fusion", "head")},
         "flops_per_sample": record.get("flops_per_sample"),
         "train_seconds": _get(record, "timing", "train_seconds"),

@@ -172,6 +172,12 @@ def test_evaluate_runs_gives_run_records_with_the_new_figures(swept, other: Prep
     assert report.table["n"].tolist() == [2]
     expected = 100 * sum(r["metrics"]["val_accuracy"] for r in records) / 2
     assert report.table["accuracy_pct_mean"].iloc[0] == pytest.approx(expected)
+    # ... with the runs' own validation accuracy and the change from it, per run then averaged
+    own = 100 * sum(swept.get(r["run_id"])["metrics"]["val_accuracy"] for r in records) / 2
+    assert report.table["own_accuracy_pct_mean"].iloc[0] == pytest.approx(own)
+    assert report.table["accuracy_change_pts_mean"].iloc[0] == pytest.approx(expected - own)
+    plain = build_report(runs_frame(swept.records()))  # ordinary runs: no such figures
+    assert plain.table["own_accuracy_pct_mean"].isna().all()
     # A second call reuses what --into holds; force measures again; robustness is not there yet.
     seen.clear()
     evaluate_runs(swept, other, into=into, on_run=lambda *a: seen.append(a), **CPU)

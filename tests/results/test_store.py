@@ -170,6 +170,8 @@ from results_fakes import robustness as _robustness  # noqa: E402
 
 _NEW_COLUMNS = (
     "modality_dropout",
+    "trained_val_accuracy",
+    "accuracy_change",
     "robust_mean_auc",
     "robust_mean_relative_auc",
     "acc_rgb_missing",
