@@ -92,6 +92,7 @@ def _evaluate_runs(
     force: bool,
     cache: Path,
     resolved: Any,
+    batch_size: Optional[int],
     split: Split,
     robustness: bool,
     format: OutputFormat,
@@ -119,7 +120,7 @@ def _evaluate_runs(
 
     records, missing = evaluate_runs(
         store, data, run_ids=run_ids, into=None if into is None else ResultsStore(into), force=force,
-        split=split.value, device=resolved.device, precision=resolved.precision, batch_size=resolved.batch_size,
+        split=split.value, device=resolved.device, precision=resolved.precision, batch_size=batch_size,
         robustness=robustness, cache_hint=str(cache), on_run=on_run,
     )  # fmt: skip
     if missing:
@@ -167,7 +168,10 @@ def evaluate(
     ] = Split.auto,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: PrecisionOption = Precision.auto,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", help="Inference batch size (default: 64 on the CPU, 256 on a GPU).", show_default=False),
+    ] = None,
     robustness: Annotated[
         bool,
         typer.Option(
@@ -225,9 +229,11 @@ def evaluate(
             raise BadInputError(f"{flag} goes with --runs")
     paths = None if runs else _checkpoints(checkpoints, results_dir)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
-    resolved = RunConfig(device=device, precision=precision.value, batch_size=batch_size).resolve()
+    if batch_size is not None and batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1 (got {batch_size})")
+    resolved = RunConfig(device=device, precision=precision.value).resolve()
     if runs:
-        _evaluate_runs(results_dir, into, filter or [], force, cache, resolved, split, robustness, format)
+        _evaluate_runs(results_dir, into, filter or [], force, cache, resolved, batch_size, split, robustness, format)
         return
     from fusioncli.eval.saved import evaluate_checkpoint
 

@@ -33,13 +33,13 @@ from fusioncli.errors import BadInputError
 from fusioncli.eval.corruptions import Corruption, get_corruption
 from fusioncli.train.config import RunConfig
 from fusioncli.train.loop import (
-    EVAL_BATCH_MIN,
     RunResult,
     _autocast,
     _batch,
     _channels_last,
     _cudnn_mode,
     derived_seed,
+    eval_batch_size,
 )
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock
@@ -72,11 +72,14 @@ def _generator(device: torch.device, seed: int, name: str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(seed, f"robustness:{name}"))
 
 
-def evaluate_robustness(model: nn.Module, data: PreparedData, cfg: RunConfig, *, seed: int = 0) -> dict[str, Any]:
+def evaluate_robustness(
+    model: nn.Module, data: PreparedData, cfg: RunConfig, *, seed: int = 0, batch_size: int | None = None
+) -> dict[str, Any]:
     """Accuracy and macro F1 of ``model`` on corrupted copies of ``data``'s validation split.
 
     ``data`` is the data as trained on (already limited); ``cfg`` the run's config, whose
-    device, precision and batch size are used (resolved here if it is not yet). Inference runs
+    device, precision and batch size are used (resolved here if it is not yet); ``batch_size``
+    fixes the inference batch instead (default: :func:`~fusioncli.train.loop.eval_batch_size`). Inference runs
     in eval mode without gradients; the model's train/eval mode is restored afterwards. Same
     model, data, seed and device: same numbers.
     """
@@ -88,7 +91,7 @@ def evaluate_robustness(model: nn.Module, data: PreparedData, cfg: RunConfig, *,
     n = len(val)
     if n == 0:
         raise BadInputError("the dataset has no validation samples", hint="robustness is measured on the validation split")
-    step = max(cfg.batch_size, EVAL_BATCH_MIN)
+    step = batch_size if batch_size is not None else eval_batch_size(device, cfg.batch_size)
 
     def predict(corruption: Corruption | None, severity: float) -> torch.Tensor:
         generator = _generator(device, seed, corruption.name) if corruption is not None else None

@@ -42,7 +42,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.train.checkpoint import load_checkpoint
 from fusioncli.train.config import RunConfig
-from fusioncli.train.loop import EVAL_BATCH_MIN, _autocast, _batch, _channels_last, _cudnn_mode
+from fusioncli.train.loop import _autocast, _batch, _channels_last, _cudnn_mode, eval_batch_size
 from fusioncli.train.metrics import classification_metrics, confusion_matrix
 
 EVALUATION_SCHEMA = 1
@@ -103,7 +103,7 @@ def evaluate_checkpoint(
     split: str = "auto",
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     robustness: bool = False,
     corruption_seed: int = 0,
     cache_hint: str = "",
@@ -111,12 +111,13 @@ def evaluate_checkpoint(
     """Score the checkpoint at ``path`` on ``split`` of ``data``; the evaluation record (module doc).
 
     ``data`` may live on any device; the chosen split is moved to ``device`` once.
+    ``batch_size``: samples per inference batch (default: 64 on the CPU, 256 on a GPU).
     ``cache_hint`` names the cache in error messages. Bad checkpoints, a class mismatch or an
     empty split raise :class:`BadInputError`.
     """
     path = checkpoint_file(path)
     started = time.perf_counter()
-    resolved = RunConfig(device=device, precision=precision, batch_size=batch_size).resolve()
+    resolved = RunConfig(device=device, precision=precision).resolve()
     dev = torch.device(resolved.device)
     model, info = load_checkpoint(path, dev)
     _check_classes(path, info, data, cache_hint)
@@ -134,7 +135,7 @@ def evaluate_checkpoint(
     n = len(scored)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     preds = []
-    step = max(batch_size, EVAL_BATCH_MIN)
+    step = batch_size if batch_size is not None else eval_batch_size(dev, 1)
     with torch.inference_mode(), _cudnn_mode(dev, resolved.precision):
         for start in range(0, n, step):
             rgb, xyza = _batch(scored, slice(start, start + step))
@@ -155,7 +156,7 @@ def evaluate_checkpoint(
     if robustness:
         from fusioncli.eval.robustness import evaluate_robustness
 
-        robust = evaluate_robustness(model, scored, resolved, seed=corruption_seed)
+        robust = evaluate_robustness(model, scored, resolved, seed=corruption_seed, batch_size=step)
 
     trained_metrics = info.get("metrics") or {}
     return {
@@ -253,7 +254,7 @@ def evaluate_runs(
     split: str = "auto",
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     robustness: bool = False,
     cache_hint: str = "",
     on_run: Callable[[int, int, dict[str, Any], bool], None] | None = None,

@@ -54,7 +54,7 @@ from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.train import loop as _loop  # module access: tests patch loop._batch
 from fusioncli.train.config import RunConfig, run_id
 from fusioncli.train.device import resolve_device, validate_device_spec
-from fusioncli.train.loop import EVAL_BATCH_MIN, RunResult, finished_record
+from fusioncli.train.loop import RunResult, finished_record
 from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now
 
 EXECUTORS = ("auto", "loop", "stacked")
@@ -375,10 +375,8 @@ class _StackedGroup:
         """Each member's validation loss sum (K,) and predicted classes (K, n_val), on the device."""
         loss_sums = torch.zeros(self.k, dtype=torch.float64, device=self.device)
         preds = []
-        step = max(self.batch_size, EVAL_BATCH_MIN)
-        if self.device.type != "cuda":
-            # K models see each chunk at once: keep the host's activation memory near the loop's.
-            step = max(self.batch_size, EVAL_BATCH_MIN // self.k)
+        # K models see each chunk at once: on the CPU keep the activations near the loop's.
+        step = _loop.eval_batch_size(self.device, self.batch_size, members=self.k)
         with torch.inference_mode():
             for start in range(0, val_idx.numel(), step):
                 b = val_idx[start : start + step]

@@ -141,13 +141,10 @@ def test_eval_mode_during_and_mode_restored_after() -> None:
     assert model.training
 
 
-def test_batches_larger_than_the_eval_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fusioncli.eval import robustness
-
-    monkeypatch.setattr(robustness, "EVAL_BATCH_MIN", 1)
+def test_batches_larger_than_the_eval_batch() -> None:
     data = labelled_by_brightness(n_val=10)
-    whole = evaluate_robustness(BrightnessOracle(), data, cpu_fp32(batch_size=64))
-    batched = evaluate_robustness(BrightnessOracle(), data, cpu_fp32(batch_size=3))  # 4 batches, last partial
+    whole = evaluate_robustness(BrightnessOracle(), data, cpu_fp32(), batch_size=64)
+    batched = evaluate_robustness(BrightnessOracle(), data, cpu_fp32(), batch_size=3)  # 4 batches, last partial
     assert whole == batched
 
 
