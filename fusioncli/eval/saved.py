@@ -272,6 +272,14 @@ def evaluate_runs(
             f"--into {into.root} is the results store being evaluated; its training records would be replaced",
             hint="give another folder, e.g. .fusioncli/results-<dataset>",
         )
+    if into is not None:
+        trained_here = [r["run_id"] for r in into.records() if "evaluation" not in r]
+        if trained_here:
+            raise BadInputError(
+                f"--into {into.root} holds {len(trained_here)} run(s) trained there (e.g. {trained_here[0]}), "
+                "which evaluated records could replace",
+                hint="give an empty folder, or one that only `fusioncli evaluate --runs --into` wrote",
+            )
     wanted = None if run_ids is None else set(run_ids)
     records = [
         r for r in store.records()

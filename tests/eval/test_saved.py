@@ -207,6 +207,20 @@ def test_evaluate_runs_never_writes_into_the_store_it_reads(swept, other: Prepar
     assert {r["run_id"]: r for r in swept.records()} == before
 
 
+def test_evaluate_runs_never_writes_over_a_training_store(swept, other: PreparedData, tmp_path: Path) -> None:
+    import shutil
+
+    from fusioncli.eval.saved import evaluate_runs
+    from fusioncli.results.store import ResultsStore
+
+    copy = ResultsStore(tmp_path / "copy")  # another store holding the same trained runs
+    shutil.copytree(swept.root, copy.root)
+    before = copy.records()
+    with pytest.raises(BadInputError, match="holds 3 run\\(s\\) trained there"):
+        evaluate_runs(swept, other, into=copy, **CPU)
+    assert copy.records() == before
+
+
 def test_evaluate_runs_selects_run_ids(swept, other: PreparedData) -> None:
     from fusioncli.eval.saved import evaluate_runs
 
