@@ -78,7 +78,7 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def print_summary(summary: Any, results_dir: Path) -> None:
+def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False) -> None:
     """Counts, failures, the best run and where things are (stderr)."""
     minutes, seconds = divmod(int(round(summary.seconds)), 60)
     parts = [f"{len(summary.finished)} finished", f"{len(summary.skipped)} skipped", f"{len(summary.failed)} failed"]
@@ -116,6 +116,17 @@ def print_summary(summary: Any, results_dir: Path) -> None:
         weights = Path(results_dir) / "best" / "model.safetensors"
         err.print(
             f"best: {label} acc {acc * 100:.2f}% (run {best['run_id']}) -> {weights}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if kept_weights:
+        from fusioncli.results.store import ResultsStore
+
+        files = sorted(ResultsStore(results_dir).weights_dir.glob("*.safetensors"))
+        size = sum(f.stat().st_size for f in files)
+        err.print(
+            f"weights: {len(files)} run(s) in {ResultsStore(results_dir).weights_dir} ({size / 1e9:.2f} GB); "
+            "score them on other data with `fusioncli evaluate --runs --cache-dir OTHER --into DIR`",
             highlight=False,
             soft_wrap=True,
         )
@@ -442,7 +453,7 @@ def sweep(
     )
     if format is OutputFormat.json:
         out.print(outcomes_json(summary), markup=False, highlight=False, emoji=False, soft_wrap=True)
-    print_summary(summary, results)
+    print_summary(summary, results, kept_weights=keep_weights)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
 

@@ -95,7 +95,9 @@ def test_runs_of_a_sweep_with_kept_weights_then_report_on_them(cache_dir: Path, 
     assert runner.invoke(app, [*sweep, "--seeds", "1"]).exit_code == 0  # no weights kept
     result = runner.invoke(app, ["evaluate", "--runs", "--results-dir", str(results), "--cache-dir", str(cache_dir)])
     assert result.exit_code == 2 and "no run in" in result.stderr and "--keep-weights" in result.stderr
-    assert runner.invoke(app, [*sweep, "--seeds", "1,2", "--keep-weights"]).exit_code == 0
+    kept = runner.invoke(app, [*sweep, "--seeds", "1,2", "--keep-weights"])
+    assert kept.exit_code == 0, kept.stderr
+    assert "weights: 2 run(s) in" in kept.stderr and "fusioncli evaluate --runs" in kept.stderr
 
     args = ["evaluate", "--runs", "--results-dir", str(results), "--cache-dir", str(cache_dir), *CPU]
     result = runner.invoke(app, [*args, "--into", str(into), "--split", "all", "-f", "json"])
