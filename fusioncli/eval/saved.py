@@ -232,11 +232,15 @@ def transferred_record(record: dict[str, Any], evaluation: dict[str, Any]) -> di
     return out
 
 
-def _already_evaluated(into: Any, run_id: str, data: PreparedData, split: str, robustness: bool) -> dict | None:
-    """The stored transferred record of ``run_id`` when it answers this very request."""
-    stored = into.get(run_id)
+def _already_evaluated(
+    into: Any, record: dict[str, Any], data: PreparedData, split: str, robustness: bool
+) -> dict | None:
+    """The stored transferred record of ``record``'s run when it answers this very request."""
+    stored = into.get(record["run_id"])
     if not stored or stored.get("status") != "finished" or "evaluation" not in stored:
         return None
+    if stored.get("finished_at") != record.get("finished_at"):
+        return None  # the run was trained again since (sweep --force): new weights
     same_data = (stored.get("dataset") or {}).get("fingerprint") == data.fingerprint
     same_split = split == "auto" or stored["evaluation"].get("split") == split
     if same_data and same_split and (stored.get("robustness") or not robustness):
@@ -290,7 +294,7 @@ def evaluate_runs(
     results = []
     for index, record in enumerate(with_weights, 1):
         rid = record["run_id"]
-        reused = None if (into is None or force) else _already_evaluated(into, rid, data, split, robustness)
+        reused = None if (into is None or force) else _already_evaluated(into, record, data, split, robustness)
         if reused is None:
             evaluation = evaluate_checkpoint(
                 store.weights_path(rid), data, split=split, device=device, precision=precision,

@@ -187,6 +187,17 @@ def test_evaluate_runs_gives_run_records_with_the_new_figures(swept, other: Prep
     assert [s[3] for s in seen] == [False, False]
     records, _ = evaluate_runs(swept, other, into=into, robustness=True, **CPU)
     assert all(into.get(r["run_id"])["robustness"] is not None for r in records)
+    # A run trained again since (sweep --force) has new weights: evaluated again.
+    original = swept.get(records[0]["run_id"])
+    retrained = dict(original, finished_at="2099-01-01T00:00:00+00:00")
+    swept.write(retrained)
+    try:
+        seen.clear()
+        evaluate_runs(swept, other, into=into, robustness=True, on_run=lambda *a: seen.append(a), **CPU)
+        assert sorted(s[3] for s in seen) == [False, True]
+        assert into.get(retrained["run_id"])["finished_at"] == retrained["finished_at"]
+    finally:
+        swept.write(original)  # the fixture is shared by the module's other tests
 
 
 def json_roundtrip(obj):
