@@ -17,6 +17,7 @@ from fusioncli.cli._options import (
     RobustnessOption,
 )
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
+from fusioncli.cli._tables import print_table
 from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
 
@@ -43,8 +44,9 @@ def format_lr(value: float) -> str:
 
 
 def run_label(config: Any) -> str:
-    """``late lr=1e-4 cosine seed=51`` -- how a run is named in progress lines."""
-    return f"{config.strategy} lr={format_lr(config.lr)} {config.scheduler} seed={config.seed}"
+    """``late lr=1e-4 cosine seed=51`` (``train=100/class`` when cut) -- a run in progress lines."""
+    size = "" if getattr(config, "train_per_class", None) is None else f" train={config.train_per_class}/class"
+    return f"{config.strategy} lr={format_lr(config.lr)} {config.scheduler}{size} seed={config.seed}"
 
 
 def outcome_line(outcome: Any) -> str:
@@ -285,6 +287,14 @@ def sweep(
     ] = "auto",
     precision: PrecisionOption = Precision.auto,
     limit_per_class: LimitPerClassOption = None,
+    train_per_class: Annotated[
+        str,
+        typer.Option(
+            "--train-per-class",
+            help="Comma list of training-set sizes: at most N training samples per class, or 'all'; "
+            "validation is never cut, so sizes compare on the same samples (learning curves), e.g. 100,500,all.",
+        ),
+    ] = "all",
     modality_dropout: ModalityDropoutOption = 0.0,
     robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
@@ -393,7 +403,7 @@ def sweep(
     On a cluster:  fusioncli sweep --backend ray --address auto --gpus-per-run 0.25
     """
     from fusioncli.models import strategy_names
-    from fusioncli.sweep.grid import SCHEDULERS, expand_grid, parse_choices, parse_floats, parse_ints
+    from fusioncli.sweep.grid import SCHEDULERS, expand_grid, parse_choices, parse_floats, parse_ints, parse_sizes
     from fusioncli.sweep.tracking import make_trackers
 
     # Parse every list before failing, so one invocation reports all bad values.
@@ -404,6 +414,7 @@ def sweep(
         ("lrs", lambda: parse_floats(lrs, "--lrs")),
         ("schedulers", lambda: parse_choices(schedulers, "--schedulers", SCHEDULERS)),
         ("seeds", lambda: parse_ints(seeds, "--seeds")),
+        ("train_sizes", lambda: parse_sizes(train_per_class, "--train-per-class")),
     ):
         try:
             parsed[key] = parse()
@@ -498,15 +509,18 @@ def _dry_run(
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
     else:
         table = Table(title=f"{len(plan)} runs planned")
-        for col in ("#", "run id", "strategy", "lr", "scheduler", "seed", "stored", "action"):
+        sized = any(p.config.train_per_class is not None for p in plan)
+        for col in ("#", "run id", "strategy", "lr", "scheduler", *(["train/class"] if sized else []), "seed",
+                    "stored", "action"):  # fmt: skip
             table.add_column(col)
         for p in plan:
             c = p.config
+            size = [str(c.train_per_class or "all")] if sized else []
             table.add_row(
-                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, str(c.seed), p.stored_status or "-",
-                "train" if trains[p.index] else "skip",
+                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, *size, str(c.seed),
+                p.stored_status or "-", "train" if trains[p.index] else "skip",
             )  # fmt: skip
-        out.print(table)
+        print_table(table)
     todo = sum(trains.values())
     err.print(
         f"dry run: {todo} of {len(plan)} runs would be trained (the others are finished and would be skipped)",

@@ -98,6 +98,14 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: PrecisionOption = Precision.auto,
     limit_per_class: LimitPerClassOption = None,
+    train_per_class: Annotated[
+        Optional[int],
+        typer.Option(
+            "--train-per-class",
+            help="Train on at most N samples per class (the first ones); validation is not cut.",
+            show_default=False,
+        ),
+    ] = None,
     modality_dropout: ModalityDropoutOption = 0.0,
     robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
@@ -132,6 +140,7 @@ def train(
         device=device,
         precision=precision.value,
         limit_per_class=limit_per_class,
+        train_per_class=train_per_class,
         modality_dropout=modality_dropout,
     ).resolve()
     err.print(

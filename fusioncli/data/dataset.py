@@ -99,6 +99,20 @@ class PreparedData:
         sub = self.subset(indices)
         return replace(sub, fingerprint=f"{self.fingerprint}:limit{limit}")
 
+    def limit_train_per_class(self, limit: int | None) -> PreparedData:
+        """Keep at most ``limit`` *training* samples per class (the first ones); every validation
+        sample stays, so models trained on different amounts are scored on the same samples.
+        """
+        if limit is None:
+            return self
+        if limit < 1:
+            raise ValueError("training samples per class must be at least 1")
+        keep = [torch.nonzero(self.is_val).flatten()]
+        for c in range(self.num_classes):
+            keep.append(torch.nonzero((self.labels == c) & ~self.is_val).flatten()[:limit])
+        sub = self.subset(torch.sort(torch.cat(keep)).values)
+        return replace(sub, fingerprint=f"{self.fingerprint}:train{limit}")
+
     def to(self, device: torch.device | str) -> PreparedData:
         """A copy with every tensor on ``device`` (data lives on the training device)."""
         return replace(

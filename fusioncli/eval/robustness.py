@@ -40,6 +40,7 @@ from fusioncli.train.loop import (
     _cudnn_mode,
     derived_seed,
     eval_batch_size,
+    run_data,
 )
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock
@@ -168,7 +169,7 @@ def add_robustness(result: RunResult, data: PreparedData, *, seed: int = 0) -> d
     cfg = RunConfig.from_dict(record["config"])
     device = torch.device(cfg.device) if cfg.is_resolved else torch.device(cfg.resolve().device)
     t0 = clock(device)
-    robustness = evaluate_robustness(result.model, data.limit_per_class(cfg.limit_per_class), cfg, seed=seed)
+    robustness = evaluate_robustness(result.model, run_data(cfg, data), cfg, seed=seed)
     record["robustness"] = robustness
     record["timing"] = {**record["timing"], "robustness_seconds": clock(device) - t0}
     return robustness

@@ -134,7 +134,7 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
     if per_run.empty:
         return pd.DataFrame(columns=columns)
     rows = []
-    # dropna=False: a null field (limit_per_class = no limit) is a group of its own, not dropped.
+    # dropna=False: a null field (a data limit = no limit) is a group of its own, not dropped.
     for keys, group in per_run.groupby(fields, dropna=False, sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
         row: dict[str, object] = dict(zip(fields, keys))
@@ -201,7 +201,9 @@ def sort_table(table: pd.DataFrame, column: str, ascending: bool) -> pd.DataFram
 
 
 FILTER_KEYS = (*CONFIG_FIELDS, "status", "run_id", "dataset_fingerprint")
-_NUMERIC_FIELDS = ("lr", "epochs", "batch_size", "seed", "limit_per_class", "modality_dropout")
+_NUMERIC_FIELDS = (
+    "lr", "epochs", "batch_size", "seed", "limit_per_class", "train_per_class", "modality_dropout"
+)  # fmt: skip
 _NULL_WORDS = ("none", "null", "")
 
 
@@ -226,8 +228,8 @@ def parse_filters(items: Sequence[str]) -> list[tuple[str, list[str]]]:
 def _matches(column: pd.Series, key: str, values: Sequence[str]) -> pd.Series:
     mask = pd.Series(False, index=column.index)
     for value in values:
-        if value.lower() in _NULL_WORDS:
-            mask |= column.isna()
+        if value.lower() in _NULL_WORDS or (key in ("limit_per_class", "train_per_class") and value.lower() == "all"):
+            mask |= column.isna()  # "all" is how reports show an unset data limit
         elif key in _NUMERIC_FIELDS:
             try:
                 target = float(value)

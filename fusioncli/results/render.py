@@ -22,7 +22,9 @@ from fusioncli.results.aggregate import METRICS, Metric
 from fusioncli.results.store import CONFIG_FIELDS
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
-NUMERIC_FIELDS = ("lr", "epochs", "batch_size", "seed", "limit_per_class", "modality_dropout")
+NUMERIC_FIELDS = (
+    "lr", "epochs", "batch_size", "seed", "limit_per_class", "train_per_class", "modality_dropout"
+)  # fmt: skip
 CI_NOTE = "mean ± 95% CI half-width over seeds (Student t, n-1 df; mean only when n = 1); n = runs averaged"
 SINGLE_NOTE = "one run per configuration: mean only (several seeds, e.g. --seeds 0,1,2, give a 95% CI)"
 
@@ -67,9 +69,9 @@ def format_lr(value: float) -> str:
 
 
 def format_field(name: str, value: Any) -> str:
-    """A config value for display (``limit_per_class`` null reads as 'all')."""
+    """A config value for display (a null data limit reads as 'all')."""
     if is_missing(value):
-        return "all" if name == "limit_per_class" else "-"
+        return "all" if name in ("limit_per_class", "train_per_class") else "-"
     if name == "lr":
         return format_lr(float(value))
     if name == "dataset_fingerprint":

@@ -50,6 +50,7 @@ CONFIG_FIELDS = (
     "device",
     "precision",
     "limit_per_class",
+    "train_per_class",
     "modality_dropout",
 )
 
@@ -78,6 +79,7 @@ RUN_SCHEMA = pa.schema(
         ("device", _STR),
         ("precision", _STR),
         ("limit_per_class", _I64),
+        ("train_per_class", _I64),
         ("modality_dropout", _F64),
         ("dataset_fingerprint", _STR),
         ("n_train", _I64),

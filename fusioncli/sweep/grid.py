@@ -78,6 +78,20 @@ def parse_ints(text: str, flag: str) -> list[int]:
     return _parse_items(text, flag, _int, "an integer")
 
 
+def _size(item: str) -> int | None:
+    if item.lower() == "all":
+        return None
+    value = int(item)
+    if value < 1:
+        raise ValueError(item)
+    return value
+
+
+def parse_sizes(text: str, flag: str) -> list[int | None]:
+    """Parse a comma list of sample counts >= 1 or ``all`` (no limit), e.g. ``"100,500,all"``."""
+    return _parse_items(text, flag, _size, "a whole number >= 1 or 'all'")
+
+
 def parse_choices(text: str, flag: str, choices: Sequence[str]) -> list[str]:
     """Parse a comma list whose items must be among ``choices`` (errors list the known ones)."""
     items = split_list(text, flag)
@@ -94,23 +108,32 @@ def expand_grid(
     lrs: Sequence[float] = DEFAULT_LRS,
     schedulers: Sequence[str] = DEFAULT_SCHEDULERS,
     seeds: Sequence[int] = DEFAULT_SEEDS,
+    train_sizes: Sequence[int | None] = (None,),
     **common: Any,
 ) -> list[RunConfig]:
-    """Every combination of the four grid axes as a RunConfig, plus the shared ``common`` fields.
+    """Every combination of the grid axes as a RunConfig, plus the shared ``common`` fields.
 
-    Order: strategy, then lr, then scheduler, then seed (innermost), so the runs of one
-    configuration follow each other. ``common`` takes the other RunConfig fields (epochs,
-    batch_size, backbone, device, precision, limit_per_class). Invalid values raise
-    :class:`BadInputError` once per problem, not once per combination.
+    Axes: strategies, lrs, schedulers, ``train_sizes`` (``train_per_class``; None = all
+    training samples) and seeds. Order: strategy, then lr, then scheduler, then training size,
+    then seed (innermost), so the runs of one configuration follow each other. ``common`` takes
+    the other RunConfig fields (epochs, batch_size, backbone, device, precision,
+    limit_per_class). Invalid values raise :class:`BadInputError` once per problem, not once
+    per combination.
     """
-    for flag, axis in (("--strategies", strategies), ("--lrs", lrs), ("--schedulers", schedulers), ("--seeds", seeds)):
+    axes = (
+        ("--strategies", strategies), ("--lrs", lrs), ("--schedulers", schedulers), ("--seeds", seeds),
+        ("--train-per-class", train_sizes),
+    )  # fmt: skip
+    for flag, axis in axes:
         if len(axis) == 0:
             raise BadInputError(f"{flag}: give at least one value")
     configs: list[RunConfig] = []
     problems: list[str] = []
-    for strategy, lr, scheduler, seed in itertools.product(strategies, lrs, schedulers, seeds):
+    for strategy, lr, scheduler, size, seed in itertools.product(strategies, lrs, schedulers, train_sizes, seeds):
         try:
-            configs.append(RunConfig(strategy=strategy, lr=lr, scheduler=scheduler, seed=seed, **common))
+            configs.append(
+                RunConfig(strategy=strategy, lr=lr, scheduler=scheduler, seed=seed, train_per_class=size, **common)
+            )
         except BadInputError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
         except TypeError as exc:  # an unknown field name: a programming error, but say which

@@ -43,6 +43,9 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"
     limit_per_class: int | None = None
+    # At most this many *training* samples per class (the first ones); validation untouched, so
+    # runs of different training-set sizes are scored on the same samples (learning curves).
+    train_per_class: int | None = None
     # Probability that a training sample has one modality (RGB or LiDAR, 50/50) replaced by
     # zeros; 0.0 (the default) trains exactly as before the option existed.
     modality_dropout: float = 0.0
@@ -70,6 +73,8 @@ class RunConfig:
             problems.append(f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.limit_per_class is not None and (not _is_int(self.limit_per_class) or self.limit_per_class < 1):
             problems.append(f"--limit-per-class must be an integer >= 1 (got {self.limit_per_class!r})")
+        if self.train_per_class is not None and (not _is_int(self.train_per_class) or self.train_per_class < 1):
+            problems.append(f"--train-per-class must be an integer >= 1 (got {self.train_per_class!r})")
         if isinstance(self.modality_dropout, bool) or not isinstance(self.modality_dropout, numbers.Real):
             problems.append(f"--modality-dropout must be a number in [0, 1) (got {self.modality_dropout!r})")
         elif not 0 <= self.modality_dropout < 1:  # also false for NaN
@@ -82,6 +87,9 @@ class RunConfig:
             raise BadInputError(problems)
         for name in ("epochs", "batch_size", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("limit_per_class", "train_per_class"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
 
     def resolve(self) -> RunConfig:
         """This config with ``auto`` device/precision replaced by what this machine does.
@@ -104,8 +112,8 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """Rebuild a config from :meth:`to_dict` output; unknown keys are an error.
 
-        Keys added after a record was written (``modality_dropout``) take their defaults, so
-        older records load unchanged.
+        Keys added after a record was written (``modality_dropout``, ``train_per_class``) take
+        their defaults, so older records load unchanged.
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -129,7 +137,7 @@ def _registry_problems(strategy: str, backbone: str) -> list[str]:
 
 
 # Fields added after run ids were first published -> the value at which they change nothing.
-_HASH_OMITTED_AT: dict[str, Any] = {"modality_dropout": 0.0}
+_HASH_OMITTED_AT: dict[str, Any] = {"modality_dropout": 0.0, "train_per_class": None}
 
 
 def run_id(config: RunConfig, dataset_fingerprint: str) -> str:

@@ -115,6 +115,12 @@ def _channels_last(data: PreparedData) -> PreparedData:
     )
 
 
+def run_data(cfg: RunConfig, data: PreparedData) -> PreparedData:
+    """The samples a run of ``cfg`` uses: ``limit_per_class`` (both splits), then
+    ``train_per_class`` (training samples only)."""
+    return data.limit_per_class(cfg.limit_per_class).limit_train_per_class(cfg.train_per_class)
+
+
 def _batch(data: PreparedData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Model inputs for the samples at ``idx``: RGBA scaled to [0, 1] and XYZA as stored."""
     return data.rgb[idx].float().div_(255), data.lidar(idx)
@@ -214,16 +220,16 @@ def failed_record(config: RunConfig, data: PreparedData | None, error: str, *, s
         "finished_at": utc_now(),
     }
     if data is not None:
-        limited = data.limit_per_class(resolved.limit_per_class)
-        record["dataset"] = _dataset_info(limited, data.fingerprint)
+        record["dataset"] = _dataset_info(run_data(resolved, data), data.fingerprint)
     return record
 
 
 def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback | None = None) -> RunResult:
     """Train ``config`` on ``data`` and measure it; returns the run record and the model.
 
-    ``data`` is the full prepared dataset (``config.limit_per_class`` is applied here, and the
-    record's dataset fingerprint and run id refer to ``data`` as passed). ``on_epoch`` gets each
+    ``data`` is the full prepared dataset (``config.limit_per_class`` and ``train_per_class``
+    are applied here, :func:`run_data`; the record's dataset fingerprint and run id refer to
+    ``data`` as passed). ``on_epoch`` gets each
     history row as soon as its epoch ends; its own time is excluded from every timing. A
     non-finite loss raises :class:`RunFailedError`; other exceptions propagate.
 
@@ -240,7 +246,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     rid = run_id(cfg, data.fingerprint)
 
     reset_peak_memory(device)
-    work = _channels_last(data.limit_per_class(cfg.limit_per_class).to(device))
+    work = _channels_last(run_data(cfg, data).to(device))
     _check_data(work)
     train_idx = work.train_indices
     val_idx = work.val_indices

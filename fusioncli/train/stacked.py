@@ -86,14 +86,17 @@ def stack_key(cfg: RunConfig) -> tuple:
     """The key of the group ``cfg`` can train in: configs with equal keys can train together.
 
     Members of a group share strategy, backbone, epochs, batch size, device, precision and data
-    limit (``auto`` device/precision are resolved first); lr, scheduler and seed may differ. A
+    limits (``auto`` device/precision are resolved first); lr, scheduler and seed may differ. A
     config that cannot be stacked (:func:`is_stackable`) gets a key made of its whole config,
     so it never shares a key with a different config.
     """
     c = cfg if cfg.is_resolved else cfg.resolve()
     if not is_stackable(c):
         return ("alone", *sorted(c.to_dict().items()))
-    return ("stack", c.strategy, c.backbone, c.epochs, c.batch_size, c.device, c.precision, c.limit_per_class)
+    return (
+        "stack", c.strategy, c.backbone, c.epochs, c.batch_size, c.device, c.precision, c.limit_per_class,
+        c.train_per_class,
+    )  # fmt: skip
 
 
 def check_max_group(max_group: int | None) -> None:
@@ -420,7 +423,7 @@ def _check_group(cfgs: Sequence[RunConfig]) -> None:
     if len(keys) > 1:
         raise BadInputError(
             "these runs cannot train together: a stacked group must share strategy, backbone, epochs, "
-            "batch size, device, precision and --limit-per-class",
+            "batch size, device, precision, --limit-per-class and --train-per-class",
             hint="split them with fusioncli.train.stacked.group_configs()",
         )
 
@@ -473,7 +476,7 @@ def train_stacked(
     rids = [run_id(c, data.fingerprint) for c in cfgs]
 
     reset_peak_memory(device)
-    work = _loop._channels_last(data.limit_per_class(first.limit_per_class).to(device))
+    work = _loop._channels_last(_loop.run_data(first, data).to(device))
     _loop._check_data(work)
     train_idx = work.train_indices
     val_idx = work.val_indices

@@ -339,3 +339,25 @@ def test_compile_needs_the_stacked_executor(cache_dir: Path, tmp_path: Path) -> 
         app, ["sweep", "--executor", "loop", "--compile", "--cache-dir", str(cache_dir), "--results-dir", str(tmp_path)]
     )
     assert result.exit_code == 2 and "--compile applies to stacked groups" in result.stderr
+
+
+def test_training_set_sizes_sweep_into_a_learning_curve(cache_dir: Path, tmp_path: Path) -> None:
+    """--train-per-class 6,all: real runs on fewer training samples, the same validation samples."""
+    results = tmp_path / "results"
+    args = ["sweep", "--strategies", "early", "--lrs", "1e-3", "--schedulers", "constant", "--epochs", "1",
+            "--device", "cpu", "--precision", "fp32", "--train-per-class", "6,all", "--cache-dir", str(cache_dir),
+            "--results-dir", str(results)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert "early lr=1e-3 constant train=6/class seed=51" in result.stderr
+    from fusioncli.results.store import ResultsStore
+
+    records = {r["config"]["train_per_class"]: r for r in ResultsStore(results).records()}
+    assert set(records) == {6, None}
+    assert records[6]["dataset"]["n_train"] == 12 and records[None]["dataset"]["n_train"] == 72
+    assert records[6]["dataset"]["n_val"] == records[None]["dataset"]["n_val"] == 24
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "-f", "json"])
+    rows = {row["train_per_class"]: row for row in json.loads(report.stdout)}
+    assert set(rows) == {6, None}  # one configuration per training-set size
+    table = runner.invoke(app, ["report", "--results-dir", str(results), "--filter", "train_per_class=all"])
+    assert table.exit_code == 0 and "1 configurations" in table.stdout

@@ -170,6 +170,7 @@ from results_fakes import robustness as _robustness  # noqa: E402
 
 _NEW_COLUMNS = (
     "modality_dropout",
+    "train_per_class",
     "trained_val_accuracy",
     "accuracy_change",
     "robust_mean_auc",

@@ -109,3 +109,20 @@ def test_expand_grid_reports_a_bad_common_option_once() -> None:
 def test_expand_grid_rejects_an_empty_axis() -> None:
     with pytest.raises(BadInputError, match="--seeds: give at least one value"):
         expand_grid(seeds=[])
+
+
+def test_parse_sizes_takes_counts_and_all() -> None:
+    from fusioncli.sweep.grid import parse_sizes
+
+    assert parse_sizes("100, 500,all,ALL,100", "--train-per-class") == [100, 500, None]
+    with pytest.raises(BadInputError) as exc:
+        parse_sizes("0,-3,1.5,abc,10", "--train-per-class")
+    assert len(exc.value.problems) == 4 and all("whole number >= 1 or 'all'" in p for p in exc.value.problems)
+
+
+def test_train_sizes_are_a_grid_axis_before_the_seed() -> None:
+    configs = expand_grid(strategies=["late"], lrs=[1e-4], schedulers=["constant"], seeds=[1, 2], train_sizes=[50, None])
+    assert [(c.train_per_class, c.seed) for c in configs] == [(50, 1), (50, 2), (None, 1), (None, 2)]
+    assert [c.train_per_class for c in expand_grid(strategies=["late"], lrs=[1e-4], schedulers=["constant"])] == [None]
+    with pytest.raises(BadInputError, match="--train-per-class: give at least one value"):
+        expand_grid(train_sizes=[])

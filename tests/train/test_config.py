@@ -25,6 +25,7 @@ def test_defaults_are_the_seed_notebooks() -> None:
         "device": "auto",
         "precision": "auto",
         "limit_per_class": None,
+        "train_per_class": None,
         "modality_dropout": 0.0,
     }
 
@@ -38,6 +39,8 @@ def test_defaults_are_the_seed_notebooks() -> None:
         ({"epochs": 0}, "--epochs must be an integer >= 1 (got 0)"),
         ({"epochs": 2.5}, "--epochs"),
         ({"batch_size": 0}, "--batch-size must be an integer >= 1"),
+        ({"train_per_class": 0}, "--train-per-class must be an integer >= 1 (got 0)"),
+        ({"train_per_class": 2.5}, "--train-per-class must be an integer >= 1"),
         ({"seed": -3}, "--seed"),
         ({"scheduler": "step"}, "--scheduler must be one of cosine, constant (got 'step')"),
         ({"precision": "fp16"}, "--precision must be one of auto, fp32, bf16 (got 'fp16')"),
@@ -153,6 +156,15 @@ def test_run_ids_of_existing_configs_did_not_change() -> None:
     cfg = RunConfig(strategy="early", device="cpu", precision="fp32", lr=1e-3, epochs=3, limit_per_class=5, seed=7)
     assert run_id(cfg, "fp-xyz") == "bbcdc99a9fc9327a"
     assert run_id(RunConfig(device="cpu", precision="fp32", modality_dropout=0), "abc") == "ca74f2957f735b17"
+
+
+def test_train_per_class_changes_the_run_id_and_none_keeps_old_ids() -> None:
+    base = run_id(RunConfig(device="cpu", precision="fp32"), "abc")
+    assert run_id(RunConfig(device="cpu", precision="fp32", train_per_class=None), "abc") == base == "ca74f2957f735b17"
+    a = run_id(RunConfig(device="cpu", precision="fp32", train_per_class=100), "abc")
+    b = run_id(RunConfig(device="cpu", precision="fp32", train_per_class=200), "abc")
+    assert len({base, a, b}) == 3
+    assert RunConfig.from_dict({k: v for k, v in RunConfig().to_dict().items() if k != "train_per_class"}) == RunConfig()
 
 
 def test_modality_dropout_changes_the_run_id() -> None:

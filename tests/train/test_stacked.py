@@ -347,3 +347,12 @@ def test_cuda_bf16_and_compiled_forward_run(small_strategies: None, prepared: Pr
         assert timing["cuda_graph"].startswith("captured"), timing["cuda_graph"]
         assert timing["compile"].startswith("compiled" if compile_forward else "off"), timing["compile"]
         assert all(math.isfinite(r.record["metrics"]["val_loss"]) for r in results)
+
+
+def test_training_set_size_splits_stacked_groups(small_strategies: None) -> None:
+    from fusioncli.train.stacked import group_configs
+
+    configs = [cfg(lr=lr, train_per_class=size) for size in (4, None) for lr in (1e-3, 1e-4)]
+    groups = group_configs(configs, None)
+    assert sorted(len(g) for g in groups) == [2, 2]
+    assert all(len({c.train_per_class for c in g}) == 1 for g in groups)
