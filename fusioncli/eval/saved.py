@@ -115,6 +115,8 @@ def evaluate_checkpoint(
     ``cache_hint`` names the cache in error messages. Bad checkpoints, a class mismatch or an
     empty split raise :class:`BadInputError`.
     """
+    if batch_size is not None and batch_size < 1:
+        raise BadInputError(f"the inference batch size must be at least 1 (got {batch_size})")
     path = checkpoint_file(path)
     started = time.perf_counter()
     resolved = RunConfig(device=device, precision=precision).resolve()
@@ -126,7 +128,8 @@ def evaluate_checkpoint(
     split, note = choose_split(split, same)
     mask = _split_mask(data, split)
     if int(mask.sum()) == 0:
-        raise BadInputError(f"the {split} split of the cache {cache_hint} is empty".replace("  ", " "))
+        where = f" of the cache {cache_hint}" if cache_hint else ""
+        raise BadInputError(f"the {split} split{where} is empty")
     # The chosen samples become the "validation" split of a view, which is what the
     # robustness suite scores; one copy onto the device, channels_last as in training.
     scored = _channels_last(replace(data, is_val=mask).subset(torch.nonzero(mask).flatten()).to(dev))

@@ -118,8 +118,10 @@ def test_class_mismatch_and_empty_split_are_bad_input(trained, prepared: Prepare
     with pytest.raises(BadInputError, match=r"trained on classes \['cubes', 'spheres'\].*\['boxes', 'balls'\]"):
         evaluate_checkpoint(trained[0], renamed, **CPU)
     no_val = replace(prepared, is_val=torch.zeros_like(prepared.is_val))
-    with pytest.raises(BadInputError, match="the val split .* is empty"):
+    with pytest.raises(BadInputError, match="the val split is empty"):
         evaluate_checkpoint(trained[0], no_val, split="val", **CPU)
+    with pytest.raises(BadInputError, match="batch size must be at least 1"):
+        evaluate_checkpoint(trained[0], prepared, batch_size=0, **CPU)
 
 
 def test_checkpoint_file_accepts_a_folder_holding_model_safetensors(trained, tmp_path: Path) -> None:
