@@ -295,6 +295,14 @@ def sweep(
             "validation is never cut, so sizes compare on the same samples (learning curves), e.g. 100,500,all.",
         ),
     ] = "all",
+    equal_steps: Annotated[
+        bool,
+        typer.Option(
+            "--equal-steps",
+            help="With --train-per-class: give every size about the optimiser steps the largest gets in "
+            "--epochs (smaller sets train more epochs), so sizes differ in data, not in training time.",
+        ),
+    ] = False,
     modality_dropout: ModalityDropoutOption = 0.0,
     robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
@@ -422,6 +430,9 @@ def sweep(
             problems.extend(exc.problems)
     if problems:
         raise BadInputError(problems)
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    if equal_steps:
+        parsed["epochs_by_size"] = _equal_step_epochs(cache, epochs, batch_size, parsed["train_sizes"], limit_per_class)
     configs = expand_grid(
         **parsed,
         epochs=epochs,
@@ -432,7 +443,6 @@ def sweep(
         limit_per_class=limit_per_class,
         modality_dropout=modality_dropout,
     )
-    cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
     options = backend_options(backend, address, gpus_per_run, cpus_per_run)
     options.update(executor_options(executor, max_group, compile))
@@ -467,6 +477,28 @@ def sweep(
     print_summary(summary, results, kept_weights=keep_weights)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
+
+
+def _equal_step_epochs(
+    cache: Path, epochs: int, batch_size: int, sizes: list, limit_per_class: Optional[int]
+) -> dict:
+    """``--equal-steps``: epochs per training size, from the cache's training counts."""
+    from fusioncli.data.cache import PREPARE_HINT, read_manifest
+    from fusioncli.sweep.grid import equal_step_epochs
+
+    if epochs < 1 or batch_size < 1:
+        return {size: epochs for size in sizes}  # RunConfig reports the bad value
+    manifest = read_manifest(cache)
+    if manifest is None:
+        raise BadInputError(f"--equal-steps needs the prepared cache: none in {cache}", hint=PREPARE_HINT)
+    counts = [manifest["counts"][name]["train"] for name in manifest["class_names"]]
+    by_size = equal_step_epochs(epochs, batch_size, counts, sizes, limit_per_class)
+    err.print(
+        "equal steps: " + ", ".join(f"{f'{size}/class' if size else 'all'} -> {e} epochs" for size, e in by_size.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return by_size
 
 
 def _dry_run(
@@ -510,12 +542,12 @@ def _dry_run(
     else:
         table = Table(title=f"{len(plan)} runs planned")
         sized = any(p.config.train_per_class is not None for p in plan)
-        for col in ("#", "run id", "strategy", "lr", "scheduler", *(["train/class"] if sized else []), "seed",
-                    "stored", "action"):  # fmt: skip
+        for col in ("#", "run id", "strategy", "lr", "scheduler", *(["train/class", "epochs"] if sized else []),
+                    "seed", "stored", "action"):  # fmt: skip
             table.add_column(col)
         for p in plan:
             c = p.config
-            size = [str(c.train_per_class or "all")] if sized else []
+            size = [str(c.train_per_class or "all"), str(c.epochs)] if sized else []
             table.add_row(
                 str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, *size, str(c.seed),
                 p.stored_status or "-", "train" if trains[p.index] else "skip",

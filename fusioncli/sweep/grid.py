@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from fusioncli.errors import BadInputError
@@ -92,6 +92,29 @@ def parse_sizes(text: str, flag: str) -> list[int | None]:
     return _parse_items(text, flag, _size, "a whole number >= 1 or 'all'")
 
 
+def equal_step_epochs(
+    epochs: int,
+    batch_size: int,
+    train_counts: Sequence[int],
+    sizes: Sequence[int | None],
+    limit_per_class: int | None = None,
+) -> dict[int | None, int]:
+    """Epochs per training-set size that give each size about the optimiser steps of the
+    largest one in ``epochs`` (``--equal-steps``).
+
+    ``train_counts``: training samples per class in the cache; a size N keeps
+    ``min(count, limit_per_class, N)`` of each class, and one epoch takes
+    ``ceil(samples / batch_size)`` steps. Epochs are rounded to the nearest whole number (>= 1).
+    """
+
+    def steps(size: int | None) -> int:
+        kept = [min(c, limit_per_class or c, size or c) for c in train_counts]
+        return max(1, math.ceil(sum(kept) / batch_size))
+
+    budget = epochs * max(steps(size) for size in sizes)
+    return {size: max(1, round(budget / steps(size))) for size in sizes}
+
+
 def parse_choices(text: str, flag: str, choices: Sequence[str]) -> list[str]:
     """Parse a comma list whose items must be among ``choices`` (errors list the known ones)."""
     items = split_list(text, flag)
@@ -109,6 +132,7 @@ def expand_grid(
     schedulers: Sequence[str] = DEFAULT_SCHEDULERS,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     train_sizes: Sequence[int | None] = (None,),
+    epochs_by_size: Mapping[int | None, int] | None = None,
     **common: Any,
 ) -> list[RunConfig]:
     """Every combination of the grid axes as a RunConfig, plus the shared ``common`` fields.
@@ -117,8 +141,9 @@ def expand_grid(
     training samples) and seeds. Order: strategy, then lr, then scheduler, then training size,
     then seed (innermost), so the runs of one configuration follow each other. ``common`` takes
     the other RunConfig fields (epochs, batch_size, backbone, device, precision,
-    limit_per_class). Invalid values raise :class:`BadInputError` once per problem, not once
-    per combination.
+    limit_per_class); ``epochs_by_size`` (:func:`equal_step_epochs`) gives each training size
+    its own epochs instead. Invalid values raise :class:`BadInputError` once per problem, not
+    once per combination.
     """
     axes = (
         ("--strategies", strategies), ("--lrs", lrs), ("--schedulers", schedulers), ("--seeds", seeds),
@@ -130,10 +155,11 @@ def expand_grid(
     configs: list[RunConfig] = []
     problems: list[str] = []
     for strategy, lr, scheduler, size, seed in itertools.product(strategies, lrs, schedulers, train_sizes, seeds):
+        fields = dict(common, train_per_class=size)
+        if epochs_by_size is not None:
+            fields["epochs"] = epochs_by_size[size]
         try:
-            configs.append(
-                RunConfig(strategy=strategy, lr=lr, scheduler=scheduler, seed=seed, train_per_class=size, **common)
-            )
+            configs.append(RunConfig(strategy=strategy, lr=lr, scheduler=scheduler, seed=seed, **fields))
         except BadInputError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
         except TypeError as exc:  # an unknown field name: a programming error, but say which

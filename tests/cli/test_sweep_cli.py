@@ -361,3 +361,15 @@ def test_training_set_sizes_sweep_into_a_learning_curve(cache_dir: Path, tmp_pat
     assert set(rows) == {6, None}  # one configuration per training-set size
     table = runner.invoke(app, ["report", "--results-dir", str(results), "--filter", "train_per_class=all"])
     assert table.exit_code == 0 and "1 configurations" in table.stdout
+
+
+def test_equal_steps_gives_small_training_sets_more_epochs(cache_dir: Path, tmp_path: Path) -> None:
+    # the tiny cache: 36 training samples per class
+    args = ["sweep", "--strategies", "late", "--lrs", "1e-3", "--schedulers", "constant", "--epochs", "2",
+            "--batch-size", "8", "--train-per-class", "4,all", "--equal-steps", "--cache-dir", str(cache_dir),
+            "--results-dir", str(tmp_path), "--dry-run", "-f", "json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    epochs = {r["train_per_class"]: r["epochs"] for r in json.loads(result.stdout)}
+    assert epochs == {4: 18, None: 2}  # 9 steps x 2 epochs = 18 steps; 1 step per epoch at 4/class
+    assert "equal steps: 4/class -> 18 epochs, all -> 2 epochs" in result.stderr

@@ -126,3 +126,16 @@ def test_train_sizes_are_a_grid_axis_before_the_seed() -> None:
     assert [c.train_per_class for c in expand_grid(strategies=["late"], lrs=[1e-4], schedulers=["constant"])] == [None]
     with pytest.raises(BadInputError, match="--train-per-class: give at least one value"):
         expand_grid(train_sizes=[])
+
+
+def test_equal_step_epochs() -> None:
+    from fusioncli.sweep.grid import equal_step_epochs
+
+    # 400 + 400 training samples, batch 16: 50 steps per epoch at full size, 4 epochs = 200 steps
+    assert equal_step_epochs(4, 16, [400, 400], [25, 100, None]) == {25: 50, 100: 15, None: 4}
+    # a size above the class counts is the full set; unequal classes count what each keeps
+    assert equal_step_epochs(3, 10, [30, 10], [None, 1000, 10]) == {None: 3, 1000: 3, 10: 6}
+    # --limit-per-class caps the full set first
+    assert equal_step_epochs(2, 8, [400, 400], [4, None], limit_per_class=16) == {4: 8, None: 2}  # 4 vs 1 step
+    # never below one epoch
+    assert equal_step_epochs(1, 64, [10, 10], [1, None]) == {1: 1, None: 1}
