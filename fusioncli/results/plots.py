@@ -194,6 +194,70 @@ def write_robustness_plot(view: Any, out_dir: Path) -> Path:
     return path
 
 
+LEARNING_CURVE_PLOT = "learning_curve.png"
+
+
+def learning_curve_points(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Accuracy per (configuration, training-set size) for ``learning_curve.png``.
+
+    Returns ``(table, fields)``: the aggregate over seeds grouped by the usual fields minus
+    ``epochs`` (``--equal-steps`` gives each size its own) plus ``train_samples_per_class``
+    (``train_per_class``, or for "all" the runs' training samples per class), and the fields
+    that name a curve. Empty when fewer than two sizes are present.
+    """
+    from fusioncli.results.aggregate import DEFAULT_GROUP_BY, aggregate, finished_runs
+
+    done = finished_runs(runs)
+    if done["train_per_class"].astype("Int64").nunique(dropna=False) < 2:
+        return pd.DataFrame(), []
+    fields = [f for f in DEFAULT_GROUP_BY if f not in ("train_per_class", "epochs")]
+    table = aggregate(done, [*fields, "train_per_class"])
+    per_class = (done["n_train"].astype("float64") / done["class_names"].str.count(",").add(1)).groupby(
+        done["train_per_class"].astype("Int64").fillna(-1)
+    ).mean()
+    sizes = table["train_per_class"].astype("Int64").fillna(-1)
+    table["train_samples_per_class"] = [float(per_class.get(size, np.nan)) for size in sizes]
+    return table, fields
+
+
+def write_learning_curve(runs: pd.DataFrame, out_dir: Path) -> Path | None:
+    """Write ``learning_curve.png`` (accuracy vs training samples per class, one line per
+    configuration, shaded 95 % CI) when the runs have two or more training-set sizes."""
+    table, fields = learning_curve_points(runs)
+    if table.empty:
+        return None
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = table[fields].astype("string").fillna("<NA>").agg("|".join, axis=1)
+    curves = table[fields][~keys.duplicated()].reset_index(drop=True)
+    labels = config_labels(curves, fields)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, key in zip(labels, keys.drop_duplicates()):
+        line = table[keys == key].sort_values("train_samples_per_class")
+        x = line["train_samples_per_class"].to_numpy(dtype="float64")
+        drawn = ax.plot(x, line["accuracy_pct_mean"].to_numpy(dtype="float64"), marker="o", label=label)
+        lo = line["accuracy_pct_ci95_lo"].to_numpy(dtype="float64")
+        hi = line["accuracy_pct_ci95_hi"].to_numpy(dtype="float64")
+        if np.isfinite(lo).any():
+            ax.fill_between(x, lo, hi, color=drawn[0].get_color(), alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    sizes = sorted(set(table["train_samples_per_class"].dropna().tolist()))
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([f"{size:g}" for size in sizes])
+    ax.minorticks_off()
+    ax.set_ylim(0, 100)  # an interval past 0 or 100 % is clipped, not drawn
+    ax.set_xlabel("training samples per class")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Learning curve (same validation samples at every size)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = out_dir / LEARNING_CURVE_PLOT
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def write_report_plots(
     runs: pd.DataFrame,
     out_dir: Path,
@@ -203,7 +267,8 @@ def write_report_plots(
     filters: Sequence[str] = (),
 ) -> list[Path]:
     """Every chart ``report --plot`` writes for these runs: the four per-configuration charts,
-    plus ``robustness.png`` when a selected run has robustness results."""
+    plus ``robustness.png`` when a selected run has robustness results and
+    ``learning_curve.png`` when the selected runs have several training-set sizes."""
     from fusioncli.results.aggregate import build_report, filter_runs, parse_filters
     from fusioncli.results.robustness import build_robustness, has_robustness
 
@@ -213,4 +278,7 @@ def write_report_plots(
     if has_robustness(filter_runs(runs, parse_filters(filters))):
         view = build_robustness(runs, group_by=group_by, sort=sort, filters=filters)
         paths.append(write_robustness_plot(view, out_dir))
+    curve = write_learning_curve(filter_runs(runs, parse_filters(filters)), out_dir)
+    if curve is not None:
+        paths.append(curve)
     return paths

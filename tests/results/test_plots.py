@@ -55,3 +55,27 @@ def test_missing_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.
         write_plots(report.table, tmp_path, report.fields)
     assert "pip install 'fusioncli[plot]'" in info.value.hint
     assert not list(tmp_path.iterdir())
+
+
+def test_learning_curve_only_with_several_training_sizes(tmp_path: Path) -> None:
+    from fusioncli.results.plots import LEARNING_CURVE_PLOT, learning_curve_points, write_learning_curve
+
+    def record(strategy: str, size: int | None, seed: int, epochs: int) -> dict:
+        cfg = RunConfig(strategy=strategy, seed=seed, epochs=epochs, train_per_class=size, device="cpu", precision="fp32")
+        rec = fake_record(cfg)
+        rec["dataset"] = {**rec["dataset"], "n_train": 2 * (size or 40), "class_names": ["cubes", "spheres"]}
+        return rec
+
+    # --equal-steps: each size has its own epochs; still one curve per strategy
+    records = [record(s, size, seed, {10: 8, None: 2}[size]) for s in ("late", "gmu") for size in (10, None) for seed in (0, 1)]
+    table, fields = learning_curve_points(runs_frame(records))
+    assert "epochs" not in fields and "train_per_class" not in fields
+    assert len(table) == 4 and set(table["n"]) == {2}
+    assert sorted(set(table["train_samples_per_class"])) == [10.0, 40.0]  # "all" = the runs' 40 per class
+    pytest.importorskip("matplotlib")
+    path = write_learning_curve(runs_frame(records), tmp_path)
+    assert path is not None and path.name == LEARNING_CURVE_PLOT and path.read_bytes().startswith(PNG_MAGIC)
+    # one size only: no curve
+    one = [r for r in records if r["config"]["train_per_class"] is None]
+    assert write_learning_curve(runs_frame(one), tmp_path / "none") is None
+    assert not (tmp_path / "none").exists()
