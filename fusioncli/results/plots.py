@@ -3,7 +3,9 @@
 The seed notebook plotted accuracy and training time per configuration as bar charts; we draw
 the same (with 95 % CI error bars when there are several seeds) plus two trade-off scatters:
 accuracy vs parameters and accuracy vs training time. When runs carry robustness results,
-``robustness.png`` adds accuracy vs corruption severity (one panel per corruption).
+``robustness.png`` adds accuracy vs corruption severity (one panel per corruption); when they
+span several training-set sizes (``--train-per-class``), ``learning_curve.png`` adds accuracy
+vs training samples per class.
 """
 
 from __future__ import annotations
