@@ -43,8 +43,11 @@ step() {  # step NAME LIMIT COMMAND...: run under a time limit, log to $OUT/NAME
 }
 
 step env 30 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))'"
-step data 90 bash -c "rm -rf '$DATA' && $PY -m fusioncli synth '$DATA/raw' --per-class $PER_CLASS \
-    && $PY -m fusioncli prepare --data-dir '$DATA/raw' --cache-dir '$DATA/cache'"
+# The library, not the CLI: the machine's own typer version does not matter for the figures.
+rm -rf "$DATA"
+step data 90 "$PY" -c "from pathlib import Path; from fusioncli.data.synth import write_dataset; \
+from fusioncli.data.cache import prepare; d = Path('$DATA'); print(write_dataset(d / 'raw', per_class=$PER_CLASS)); \
+print(prepare(d / 'raw', d / 'cache'))"
 step grid "${GRID_LIMIT:-240}" "$PY" benchmarks/bench_grid.py --cache-dir "$DATA/cache" --device "$DEVICE" \
     --executor stacked "${GRID_SIZE[@]}" --json "$OUT/grid.json"
 step pytest_gpu "${PYTEST_LIMIT:-120}" "$PY" -m pytest -m gpu -p no:cacheprovider -rs tests
