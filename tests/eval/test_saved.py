@@ -251,3 +251,22 @@ def test_on_cuda_it_matches_the_cpu(trained, other: PreparedData) -> None:
     assert cuda["metrics"]["loss"] == pytest.approx(cpu["metrics"]["loss"], rel=1e-3)
     bf16 = evaluate_checkpoint(trained[0], other, device="cuda", precision="bf16", robustness=True)
     assert bf16["precision"] == "bf16" and bf16["robustness"]["clean_accuracy"] == bf16["metrics"]["accuracy"]
+
+
+def test_weights_kept_from_a_stacked_group_score_as_the_group_did(prepared: PreparedData, tmp_path: Path) -> None:
+    """Each member's kept weights, rebuilt as a model of its own, reproduce its recorded metrics."""
+    from fusioncli.results.store import ResultsStore
+    from fusioncli.sweep.grid import expand_grid
+    from fusioncli.sweep.runner import run_sweep
+
+    store = ResultsStore(tmp_path / "results")
+    configs = expand_grid(strategies=["early"], lrs=[1e-3, 1e-4], schedulers=["constant"], epochs=1, **CPU)
+    summary = run_sweep(configs, prepared, store, executor="stacked", keep_weights=True)
+    assert summary.exit_code == 0
+    for outcome in summary.finished:
+        record = store.get(outcome.run_id)
+        assert record["timing"]["executor"] == "stacked"
+        e = evaluate_checkpoint(store.weights_path(outcome.run_id), prepared, **CPU)
+        assert e["dataset"]["split"] == "val"
+        assert e["metrics"]["accuracy"] == pytest.approx(record["metrics"]["val_accuracy"], abs=1e-12)
+        assert e["metrics"]["loss"] == pytest.approx(record["metrics"]["val_loss"], rel=1e-4)
