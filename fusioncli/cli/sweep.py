@@ -124,10 +124,11 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
     if kept_weights:
         from fusioncli.results.store import ResultsStore
 
-        files = sorted(ResultsStore(results_dir).weights_dir.glob("*.safetensors"))
+        weights_dir = ResultsStore(results_dir).weights_dir
+        files = sorted(weights_dir.glob("*.safetensors"))
         size = sum(f.stat().st_size for f in files)
         err.print(
-            f"weights: {len(files)} run(s) in {ResultsStore(results_dir).weights_dir} ({size / 1e9:.2f} GB); "
+            f"weights: {len(files)} run(s) in {weights_dir} ({size / 1e9:.2f} GB); "
             "score them on other data with `fusioncli evaluate --runs --cache-dir OTHER --into DIR`",
             highlight=False,
             soft_wrap=True,

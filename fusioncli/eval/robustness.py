@@ -80,9 +80,9 @@ def evaluate_robustness(
 
     ``data`` is the data as trained on (already limited); ``cfg`` the run's config, whose
     device, precision and batch size are used (resolved here if it is not yet); ``batch_size``
-    fixes the inference batch instead (default: :func:`~fusioncli.train.loop.eval_batch_size`). Inference runs
-    in eval mode without gradients; the model's train/eval mode is restored afterwards. Same
-    model, data, seed and device: same numbers.
+    fixes the inference batch instead (default: :func:`~fusioncli.train.loop.eval_batch_size`).
+    Inference runs in eval mode without gradients; the model's train/eval mode is restored
+    afterwards. Same model, data, seed and device: same numbers.
     """
     cfg = cfg if cfg.is_resolved else cfg.resolve()
     device = torch.device(cfg.device)

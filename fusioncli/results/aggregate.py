@@ -18,7 +18,7 @@ import pandas as pd
 
 from fusioncli.errors import BadInputError
 from fusioncli.results.stats import mean_ci95
-from fusioncli.results.store import CONFIG_FIELDS, FINISHED
+from fusioncli.results.store import CONFIG_FIELDS, DATA_LIMIT_FIELDS, FINISHED, NUMERIC_CONFIG_FIELDS
 
 MIB = 2**20
 
@@ -201,9 +201,6 @@ def sort_table(table: pd.DataFrame, column: str, ascending: bool) -> pd.DataFram
 
 
 FILTER_KEYS = (*CONFIG_FIELDS, "status", "run_id", "dataset_fingerprint")
-_NUMERIC_FIELDS = (
-    "lr", "epochs", "batch_size", "seed", "limit_per_class", "train_per_class", "modality_dropout"
-)  # fmt: skip
 _NULL_WORDS = ("none", "null", "")
 
 
@@ -228,9 +225,9 @@ def parse_filters(items: Sequence[str]) -> list[tuple[str, list[str]]]:
 def _matches(column: pd.Series, key: str, values: Sequence[str]) -> pd.Series:
     mask = pd.Series(False, index=column.index)
     for value in values:
-        if value.lower() in _NULL_WORDS or (key in ("limit_per_class", "train_per_class") and value.lower() == "all"):
+        if value.lower() in _NULL_WORDS or (key in DATA_LIMIT_FIELDS and value.lower() == "all"):
             mask |= column.isna()  # "all" is how reports show an unset data limit
-        elif key in _NUMERIC_FIELDS:
+        elif key in NUMERIC_CONFIG_FIELDS:
             try:
                 target = float(value)
             except ValueError:

@@ -19,12 +19,9 @@ import pandas as pd
 from rich.table import Table
 
 from fusioncli.results.aggregate import METRICS, Metric
-from fusioncli.results.store import CONFIG_FIELDS
+from fusioncli.results.store import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
-NUMERIC_FIELDS = (
-    "lr", "epochs", "batch_size", "seed", "limit_per_class", "train_per_class", "modality_dropout"
-)  # fmt: skip
 CI_NOTE = "mean ± 95% CI half-width over seeds (Student t, n-1 df; mean only when n = 1); n = runs averaged"
 SINGLE_NOTE = "one run per configuration: mean only (several seeds, e.g. --seeds 0,1,2, give a 95% CI)"
 
@@ -71,7 +68,7 @@ def format_lr(value: float) -> str:
 def format_field(name: str, value: Any) -> str:
     """A config value for display (a null data limit reads as 'all')."""
     if is_missing(value):
-        return "all" if name in ("limit_per_class", "train_per_class") else "-"
+        return "all" if name in DATA_LIMIT_FIELDS else "-"
     if name == "lr":
         return format_lr(float(value))
     if name == "dataset_fingerprint":
@@ -139,7 +136,7 @@ def split_fields(table: pd.DataFrame, fields: Sequence[str], *, keep_one: bool =
 def field_columns(table: pd.DataFrame, fields: Sequence[str]) -> tuple[list[str], list[bool], list[list[str]]]:
     """Headers, numeric flags and formatted cells of config ``fields`` (columns of a display)."""
     headers = [_label(f) for f in fields]
-    numeric = [f in NUMERIC_FIELDS for f in fields]
+    numeric = [f in NUMERIC_CONFIG_FIELDS for f in fields]
     cells = [[format_field(f, v) for v in table[f]] for f in fields]
     return headers, numeric, cells
 
@@ -153,7 +150,7 @@ def build_display(table: pd.DataFrame, fields: Sequence[str], *, per_run: bool =
     metrics = _visible_metrics(table, per_run)
 
     headers = [_label(f) for f in varying]
-    numeric = [f in NUMERIC_FIELDS for f in varying]
+    numeric = [f in NUMERIC_CONFIG_FIELDS for f in varying]
     columns: list[list[str]] = [[format_field(f, v) for v in table[f]] for f in varying]
     best: list[list[bool]] = [[False] * len(table) for _ in varying]
     if per_run:

@@ -54,6 +54,13 @@ CONFIG_FIELDS = (
     "modality_dropout",
 )
 
+# Config fields holding numbers (filters compare them as numbers, tables right-align them).
+NUMERIC_CONFIG_FIELDS = (
+    "lr", "epochs", "batch_size", "seed", "limit_per_class", "train_per_class", "modality_dropout"
+)  # fmt: skip
+# Data limits: null means no limit, which reports show (and filters accept) as "all".
+DATA_LIMIT_FIELDS = ("limit_per_class", "train_per_class")
+
 # What a config field reads as in rows and records written before the field existed.
 CONFIG_DEFAULTS = {"modality_dropout": 0.0}
 
