@@ -42,7 +42,7 @@ import torch
 
 from fusioncli.data.cache import load_cache, prepare
 from fusioncli.data.synth import LIDAR, RGB, difficulty_params, sample_scene, write_dataset
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.loop import train_run
 
 UNIMODAL = ("rgb-only", "lidar-only")

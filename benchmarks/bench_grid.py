@@ -53,7 +53,7 @@ from fusioncli.sweep.grid import (
     split_list,
 )
 from fusioncli.sweep.runner import SweepSummary, run_sweep
-from fusioncli.train.config import SCHEDULERS
+from fusioncli.config import SCHEDULERS
 from fusioncli.train.device import cpu_model_name, device_name
 from fusioncli.train.stacked import choose_executor
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from fusioncli.data.dataset import PreparedData
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.device import cpu_model_name, device_name
 from fusioncli.train.loop import train_run
 from fusioncli.train.stacked import train_stacked

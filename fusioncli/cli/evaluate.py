@@ -220,7 +220,7 @@ def evaluate(
     .fusioncli/cache-hard --into .fusioncli/results-hard && fusioncli report --results-dir .fusioncli/results-hard
     """
     from fusioncli.data.cache import load_cache
-    from fusioncli.train.config import RunConfig
+    from fusioncli.config import RunConfig
 
     if runs and checkpoints:
         raise BadInputError("give checkpoint files or --runs, not both")

@@ -108,7 +108,7 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
         )
     best = summary.best
     if best:
-        from fusioncli.train.config import RunConfig
+        from fusioncli.config import RunConfig
 
         try:
             label = run_label(RunConfig.from_dict(best["config"]))

@@ -126,7 +126,7 @@ def train(
     Robustness:  fusioncli train --strategy late --modality-dropout 0.3 --robustness
     """
     # Imported here so `fusioncli --help` does not pay for torch.
-    from fusioncli.train.config import RunConfig
+    from fusioncli.config import RunConfig
     from fusioncli.train.loop import train_from_cache
 
     config = RunConfig(

@@ -31,7 +31,7 @@ from torch import nn
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.corruptions import Corruption, get_corruption
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.loop import (
     RunResult,
     _autocast,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.train.checkpoint import load_checkpoint
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.loop import _autocast, _batch, _channels_last, _cudnn_mode, eval_batch_size
 from fusioncli.train.metrics import classification_metrics, confusion_matrix
 

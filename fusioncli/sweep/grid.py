@@ -1,7 +1,7 @@
 """The sweep grid: comma-list parsing and the Cartesian product of run configurations.
 
 ``fusioncli sweep --strategies late,intermediate-add --lrs 1e-4,1e-5`` becomes one
-:class:`~fusioncli.train.config.RunConfig` per combination. Parsing is strict: a bad item is
+:class:`~fusioncli.config.RunConfig` per combination. Parsing is strict: a bad item is
 named with its flag, and every problem is reported at once (one line each).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from fusioncli.errors import BadInputError
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 
 T = TypeVar("T")
 

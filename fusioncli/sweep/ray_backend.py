@@ -65,7 +65,7 @@ from fusioncli.sweep.runner import (
     train_one,
 )
 from fusioncli.sweep.tracking import Tracker
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 
 RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"
 SHARED_CACHE_NOTE = "on Ray the cache folder must be on storage every node sees at the same path"

@@ -37,7 +37,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, FusionError, RunFailedError
 from fusioncli.results.store import FAILED, FINISHED, ResultsStore
 from fusioncli.sweep.tracking import Tracker
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 from fusioncli.train.loop import failed_record, train_run
 
 SKIPPED = "skipped"

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import functools
 import platform
-import re
 from pathlib import Path
 
 import torch
 
+from fusioncli.config import DEVICE_PATTERN, PRECISIONS
 from fusioncli.errors import BadInputError
-
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 # /proc/cpuinfo flags of x86 CPUs with native bf16 dot products. Without them oneDNN emulates
 # bf16 through fp32 conversions, which is slower than plain fp32, so "auto" must not pick it.

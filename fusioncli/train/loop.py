@@ -33,7 +33,7 @@ from torch import nn
 
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock, environment_info, peak_memory, reset_peak_memory, utc_now
 

@@ -52,7 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.train import loop as _loop  # module access: tests patch loop._batch
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 from fusioncli.train.device import resolve_device, validate_device_spec
 from fusioncli.train.loop import RunResult, finished_record
 from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now

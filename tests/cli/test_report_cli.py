@@ -16,7 +16,7 @@ from sweep_fakes import fake_record  # noqa: E402
 
 from fusioncli.cli import app  # noqa: E402
 from fusioncli.results.store import ResultsStore  # noqa: E402
-from fusioncli.train.config import RunConfig  # noqa: E402
+from fusioncli.config import RunConfig  # noqa: E402
 
 runner = CliRunner()
 

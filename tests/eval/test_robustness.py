@@ -19,7 +19,7 @@ from fusioncli.eval.robustness import (
     summary_rows,
     trapezoid_auc,
 )
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.loop import RunResult, train_run
 
 CURVE_KEYS = {"severities", "accuracy", "f1_macro", "auc", "relative_auc"}

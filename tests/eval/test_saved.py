@@ -12,7 +12,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.saved import checkpoint_file, choose_split, evaluate_checkpoint
 from fusioncli.train.checkpoint import save_checkpoint
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.loop import train_run
 
 CPU = {"device": "cpu", "precision": "fp32"}

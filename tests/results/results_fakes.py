@@ -14,7 +14,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
 from sweep_fakes import fake_record  # noqa: E402
 
-from fusioncli.train.config import RunConfig  # noqa: E402
+from fusioncli.config import RunConfig  # noqa: E402
 
 SEVERITIES = [0.0, 0.25, 0.5, 0.75, 1.0]
 

@@ -25,7 +25,7 @@ from fusioncli.results.aggregate import (  # noqa: E402
     run_metrics,
 )
 from fusioncli.results.store import runs_frame  # noqa: E402
-from fusioncli.train.config import RunConfig  # noqa: E402
+from fusioncli.config import RunConfig  # noqa: E402
 
 
 def _cfg(**kw) -> RunConfig:

@@ -14,7 +14,7 @@ from fusioncli.errors import BadInputError  # noqa: E402
 from fusioncli.results.aggregate import build_report  # noqa: E402
 from fusioncli.results.plots import PLOT_FILES, config_labels, write_plots  # noqa: E402
 from fusioncli.results.store import runs_frame  # noqa: E402
-from fusioncli.train.config import RunConfig  # noqa: E402
+from fusioncli.config import RunConfig  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -25,7 +25,7 @@ from fusioncli.results.render import (  # noqa: E402
     render,
 )
 from fusioncli.results.store import CONFIG_FIELDS, runs_frame  # noqa: E402
-from fusioncli.train.config import RunConfig  # noqa: E402
+from fusioncli.config import RunConfig  # noqa: E402
 
 
 def _cfg(**kw) -> RunConfig:

@@ -16,7 +16,7 @@ from sweep_fakes import FINGERPRINT, fake_record  # noqa: E402
 
 from fusioncli.errors import BadInputError  # noqa: E402
 from fusioncli.results.store import CONFIG_FIELDS, RUN_SCHEMA, ResultsStore, flatten_record, open_store  # noqa: E402
-from fusioncli.train.config import RunConfig  # noqa: E402
+from fusioncli.config import RunConfig  # noqa: E402
 
 
 def _config(**kw) -> RunConfig:

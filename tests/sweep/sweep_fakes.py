@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fusioncli.data.dataset import PreparedData
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 
 FINGERPRINT = "fake-fingerprint-0001"
 CLASS_NAMES = ("cubes", "spheres")

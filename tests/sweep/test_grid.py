@@ -19,7 +19,7 @@ from fusioncli.sweep.grid import (
     parse_ints,
     split_list,
 )
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 
 
 def test_split_list_strips_spaces() -> None:

@@ -23,7 +23,7 @@ from fusioncli.results.store import ResultsStore
 from fusioncli.sweep import ray_backend
 from fusioncli.sweep.ray_backend import check_resources, plan_sweep_ray, resolve_for_ray, run_sweep_ray
 from fusioncli.sweep.runner import plan_sweep, run_sweep
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 
 QUICK = dict(precision="fp32", limit_per_class=8, lrs=[1e-3])
 

@@ -14,7 +14,7 @@ from sweep_fakes import FINGERPRINT, FakeTrainer, fake_record, grid, tiny_data
 from fusioncli.errors import RunFailedError
 from fusioncli.results.store import ResultsStore
 from fusioncli.sweep.runner import plan_sweep, run_sweep
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 
 
 @pytest.fixture

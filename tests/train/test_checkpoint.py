@@ -14,7 +14,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.models import create_model
 from fusioncli.train.checkpoint import load_checkpoint, save_checkpoint
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.loop import train_run
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.models import register_strategy, unregister_strategy
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 from fusioncli.train.device import cpu_bf16_supported
 from fusioncli.train.loop import failed_record, train_run
 

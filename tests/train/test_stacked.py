@@ -17,7 +17,7 @@ from fusioncli.models import create_model, register_strategy, strategy_names, un
 from fusioncli.models.blocks import TwoStreamModel
 from fusioncli.models.fusion import ConcatFusion
 from fusioncli.train import loop
-from fusioncli.train.config import RunConfig
+from fusioncli.config import RunConfig
 from fusioncli.train.device import cpu_bf16_supported
 from fusioncli.train.stacked import (
     StackedAdam,

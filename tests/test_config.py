@@ -9,7 +9,7 @@ import torch
 
 from fusioncli.errors import BadInputError
 from fusioncli.train import device as device_mod
-from fusioncli.train.config import RunConfig, run_id
+from fusioncli.config import RunConfig, run_id
 
 
 def test_defaults_are_the_seed_notebooks() -> None:
