@@ -1,9 +1,16 @@
-"""The configuration of one training run, validated once, and its stable run id.
+"""The configuration of one training run, its field metadata, and its stable run id.
 
 A :class:`RunConfig` is what ``fusioncli train`` options and one sweep grid point turn into.
 It is frozen and validated in ``__post_init__`` (every problem named by its flag, all at once).
 :meth:`RunConfig.resolve` replaces ``auto`` by what this machine does; the resolved config is
 saved with every result and hashed into the run id.
+
+Each field carries a :class:`FieldInfo` (its flag, help, choices, whether it is numeric, a
+sweep grid axis, a data limit, and how it enters the run id). Everything that lists the
+fields -- the CLI options of ``train`` and ``sweep``, grid parsing, the results store's
+columns, report filters and the id hash -- is derived from that metadata, so adding a field is
+one edit here plus its use. This module is torch-free: a ``--help`` or a ``report`` must not
+pay for torch.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import json
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from fusioncli.errors import BadInputError
@@ -22,9 +30,103 @@ SCHEDULERS = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
+# A Checker validates one field value: (problem or None, the normalised value).
+Checker = Callable[[str, Any], tuple[str | None, Any]]
+
+
+class _Always:
+    """Marker: the field was in the run id from the start (never left out of the hash)."""
+
+    def __repr__(self) -> str:
+        return "ALWAYS_HASHED"
+
+
+ALWAYS_HASHED: Any = _Always()
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What a RunConfig field means to the CLI, the sweep grid, the store and the run id."""
+
+    flag: str
+    help: str
+    check: Checker
+    short: str | None = None
+    numeric: bool = False
+    # Static choices (CLI choice lists, shell completion); registry-backed names complete lazily.
+    choices: tuple[str, ...] | None = None
+    # Sweep grid axis: the comma-list flag, its help, its default, and the expand_grid keyword.
+    grid_flag: str | None = None
+    grid_help: str | None = None
+    grid_default: str | None = None
+    axis: str | None = None
+    # None means "no limit": reports show it, and filters accept it, as "all".
+    data_limit: bool = False
+    # Fields added after run ids were first published: left out of the hash while they hold
+    # this neutral value (so older runs keep their ids), and the value older rows read as.
+    hash_neutral: Any = ALWAYS_HASHED
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _int_at_least(minimum: int) -> Checker:
+    def check(flag: str, value: Any) -> tuple[str | None, Any]:
+        if not _is_int(value) or value < minimum:
+            return f"{flag} must be an integer >= {minimum} (got {value!r})", value
+        return None, int(value)
+
+    return check
+
+
+def _optional_int_at_least(minimum: int) -> Checker:
+    inner = _int_at_least(minimum)
+
+    def check(flag: str, value: Any) -> tuple[str | None, Any]:
+        return (None, None) if value is None else inner(flag, value)
+
+    return check
+
+
+def _one_of(choices: Sequence[str]) -> Checker:
+    def check(flag: str, value: Any) -> tuple[str | None, Any]:
+        if value not in choices:
+            return f"{flag} must be one of {', '.join(choices)} (got {value!r})", value
+        return None, value
+
+    return check
+
+
+def _positive_number(flag: str, value: Any) -> tuple[str | None, Any]:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{flag} must be a number (got {value!r})", value
+    if not math.isfinite(value) or value <= 0:
+        return f"{flag} must be > 0 (got {value:g})", value
+    return None, float(value)  # 1 and 1.0 must hash to the same run id
+
+
+def _probability_below_one(flag: str, value: Any) -> tuple[str | None, Any]:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{flag} must be a number in [0, 1) (got {value!r})", value
+    if not 0 <= value < 1:  # also false for NaN
+        return f"{flag} must be >= 0 and < 1 (got {value:g})", value
+    return None, float(value)  # 0 and 0.0 must hash to the same run id
+
+
+def _device(flag: str, value: Any) -> tuple[str | None, Any]:
+    if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
+        return f"{flag} must be auto, cpu, cuda or cuda:N (got {value!r})", value
+    return None, value
+
+
+def _registered(flag: str, value: Any) -> tuple[str | None, Any]:
+    # Strategy and backbone names live in the model registry; checked in __post_init__.
+    return None, value
+
+
+def _meta(default: Any, info: FieldInfo) -> Any:
+    return field(default=default, metadata={"fusioncli": info})
 
 
 @dataclass(frozen=True)
@@ -35,63 +137,95 @@ class RunConfig:
     cosine annealing over 15 epochs, batch 32, seed 51.
     """
 
-    strategy: str = "late"
-    backbone: str = "seed"
-    lr: float = 1e-4
-    scheduler: str = "cosine"
-    epochs: int = 15
-    batch_size: int = 32
-    seed: int = 51
-    device: str = "auto"
-    precision: str = "auto"
-    limit_per_class: int | None = None
+    strategy: str = _meta(
+        "late",
+        FieldInfo(
+            "--strategy", "Fusion strategy (`fusioncli strategies` lists them).", _registered, short="-s",
+            grid_flag="--strategies", grid_help="Comma list of strategies (`fusioncli strategies` lists them).",
+            grid_default="late,intermediate-concat,intermediate-add,intermediate-multiply", axis="strategies",
+        ),
+    )  # fmt: skip
+    backbone: str = _meta("seed", FieldInfo("--backbone", "Backbone preset: seed or lab.", _registered))
+    lr: float = _meta(
+        1e-4,
+        FieldInfo(
+            "--lr", "Adam learning rate.", _positive_number, numeric=True,
+            grid_flag="--lrs", grid_help="Comma list of Adam learning rates.", grid_default="1e-4,1e-5,1e-6",
+            axis="lrs",
+        ),
+    )  # fmt: skip
+    scheduler: str = _meta(
+        "cosine",
+        FieldInfo(
+            "--scheduler", "cosine: CosineAnnealingLR(T_max=epochs), stepped per epoch; constant: no schedule.",
+            _one_of(SCHEDULERS), choices=SCHEDULERS,
+            grid_flag="--schedulers", grid_help="Comma list of schedulers: cosine, constant.",
+            grid_default="cosine,constant", axis="schedulers",
+        ),
+    )  # fmt: skip
+    epochs: int = _meta(15, FieldInfo("--epochs", "Training epochs per run.", _int_at_least(1), numeric=True))
+    batch_size: int = _meta(
+        32, FieldInfo("--batch-size", "Training batch size (last partial batch kept).", _int_at_least(1), numeric=True)
+    )
+    seed: int = _meta(
+        51,
+        FieldInfo(
+            "--seed", "Seed for weights and batch order.", _int_at_least(0), numeric=True,
+            grid_flag="--seeds",
+            grid_help="Comma list of seeds (several give a 95% CI and paired tests in the report).",
+            grid_default="51", axis="seeds",
+        ),
+    )  # fmt: skip
+    device: str = _meta("auto", FieldInfo("--device", "auto, cpu, cuda or cuda:N (all runs on this one device).", _device))
+    precision: str = _meta(
+        "auto",
+        FieldInfo(
+            "--precision", "auto: bf16 autocast where the hardware has it, else fp32.", _one_of(PRECISIONS),
+            choices=PRECISIONS,
+        ),
+    )  # fmt: skip
+    limit_per_class: int | None = _meta(
+        None,
+        FieldInfo(
+            "--limit-per-class", "Use at most N samples per class in each split (quick runs).",
+            _optional_int_at_least(1), numeric=True, data_limit=True,
+        ),
+    )  # fmt: skip
     # At most this many *training* samples per class (the first ones); validation untouched, so
     # runs of different training-set sizes are scored on the same samples (learning curves).
-    train_per_class: int | None = None
+    train_per_class: int | None = _meta(
+        None,
+        FieldInfo(
+            "--train-per-class", "Train on at most N samples per class (the first ones); validation is not cut.",
+            _optional_int_at_least(1), numeric=True, data_limit=True, hash_neutral=None,
+            grid_flag="--train-per-class",
+            grid_help="Comma list of training-set sizes: at most N training samples per class, or 'all'; "
+            "validation is never cut, so sizes compare on the same samples (learning curves), e.g. 100,500,all.",
+            grid_default="all", axis="train_sizes",
+        ),
+    )  # fmt: skip
     # Probability that a training sample has one modality (RGB or LiDAR, 50/50) replaced by
     # zeros; 0.0 (the default) trains exactly as before the option existed.
-    modality_dropout: float = 0.0
+    modality_dropout: float = _meta(
+        0.0,
+        FieldInfo(
+            "--modality-dropout",
+            "Training only: probability (0 <= p < 1) that a sample has RGB or LiDAR (50/50) replaced by zeros.",
+            _probability_below_one, numeric=True, hash_neutral=0.0,
+        ),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real):
-            problems.append(f"--lr must be a number (got {self.lr!r})")
-        elif not math.isfinite(self.lr) or self.lr <= 0:
-            problems.append(f"--lr must be > 0 (got {self.lr:g})")
-        else:
-            # 1 and 1.0 must hash to the same run id
-            object.__setattr__(self, "lr", float(self.lr))
-        if not _is_int(self.epochs) or self.epochs < 1:
-            problems.append(f"--epochs must be an integer >= 1 (got {self.epochs!r})")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            problems.append(f"--batch-size must be an integer >= 1 (got {self.batch_size!r})")
-        if not _is_int(self.seed) or self.seed < 0:
-            problems.append(f"--seed must be an integer >= 0 (got {self.seed!r})")
-        if self.scheduler not in SCHEDULERS:
-            problems.append(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {self.scheduler!r})")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if not isinstance(self.device, str) or not DEVICE_PATTERN.match(self.device):
-            problems.append(f"--device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
-        if self.limit_per_class is not None and (not _is_int(self.limit_per_class) or self.limit_per_class < 1):
-            problems.append(f"--limit-per-class must be an integer >= 1 (got {self.limit_per_class!r})")
-        if self.train_per_class is not None and (not _is_int(self.train_per_class) or self.train_per_class < 1):
-            problems.append(f"--train-per-class must be an integer >= 1 (got {self.train_per_class!r})")
-        if isinstance(self.modality_dropout, bool) or not isinstance(self.modality_dropout, numbers.Real):
-            problems.append(f"--modality-dropout must be a number in [0, 1) (got {self.modality_dropout!r})")
-        elif not 0 <= self.modality_dropout < 1:  # also false for NaN
-            problems.append(f"--modality-dropout must be >= 0 and < 1 (got {self.modality_dropout:g})")
-        else:
-            # 0 and 0.0 must hash to the same run id
-            object.__setattr__(self, "modality_dropout", float(self.modality_dropout))
+        for f, info in config_fields():
+            problem, value = info.check(info.flag, getattr(self, f.name))
+            if problem:
+                problems.append(problem)
+            else:
+                object.__setattr__(self, f.name, value)
         problems.extend(_registry_problems(self.strategy, self.backbone))
         if problems:
             raise BadInputError(problems)
-        for name in ("epochs", "batch_size", "seed"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("limit_per_class", "train_per_class"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, int(getattr(self, name)))
 
     def resolve(self) -> RunConfig:
         """This config with ``auto`` device/precision replaced by what this machine does.
@@ -120,16 +254,40 @@ class RunConfig:
         Keys added after a record was written (``modality_dropout``, ``train_per_class``) take
         their defaults, so older records load unchanged.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(CONFIG_FIELDS))
         if unknown:
             raise BadInputError(f"unknown run config key(s): {', '.join(unknown)}")
         return cls(**values)
 
 
+def config_fields() -> list[tuple[Any, FieldInfo]]:
+    """Every RunConfig field (``dataclasses.Field``) with its :class:`FieldInfo`, in order."""
+    return [(f, f.metadata["fusioncli"]) for f in fields(RunConfig)]
+
+
+def field_info(name: str) -> FieldInfo:
+    """The :class:`FieldInfo` of RunConfig field ``name``."""
+    return RunConfig.__dataclass_fields__[name].metadata["fusioncli"]
+
+
+# Derived views of the metadata, for the modules that list fields (store, report, sweep).
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f, _ in config_fields())
+NUMERIC_CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f, info in config_fields() if info.numeric)
+DATA_LIMIT_FIELDS: tuple[str, ...] = tuple(f.name for f, info in config_fields() if info.data_limit)
+GRID_AXES: tuple[str, ...] = tuple(f.name for f, info in config_fields() if info.axis)
+# Fields added later -> their neutral value (left out of the run id while they hold it).
+HASH_NEUTRAL: dict[str, Any] = {
+    f.name: info.hash_neutral for f, info in config_fields() if info.hash_neutral is not ALWAYS_HASHED
+}
+# What a field reads as in rows written before it existed (None needs no filling).
+ROW_DEFAULTS: dict[str, Any] = {name: value for name, value in HASH_NEUTRAL.items() if value is not None}
+DEFAULTS: dict[str, Any] = {f.name: f.default for f, _ in config_fields()}
+
+
 def _registry_problems(strategy: str, backbone: str) -> list[str]:
     """Problems with the strategy/backbone names, checked against the model registry."""
-    # Imported here: the registry pulls in torch model code, which config users may not need yet.
+    # Imported here: the registry is a sibling package that config (a leaf) must not depend on
+    # at import time; the registry itself is torch-free until a model is built.
     from fusioncli.models import BACKBONES, strategy_names
 
     problems = []
@@ -141,10 +299,6 @@ def _registry_problems(strategy: str, backbone: str) -> list[str]:
     return problems
 
 
-# Fields added after run ids were first published -> the value at which they change nothing.
-_HASH_OMITTED_AT: dict[str, Any] = {"modality_dropout": 0.0, "train_per_class": None}
-
-
 def run_id(config: RunConfig, dataset_fingerprint: str) -> str:
     """A stable 16-hex-digit id for (resolved config, dataset): same inputs, same id.
 
@@ -154,7 +308,7 @@ def run_id(config: RunConfig, dataset_fingerprint: str) -> str:
     """
     resolved = config if config.is_resolved else config.resolve()
     hashed = resolved.to_dict()
-    for name, neutral in _HASH_OMITTED_AT.items():
+    for name, neutral in HASH_NEUTRAL.items():
         if hashed[name] == neutral:
             del hashed[name]
     payload = json.dumps({"config": hashed, "dataset": dataset_fingerprint}, sort_keys=True, separators=(",", ":"))

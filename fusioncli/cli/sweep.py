@@ -7,15 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fusioncli.cli._options import (
-    CacheDirOption,
-    LimitPerClassOption,
-    ModalityDropoutOption,
-    Precision,
-    PrecisionOption,
-    ResultsDirOption,
-    RobustnessOption,
-)
+from fusioncli.cli._config_options import run_config_options
+from fusioncli.cli._options import CacheDirOption, ResultsDirOption, RobustnessOption
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.cli._tables import print_table
 from fusioncli.errors import BadInputError
@@ -230,9 +223,9 @@ def execute_sweep(
 ) -> Any:
     """Run the sweep with one stderr line per grid point and an overall bar; returns the summary.
 
-    ``kwargs`` go to :func:`fusioncli.sweep.runner.sweep_from_cache` (and on to the backend).
+    ``kwargs`` go to :func:`fusioncli.sweep.dispatch.sweep_from_cache` (and on to the backend).
     """
-    from fusioncli.sweep.runner import sweep_from_cache
+    from fusioncli.sweep.dispatch import sweep_from_cache
 
     total_epochs = sum(c.epochs for c in configs)
     with progress_bar("sweep", total=total_epochs, enabled=show_bar) as advance:
@@ -269,33 +262,9 @@ def _history_of(outcome: Any) -> list:
 
 
 @report_errors
+@run_config_options(grid=True)
 def sweep(
-    strategies: Annotated[
-        str, typer.Option("--strategies", help="Comma list of strategies (`fusioncli strategies` lists them).")
-    ] = "late,intermediate-concat,intermediate-add,intermediate-multiply",
-    lrs: Annotated[str, typer.Option("--lrs", help="Comma list of Adam learning rates.")] = "1e-4,1e-5,1e-6",
-    schedulers: Annotated[
-        str, typer.Option("--schedulers", help="Comma list of schedulers: cosine, constant.")
-    ] = "cosine,constant",
-    seeds: Annotated[
-        str, typer.Option("--seeds", help="Comma list of seeds (several give a 95% CI and paired tests in the report).")
-    ] = "51",
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = 15,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
-    backbone: Annotated[str, typer.Option("--backbone", help="Backbone preset: seed or lab.")] = "seed",
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (all runs on this one device).")
-    ] = "auto",
-    precision: PrecisionOption = Precision.auto,
-    limit_per_class: LimitPerClassOption = None,
-    train_per_class: Annotated[
-        str,
-        typer.Option(
-            "--train-per-class",
-            help="Comma list of training-set sizes: at most N training samples per class, or 'all'; "
-            "validation is never cut, so sizes compare on the same samples (learning curves), e.g. 100,500,all.",
-        ),
-    ] = "all",
+    run_options: dict[str, Any],
     equal_steps: Annotated[
         bool,
         typer.Option(
@@ -304,7 +273,6 @@ def sweep(
             "--epochs (smaller sets train more epochs), so sizes differ in data, not in training time.",
         ),
     ] = False,
-    modality_dropout: ModalityDropoutOption = 0.0,
     robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
     results_dir: ResultsDirOption = None,
@@ -411,39 +379,19 @@ def sweep(
 
     On a cluster:  fusioncli sweep --backend ray --address auto --gpus-per-run 0.25
     """
-    from fusioncli.models import strategy_names
-    from fusioncli.sweep.grid import SCHEDULERS, expand_grid, parse_choices, parse_floats, parse_ints, parse_sizes
+    from fusioncli.config import GRID_AXES
+    from fusioncli.sweep.grid import expand_grid, parse_axes
     from fusioncli.sweep.tracking import make_trackers
 
-    # Parse every list before failing, so one invocation reports all bad values.
-    problems: list[str] = []
-    parsed: dict[str, list] = {}
-    for key, parse in (
-        ("strategies", lambda: parse_choices(strategies, "--strategies", strategy_names())),
-        ("lrs", lambda: parse_floats(lrs, "--lrs")),
-        ("schedulers", lambda: parse_choices(schedulers, "--schedulers", SCHEDULERS)),
-        ("seeds", lambda: parse_ints(seeds, "--seeds")),
-        ("train_sizes", lambda: parse_sizes(train_per_class, "--train-per-class")),
-    ):
-        try:
-            parsed[key] = parse()
-        except BadInputError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise BadInputError(problems)
+    # Every axis parsed before failing, so one invocation reports all bad values.
+    parsed: dict[str, Any] = parse_axes({name: run_options.pop(name) for name in GRID_AXES})
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     if equal_steps:
-        parsed["epochs_by_size"] = _equal_step_epochs(cache, epochs, batch_size, parsed["train_sizes"], limit_per_class)
-    configs = expand_grid(
-        **parsed,
-        epochs=epochs,
-        batch_size=batch_size,
-        backbone=backbone,
-        device=device,
-        precision=precision.value,
-        limit_per_class=limit_per_class,
-        modality_dropout=modality_dropout,
-    )
+        parsed["epochs_by_size"] = _equal_step_epochs(
+            cache, run_options["epochs"], run_options["batch_size"], parsed["train_sizes"],
+            run_options["limit_per_class"],
+        )  # fmt: skip
+    configs = expand_grid(**parsed, **run_options)
     results = results_dir if results_dir is not None else default_results_dir()
     options = backend_options(backend, address, gpus_per_run, cpus_per_run)
     options.update(executor_options(executor, max_group, compile))

@@ -8,22 +8,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from fusioncli.cli._options import (
-    CacheDirOption,
-    LimitPerClassOption,
-    ModalityDropoutOption,
-    Precision,
-    PrecisionOption,
-    RobustnessOption,
-)
+from fusioncli.cli._config_options import run_config_options
+from fusioncli.cli._options import CacheDirOption, RobustnessOption
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.cli._tables import robustness_table
 from fusioncli.paths import default_cache_dir
-
-
-class Scheduler(str, Enum):
-    cosine = "cosine"
-    constant = "constant"
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -83,30 +72,9 @@ def _summary_tables(record: dict[str, Any]) -> list[Table]:
 
 
 @report_errors
+@run_config_options()
 def train(
-    strategy: Annotated[
-        str, typer.Option("--strategy", "-s", help="Fusion strategy (`fusioncli strategies` lists them).")
-    ] = "late",
-    backbone: Annotated[str, typer.Option("--backbone", help="Backbone preset: seed or lab.")] = "seed",
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 1e-4,
-    scheduler: Annotated[
-        Scheduler, typer.Option("--scheduler", help="cosine: CosineAnnealingLR(T_max=epochs), stepped per epoch.")
-    ] = Scheduler.cosine,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 15,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size (last partial batch kept).")] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for weights and batch order.")] = 51,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: PrecisionOption = Precision.auto,
-    limit_per_class: LimitPerClassOption = None,
-    train_per_class: Annotated[
-        Optional[int],
-        typer.Option(
-            "--train-per-class",
-            help="Train on at most N samples per class (the first ones); validation is not cut.",
-            show_default=False,
-        ),
-    ] = None,
-    modality_dropout: ModalityDropoutOption = 0.0,
+    run_options: dict[str, Any],
     robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
     checkpoint: Annotated[
@@ -127,22 +95,9 @@ def train(
     """
     # Imported here so `fusioncli --help` does not pay for torch.
     from fusioncli.config import RunConfig
-    from fusioncli.train.loop import train_from_cache
+    from fusioncli.jobs import train_from_cache
 
-    config = RunConfig(
-        strategy=strategy,
-        backbone=backbone,
-        lr=lr,
-        scheduler=scheduler.value,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        precision=precision.value,
-        limit_per_class=limit_per_class,
-        train_per_class=train_per_class,
-        modality_dropout=modality_dropout,
-    ).resolve()
+    config = RunConfig(**run_options).resolve()
     err.print(
         f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), "
         f"{config.epochs} epochs",

@@ -2,10 +2,14 @@
 
 ``create_model(name, backbone, num_classes)`` builds any registered strategy; every model is
 called as ``model(rgb, xyza) -> logits``. Importing this package registers the built-in
-strategies (:mod:`fusioncli.models.strategies`).
+strategies (:mod:`fusioncli.models.strategies`, :mod:`fusioncli.models.zoo`) without importing
+torch: names, descriptions and backbones are known at once, and torch loads when a model is
+built or measured (``parameter_counts``, ``flops_per_sample``, ``describe_strategies``).
 """
 
-from fusioncli.models.blocks import BACKBONE_SPECS, BACKBONES, BackboneSpec
+from typing import Any
+
+from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, BackboneSpec
 from fusioncli.models.registry import (
     StrategySpec,
     create_model,
@@ -17,7 +21,18 @@ from fusioncli.models.registry import (
 )
 from fusioncli.models import strategies as _strategies  # noqa: F401  (registers the built-ins)
 from fusioncli.models import zoo as _zoo  # noqa: F401  (registers the literature's strategies)
-from fusioncli.models.stats import describe_strategies, flops_per_sample, parameter_counts
+
+# Measured on a built model, so they need torch: loaded on first use (PEP 562).
+_TORCH_SIDE = {"describe_strategies", "flops_per_sample", "parameter_counts"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_SIDE:
+        from fusioncli.models import stats
+
+        return getattr(stats, name)
+    raise AttributeError(f"module 'fusioncli.models' has no attribute {name!r}")
+
 
 __all__ = [
     "BACKBONES",

@@ -14,63 +14,10 @@ MLP that the seed's ``Embedder`` puts after it. Strategies reuse the two parts:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-# Every model takes two (B, 4, 64, 64) inputs: RGBA / 255 and the seed-normalised XYZA.
-INPUT_CHANNELS = 4
-INPUT_SIZE = 64
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """The shape of one backbone preset.
-
-    ``channels`` are the conv stem's output channels (one conv + ReLU + MaxPool2 each);
-    ``hidden`` are the MLP's hidden widths after flattening the stem's output.
-    """
-
-    name: str
-    channels: tuple[int, ...]
-    hidden: tuple[int, ...]
-    description: str
-
-    @property
-    def out_channels(self) -> int:
-        """Channels of the stem's feature map."""
-        return self.channels[-1]
-
-    @property
-    def out_size(self) -> int:
-        """Height (= width) of the stem's feature map: one halving per conv block."""
-        return INPUT_SIZE >> len(self.channels)
-
-    @property
-    def flat_features(self) -> int:
-        """Length of one flattened stem feature map."""
-        return self.out_channels * self.out_size * self.out_size
-
-
-BACKBONE_SPECS: dict[str, BackboneSpec] = {
-    # The seed's Embedder: 25-50-100 convs -> 100x8x8 -> 6400 -> 1000 -> 100 -> out.
-    "seed": BackboneSpec(
-        name="seed",
-        channels=(25, 50, 100),
-        hidden=(1000, 100),
-        description="the seed's Embedder: convs 25-50-100, MLP 6400-1000-100",
-    ),
-    # The NVIDIA assessment's wider embedder: 50-100-200-200 convs -> 200x4x4 -> 3200 -> 100 -> out.
-    "lab": BackboneSpec(
-        name="lab",
-        channels=(50, 100, 200, 200),
-        hidden=(100,),
-        description="the NVIDIA lab's embedder: convs 50-100-200-200, MLP 3200-100",
-    ),
-}
-
-BACKBONES: tuple[str, ...] = tuple(BACKBONE_SPECS)
+from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, INPUT_CHANNELS, INPUT_SIZE, BackboneSpec  # noqa: F401  (re-exported)
 
 
 class ConvStem(nn.Sequential):
@@ -203,3 +150,30 @@ def map_fusion_model(backbone: BackboneSpec, num_classes: int, fusion: nn.Module
         fusion=fusion,
         head=map_head(backbone, fusion.out_channels(c, c), num_classes),
     )
+
+
+class DecisionFusionModel(nn.Module):
+    """Two complete unimodal classifiers whose logits are fused:
+    ``fusion(head_rgb(encoder_rgb(rgb)), head_lidar(encoder_lidar(xyza)))``."""
+
+    def __init__(
+        self,
+        encoder_rgb: nn.Module,
+        encoder_lidar: nn.Module,
+        head_rgb: nn.Module,
+        head_lidar: nn.Module,
+        fusion: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.encoder_rgb = encoder_rgb
+        self.encoder_lidar = encoder_lidar
+        self.head_rgb = head_rgb
+        self.head_lidar = head_lidar
+        self.fusion = fusion
+
+    def modality_logits(self, rgb: torch.Tensor, xyza: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each classifier's own logits, before fusion (for per-modality analysis)."""
+        return self.head_rgb(self.encoder_rgb(rgb)), self.head_lidar(self.encoder_lidar(xyza))
+
+    def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
+        return self.fusion(*self.modality_logits(rgb, xyza))

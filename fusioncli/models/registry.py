@@ -15,13 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.models.blocks import BACKBONE_SPECS, BACKBONES, BackboneSpec
+from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, BackboneSpec
 
-Builder = Callable[[BackboneSpec, int], nn.Module]
+if TYPE_CHECKING:  # the registry itself is torch-free; models are built by the builders
+    from torch import nn
+
+Builder = Callable[[BackboneSpec, int], "nn.Module"]
 
 # Prefixes of the top-level module names; parameter_counts splits the parameters by them.
 PART_PREFIXES: tuple[str, ...] = ("encoder", "fusion", "head")

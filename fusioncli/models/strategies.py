@@ -9,21 +9,17 @@ comparison changes one thing at a time. Importing this module registers them (th
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from fusioncli.models.blocks import (
-    INPUT_CHANNELS,
-    BackboneSpec,
-    EarlyFusionModel,
-    Embedder,
-    TwoStreamModel,
-    map_fusion_model,
-    UnimodalModel,
-    conv_stem,
-    map_head,
-)
-from fusioncli.models.fusion import AddFusion, ConcatFusion, FusionOp, MultiplyFusion
+from fusioncli.models.backbones import INPUT_CHANNELS, BackboneSpec
 from fusioncli.models.registry import register_strategy
+
+# Builders import the torch-side modules in their bodies: registering (and listing names) stays
+# torch-free, so `--help`, `report` and `sweep --dry-run` start fast; torch loads on the first build.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fusioncli.models.fusion import FusionOp
 
 # The seed's late fusion: each modality embedded to 100, the 200-long concat -> 50 -> classes.
 LATE_EMBED_DIM = 100
@@ -38,6 +34,10 @@ def build_late(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     ``seed``: exactly the seed's LateFusionModel (13,147,202 parameters for 2 classes).
     ``lab``: the same, with the lab embedder (convs 50-100-200-200, 3200 -> 100 -> 100).
     """
+    from fusioncli.models.blocks import Embedder, TwoStreamModel
+    from fusioncli.models.fusion import ConcatFusion
+    from torch import nn
+
     return TwoStreamModel(
         encoder_rgb=Embedder(backbone, INPUT_CHANNELS, LATE_EMBED_DIM),
         encoder_lidar=Embedder(backbone, INPUT_CHANNELS, LATE_EMBED_DIM),
@@ -47,6 +47,8 @@ def build_late(backbone: BackboneSpec, num_classes: int) -> nn.Module:
 
 
 def _intermediate(backbone: BackboneSpec, num_classes: int, fusion: FusionOp) -> nn.Module:
+    from fusioncli.models.blocks import map_fusion_model
+
     return map_fusion_model(backbone, num_classes, fusion)
 
 
@@ -58,6 +60,8 @@ def build_intermediate_concat(backbone: BackboneSpec, num_classes: int) -> nn.Mo
     Linear(12800, 1000) -> ReLU -> Linear(1000, 100) -> ReLU -> Linear(100, classes).
     ``lab``: 2 x 200x4x4 -> 400x4x4 -> Linear(6400, 100) -> ReLU -> Linear(100, classes).
     """
+    from fusioncli.models.fusion import ConcatFusion
+
     return _intermediate(backbone, num_classes, ConcatFusion())
 
 
@@ -68,6 +72,8 @@ def build_intermediate_add(backbone: BackboneSpec, num_classes: int) -> nn.Modul
     ``seed``: the seed's IntermediateFusionModel(fusion_type='add'), head from 6400 features.
     ``lab``: head Linear(3200, 100) -> ReLU -> Linear(100, classes).
     """
+    from fusioncli.models.fusion import AddFusion
+
     return _intermediate(backbone, num_classes, AddFusion())
 
 
@@ -77,6 +83,8 @@ def build_intermediate_multiply(backbone: BackboneSpec, num_classes: int) -> nn.
 
     ``seed``: the seed's IntermediateFusionModel(fusion_type='multiply'). ``lab``: as ``add``.
     """
+    from fusioncli.models.fusion import MultiplyFusion
+
     return _intermediate(backbone, num_classes, MultiplyFusion())
 
 
@@ -88,6 +96,9 @@ def build_early(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     100 -> classes; ``lab``: 3200 -> 100 -> classes), so early vs intermediate-add differs only
     in where the modalities meet. The input concat is the ``fusion`` part (no parameters).
     """
+    from fusioncli.models.blocks import EarlyFusionModel, conv_stem, map_head
+    from fusioncli.models.fusion import ConcatFusion
+
     return EarlyFusionModel(
         fusion=ConcatFusion(),
         encoder=conv_stem(backbone, 2 * INPUT_CHANNELS),
@@ -96,6 +107,8 @@ def build_early(backbone: BackboneSpec, num_classes: int) -> nn.Module:
 
 
 def _unimodal(backbone: BackboneSpec, num_classes: int, modality: str) -> nn.Module:
+    from fusioncli.models.blocks import UnimodalModel, conv_stem, map_head
+
     return UnimodalModel(
         modality,
         encoder=conv_stem(backbone),

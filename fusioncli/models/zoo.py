@@ -15,30 +15,19 @@ registers the strategies (after the built-ins, which it imports first).
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from fusioncli.models.blocks import (
-    INPUT_CHANNELS,
-    BackboneSpec,
-    Embedder,
-    TwoStreamModel,
-    conv_stem,
-    map_fusion_model,
-    map_head,
-)
-from fusioncli.models.fusion import FusionOp
-from fusioncli.models.fusion_zoo import (
-    CrossAttentionFusion,
-    FiLMFusion,
-    GatedFusion,
-    LogitAverage,
-    LowRankFusion,
-    MMTMFusion,
-    TensorFusion,
-)
+from fusioncli.models.backbones import INPUT_CHANNELS, BackboneSpec
 from fusioncli.models.registry import register_strategy
 from fusioncli.models.strategies import LATE_EMBED_DIM, LATE_HIDDEN
+
+# Builders import the torch-side modules in their bodies: registering (and listing names) stays
+# torch-free, so `--help`, `report` and `sweep --dry-run` start fast; torch loads on the first build.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fusioncli.models.blocks import TwoStreamModel
+    from fusioncli.models.fusion import FusionOp
 
 # Sizes of the new operators, kept in proportion with the seed models (see each builder).
 LOW_RANK = 4
@@ -49,6 +38,8 @@ MMTM_RATIO = 4
 
 def _embedding_model(backbone: BackboneSpec, fusion: FusionOp, head: nn.Module) -> TwoStreamModel:
     """Two late-fusion embedders (-> 100 each) meeting in ``fusion``, then ``head``."""
+    from fusioncli.models.blocks import Embedder, TwoStreamModel
+
     return TwoStreamModel(
         encoder_rgb=Embedder(backbone, INPUT_CHANNELS, LATE_EMBED_DIM),
         encoder_lidar=Embedder(backbone, INPUT_CHANNELS, LATE_EMBED_DIM),
@@ -59,6 +50,8 @@ def _embedding_model(backbone: BackboneSpec, fusion: FusionOp, head: nn.Module) 
 
 def _classifier_tail(num_classes: int) -> nn.Sequential:
     """The rest of the late head after its Linear(., 50): ReLU -> Linear(50, classes)."""
+    from torch import nn
+
     return nn.Sequential(nn.ReLU(), nn.Linear(LATE_HIDDEN, num_classes))
 
 
@@ -70,6 +63,9 @@ def build_gmu(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     ``z = sigmoid(W_z [x_r; x_l])`` (100 units, no biases: 40,000 parameters); head
     Linear(100, 50) -> ReLU -> Linear(50, classes), the late head on 100 instead of 200 inputs.
     """
+    from fusioncli.models.fusion_zoo import GatedFusion
+    from torch import nn
+
     fusion = GatedFusion(LATE_EMBED_DIM, LATE_EMBED_DIM, hidden=LATE_EMBED_DIM)
     head = nn.Sequential(nn.Linear(LATE_EMBED_DIM, LATE_HIDDEN), nn.ReLU(), nn.Linear(LATE_HIDDEN, num_classes))
     return _embedding_model(backbone, fusion, head)
@@ -83,6 +79,8 @@ def build_tensor(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     -> Linear(10201, 50) (510,100 parameters); head ReLU -> Linear(50, classes). The late head's
     Linear(200, 50) becomes a Linear over all unimodal and bimodal products.
     """
+    from fusioncli.models.fusion_zoo import TensorFusion
+
     fusion = TensorFusion(LATE_EMBED_DIM, LATE_EMBED_DIM, LATE_HIDDEN)
     return _embedding_model(backbone, fusion, _classifier_tail(num_classes))
 
@@ -95,6 +93,8 @@ def build_low_rank(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     modality) + 4 rank weights + 50 biases = 40,454 parameters, the same 10,201 -> 50 map as
     ``tensor``'s 510,100-parameter Linear restricted to rank 4; head ReLU -> Linear(50, classes).
     """
+    from fusioncli.models.fusion_zoo import LowRankFusion
+
     fusion = LowRankFusion(LATE_EMBED_DIM, LATE_EMBED_DIM, LATE_HIDDEN, rank=LOW_RANK)
     return _embedding_model(backbone, fusion, _classifier_tail(num_classes))
 
@@ -111,6 +111,9 @@ def build_film(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     80,400); the modulated RGB map (C channels) goes to the backbone's map head, as in
     ``intermediate-add``. One direction only (LiDAR -> RGB), as in the paper's question -> image.
     """
+    from fusioncli.models.blocks import map_fusion_model
+    from fusioncli.models.fusion_zoo import FiLMFusion
+
     c = backbone.out_channels
     return map_fusion_model(backbone, num_classes, FiLMFusion(c, c))
 
@@ -126,6 +129,9 @@ def build_mmtm(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     Linear(C, C) -> ``2 * sigmoid`` rescales its channels (``seed``: 40,300 parameters; ``lab``:
     160,600); the recalibrated maps are concatenated (2C) into the map head.
     """
+    from fusioncli.models.blocks import map_fusion_model
+    from fusioncli.models.fusion_zoo import MMTMFusion
+
     c = backbone.out_channels
     return map_fusion_model(backbone, num_classes, MMTMFusion(c, c, ratio=MMTM_RATIO))
 
@@ -150,6 +156,9 @@ def build_cross_attention(backbone: BackboneSpec, num_classes: int) -> nn.Module
     Adam steps at 1e-4: training loss 0.713 -> 0.684 mean-pooled into Linear(128, 50) -> ReLU ->
     Linear(50, 2), 0.695 -> 0.406 with the map head; ``intermediate-concat``: 0.693 -> 0.211).
     """
+    from fusioncli.models.blocks import TwoStreamModel, conv_stem, map_head
+    from fusioncli.models.fusion_zoo import CrossAttentionFusion
+
     c = backbone.out_channels
     fusion = CrossAttentionFusion(
         c, c, tokens=backbone.out_size * backbone.out_size, dim=ATTENTION_DIM, heads=ATTENTION_HEADS
@@ -162,39 +171,15 @@ def build_cross_attention(backbone: BackboneSpec, num_classes: int) -> nn.Module
     )
 
 
-class DecisionFusionModel(nn.Module):
-    """Two complete unimodal classifiers whose logits are fused:
-    ``fusion(head_rgb(encoder_rgb(rgb)), head_lidar(encoder_lidar(xyza)))``."""
-
-    def __init__(
-        self,
-        encoder_rgb: nn.Module,
-        encoder_lidar: nn.Module,
-        head_rgb: nn.Module,
-        head_lidar: nn.Module,
-        fusion: nn.Module,
-    ) -> None:
-        super().__init__()
-        self.encoder_rgb = encoder_rgb
-        self.encoder_lidar = encoder_lidar
-        self.head_rgb = head_rgb
-        self.head_lidar = head_lidar
-        self.fusion = fusion
-
-    def modality_logits(self, rgb: torch.Tensor, xyza: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each classifier's own logits, before fusion (for per-modality analysis)."""
-        return self.head_rgb(self.encoder_rgb(rgb)), self.head_lidar(self.encoder_lidar(xyza))
-
-    def forward(self, rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
-        return self.fusion(*self.modality_logits(rgb, xyza))
-
-
 @register_strategy("decision", description="decision-level fusion: mean of two unimodal classifiers' logits")
 def build_decision(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     """Decision-level (late-late) fusion: the ``rgb-only`` and ``lidar-only`` classifiers, trained
     jointly, with their logits averaged (:class:`~fusioncli.models.fusion_zoo.LogitAverage`
     explains logits vs probabilities). No fusion parameters; twice a unimodal baseline's size.
     """
+    from fusioncli.models.blocks import DecisionFusionModel, conv_stem, map_head
+    from fusioncli.models.fusion_zoo import LogitAverage
+
     c = backbone.out_channels
     return DecisionFusionModel(
         encoder_rgb=conv_stem(backbone),

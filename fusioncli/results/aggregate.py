@@ -18,7 +18,8 @@ import pandas as pd
 
 from fusioncli.errors import BadInputError
 from fusioncli.results.stats import mean_ci95
-from fusioncli.results.store import CONFIG_FIELDS, DATA_LIMIT_FIELDS, FINISHED, NUMERIC_CONFIG_FIELDS
+from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
+from fusioncli.results.store import FINISHED
 
 MIB = 2**20
 

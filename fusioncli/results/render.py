@@ -19,7 +19,7 @@ import pandas as pd
 from rich.table import Table
 
 from fusioncli.results.aggregate import METRICS, Metric
-from fusioncli.results.store import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
+from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 CI_NOTE = "mean ± 95% CI half-width over seeds (Student t, n-1 df; mean only when n = 1); n = runs averaged"

@@ -12,17 +12,10 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from fusioncli.config import SCHEDULERS, RunConfig, config_fields, field_info
 from fusioncli.errors import BadInputError
-from fusioncli.config import RunConfig
 
 T = TypeVar("T")
-
-# The seed notebook's grid: four strategies x three learning rates x two schedulers, seed 51.
-DEFAULT_STRATEGIES = ("late", "intermediate-concat", "intermediate-add", "intermediate-multiply")
-DEFAULT_LRS = (1e-4, 1e-5, 1e-6)
-DEFAULT_SCHEDULERS = ("cosine", "constant")
-DEFAULT_SEEDS = (51,)
-SCHEDULERS = ("cosine", "constant")
 
 
 def split_list(text: str, flag: str) -> list[str]:
@@ -115,6 +108,48 @@ def equal_step_epochs(
     return {size: max(1, round(budget / steps(size))) for size in sizes}
 
 
+def parse_axis(name: str, text: str) -> list[Any]:
+    """Parse the comma list of grid axis ``name`` (a RunConfig field), the parser chosen by its
+    metadata: choices (static or the strategy registry), positive floats, integers, sizes."""
+    info = field_info(name)
+    flag = info.grid_flag or info.flag
+    annotation = str(RunConfig.__dataclass_fields__[name].type)
+    if name == "strategy":
+        from fusioncli.models import strategy_names  # torch-free registry
+
+        return parse_choices(text, flag, strategy_names())
+    if info.choices is not None:
+        return parse_choices(text, flag, info.choices)
+    if info.data_limit:
+        return parse_sizes(text, flag)
+    if "float" in annotation:
+        return parse_floats(text, flag)
+    if "int" in annotation:
+        return parse_ints(text, flag)
+    return _dedupe(split_list(text, flag))
+
+
+def parse_axes(texts: Mapping[str, str]) -> dict[str, list[Any]]:
+    """Parse every grid axis given as text (keyed by field name) into :func:`expand_grid`'s
+    keyword arguments; all bad values of all axes are reported at once."""
+    problems: list[str] = []
+    parsed: dict[str, list[Any]] = {}
+    for name, text in texts.items():
+        try:
+            parsed[field_info(name).axis or name] = parse_axis(name, text)
+        except BadInputError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise BadInputError(problems)
+    return parsed
+
+
+def _axis_default(name: str) -> tuple[Any, ...]:
+    # The seed notebook's grid (four strategies x three lrs x two schedulers, seed 51), from the
+    # fields' grid defaults.
+    return tuple(parse_axis(name, field_info(name).grid_default or ""))
+
+
 def parse_choices(text: str, flag: str, choices: Sequence[str]) -> list[str]:
     """Parse a comma list whose items must be among ``choices`` (errors list the known ones)."""
     items = split_list(text, flag)
@@ -125,41 +160,50 @@ def parse_choices(text: str, flag: str, choices: Sequence[str]) -> list[str]:
     return _dedupe(items)
 
 
+# Product order of the axes, outermost first. Seeds innermost, so the runs of one configuration
+# follow each other; an axis field not named here goes just outside the seeds.
+AXIS_ORDER = ("strategy", "lr", "scheduler", "train_per_class", "seed")
+
+
+def _ordered_axes() -> list[str]:
+    axes = [f.name for f, info in config_fields() if info.axis]
+    extra = [name for name in axes if name not in AXIS_ORDER]
+    return [name for name in AXIS_ORDER[:-1] if name in axes] + extra + [AXIS_ORDER[-1]]
+
+
 def expand_grid(
     *,
-    strategies: Sequence[str] = DEFAULT_STRATEGIES,
-    lrs: Sequence[float] = DEFAULT_LRS,
-    schedulers: Sequence[str] = DEFAULT_SCHEDULERS,
-    seeds: Sequence[int] = DEFAULT_SEEDS,
-    train_sizes: Sequence[int | None] = (None,),
     epochs_by_size: Mapping[int | None, int] | None = None,
-    **common: Any,
+    **values: Any,
 ) -> list[RunConfig]:
-    """Every combination of the grid axes as a RunConfig, plus the shared ``common`` fields.
+    """Every combination of the grid axes as a RunConfig, plus the shared fields.
 
-    Axes: strategies, lrs, schedulers, ``train_sizes`` (``train_per_class``; None = all
-    training samples) and seeds. Order: strategy, then lr, then scheduler, then training size,
-    then seed (innermost), so the runs of one configuration follow each other. ``common`` takes
-    the other RunConfig fields (epochs, batch_size, backbone, device, precision,
-    limit_per_class); ``epochs_by_size`` (:func:`equal_step_epochs`) gives each training size
-    its own epochs instead. Invalid values raise :class:`BadInputError` once per problem, not
-    once per combination.
+    Axes, each a sequence keyed by its field's ``axis`` name: ``strategies``, ``lrs``,
+    ``schedulers``, ``train_sizes`` (``train_per_class``; None = all training samples) and
+    ``seeds``; an axis not given takes its grid default (the seed notebook's grid: four
+    strategies x three lrs x two schedulers, seed 51, all training samples). Order: strategy,
+    then lr, then scheduler, then training size, then seed (innermost), so the runs of one
+    configuration follow each other. The other keywords are RunConfig fields shared by every
+    run (epochs, batch_size, backbone, device, precision, limit_per_class, ...);
+    ``epochs_by_size`` (:func:`equal_step_epochs`) gives each training size its own epochs
+    instead. Invalid values raise :class:`BadInputError` once per problem, not once per
+    combination.
     """
-    axes = (
-        ("--strategies", strategies), ("--lrs", lrs), ("--schedulers", schedulers), ("--seeds", seeds),
-        ("--train-per-class", train_sizes),
-    )  # fmt: skip
-    for flag, axis in axes:
-        if len(axis) == 0:
-            raise BadInputError(f"{flag}: give at least one value")
+    names = _ordered_axes()
+    axes: dict[str, Sequence[Any]] = {}
+    for name in names:
+        info = field_info(name)
+        axes[name] = values.pop(info.axis) if info.axis in values else _axis_default(name)
+        if len(axes[name]) == 0:
+            raise BadInputError(f"{info.grid_flag}: give at least one value")
     configs: list[RunConfig] = []
     problems: list[str] = []
-    for strategy, lr, scheduler, size, seed in itertools.product(strategies, lrs, schedulers, train_sizes, seeds):
-        fields = dict(common, train_per_class=size)
+    for combination in itertools.product(*axes.values()):
+        fields = dict(values, **dict(zip(names, combination)))
         if epochs_by_size is not None:
-            fields["epochs"] = epochs_by_size[size]
+            fields["epochs"] = epochs_by_size[fields["train_per_class"]]
         try:
-            configs.append(RunConfig(strategy=strategy, lr=lr, scheduler=scheduler, seed=seed, **fields))
+            configs.append(RunConfig(**fields))
         except BadInputError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
         except TypeError as exc:  # an unknown field name: a programming error, but say which

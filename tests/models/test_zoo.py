@@ -29,7 +29,7 @@ from fusioncli.models.fusion_zoo import (
     MMTMFusion,
     TensorFusion,
 )
-from fusioncli.models.zoo import DecisionFusionModel
+from fusioncli.models.blocks import DecisionFusionModel
 
 NEW = ["gmu", "tensor", "low-rank", "film", "mmtm", "cross-attention", "decision"]
 CASES = [(name, bb) for bb in BACKBONES for name in NEW]
