@@ -35,7 +35,8 @@ def _completer(field: str, info: FieldInfo, comma_list: bool) -> Callable[[str],
         names = list(info.choices) if info.choices is not None else _registry_names(field)
         head, _, last = incomplete.rpartition(",") if comma_list else ("", "", incomplete)
         prefix = f"{head}," if head else ""
-        return [prefix + name for name in names if name.startswith(last)]
+        taken = set(head.split(",")) if head else set()  # a list names each value once
+        return [prefix + name for name in names if name.startswith(last) and name not in taken]
 
     return complete
 

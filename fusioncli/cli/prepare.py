@@ -2,16 +2,17 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, report_errors
-from fusioncli.data.cache import PrepareSummary
-from fusioncli.data.cache import prepare as prepare_cache
 from fusioncli.paths import default_cache_dir, default_data_dir
+
+if TYPE_CHECKING:
+    from fusioncli.data.cache import PrepareSummary
 
 MAX_LISTED = 20  # skipped files printed; the manifest lists all of them
 
@@ -24,7 +25,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _print_summary(s: PrepareSummary) -> None:
+def _print_summary(s: "PrepareSummary") -> None:
     state = f"cache hit ({s.how})" if s.cache_hit else "cache built"
     err.print(f"[bold green]{state}[/] {escape(str(s.cache_dir))} in {s.seconds:.2f} s", highlight=False)
     table = Table(title=None, show_edge=False, pad_edge=False)
@@ -84,6 +85,8 @@ def prepare(
 
     Example:  fusioncli prepare --data-dir data/assessment --val-fraction 0.2
     """
+    from fusioncli.data.cache import prepare as prepare_cache  # numpy, PIL: not for --help
+
     data = data_dir if data_dir is not None else default_data_dir()
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     with progress_bar("Preparing", total=None, enabled=False if fmt == OutputFormat.json else None) as advance:

@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, out, report_errors
-from fusioncli.models import BACKBONES, describe_strategies
+from fusioncli.models import BACKBONES
 
 # Choices come from the backbone presets, plus "all".
 BackboneChoice = Enum("BackboneChoice", {name: name for name in (*BACKBONES, "all")}, type=str)  # type: ignore[misc]
@@ -71,6 +71,8 @@ def strategies(
 
     Example: fusioncli strategies --backbone all --format json
     """
+    from fusioncli.models import describe_strategies  # builds each model: torch loads here
+
     rows = describe_strategies(backbone.value)
     if format is OutputFormat.json:
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False)

@@ -11,8 +11,12 @@ no return and divides them by 50 (the maximum range), so inputs lie in [-1, 1].
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads in the functions that use it: synth and `--help` need only numpy
+    import torch
 
 GRID_SIZE = 64
 MAX_RANGE = 50.0  # depth value written for "no return"
@@ -53,6 +57,8 @@ def project_xyza(
     ``normalize=True`` applies the seed's normalisation (x, y, z zeroed where a = 0, divided by
     50); ``normalize=False`` gives the labs' raw ``get_torch_xyza`` output.
     """
+    import torch
+
     depth = torch.as_tensor(depth)
     dtype = depth.dtype if depth.is_floating_point() else torch.float32
     depth = depth.to(dtype)
@@ -71,15 +77,17 @@ def unit_directions(
     azimuth: torch.Tensor | np.ndarray,
     zenith: torch.Tensor | np.ndarray,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """The (3, H, W) direction grid :func:`project_xyza` multiplies depths by, in ``dtype``.
 
     Taken from :func:`project_xyza` itself (``1 * direction`` is exact), so projecting with it
-    (:func:`xyza_from_directions`) gives bit-identical values.
+    (:func:`xyza_from_directions`) gives bit-identical values. ``dtype`` defaults to float32.
     """
-    ones = torch.ones((len(azimuth), len(zenith)), dtype=dtype, device=device)
+    import torch
+
+    ones = torch.ones((len(azimuth), len(zenith)), dtype=dtype or torch.float32, device=device)
     return project_xyza(ones, azimuth, zenith, normalize=False)[:3]
 
 
@@ -92,6 +100,8 @@ def xyza_from_directions(
     same order, so the values are bit-identical to it. ``out`` (any memory format, e.g.
     channels_last) receives the result.
     """
+    import torch
+
     a = (depth < MAX_RANGE).to(depth.dtype)
     if out is None:
         out = torch.empty((*depth.shape[:-2], 4, *depth.shape[-2:]), dtype=depth.dtype, device=depth.device)
