@@ -9,7 +9,8 @@ import typer
 from fusioncli.cli._options import Precision, PrecisionOption
 from fusioncli.cli._common import err, progress_bar, progress_enabled, report_errors
 from fusioncli.cli._tables import print_table
-from fusioncli.cli.sweep import outcome_line, print_summary, run_label
+from fusioncli.demo import DemoPlan
+from fusioncli.cli._sweep_view import outcome_line, print_summary, run_label
 
 
 @report_errors
@@ -22,8 +23,8 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    per_class: Annotated[int, typer.Option("--per-class", help="Synthetic samples per class.")] = 300,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = 6,
+    per_class: Annotated[int, typer.Option("--per-class", help="Synthetic samples per class.")] = DemoPlan.per_class,
+    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = DemoPlan.epochs,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: PrecisionOption = Precision.auto,
     force: Annotated[bool, typer.Option("--force", help="Retrain the demo's runs even if they are finished.")] = False,
@@ -37,7 +38,7 @@ def demo(
 
     Example:  fusioncli demo --workdir /tmp/fusion-demo
     """
-    from fusioncli.demo import DemoPlan, default_workdir, next_commands, run_demo
+    from fusioncli.demo import default_workdir, next_commands, run_demo
     from fusioncli.results.aggregate import build_report
     from fusioncli.results.render import render
     from fusioncli.results.store import ResultsStore
