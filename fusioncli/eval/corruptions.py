@@ -1,7 +1,7 @@
 """Corruptions of a model-ready batch, for robustness evaluation: missing modalities and noise.
 
 Every corruption is a pure function ``(rgb, xyza, severity, generator) -> (rgb, xyza)`` on a
-batch exactly as the model gets it (:func:`fusioncli.train.loop._batch`):
+batch exactly as the model gets it (:func:`fusioncli.train.engine.batch_inputs`):
 
 * ``rgb``: (B, 4, H, W) float RGBA in [0, 1];
 * ``xyza``: (B, 4, H, W) float in the seed normalisation (:mod:`fusioncli.data.projection`):

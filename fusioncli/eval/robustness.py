@@ -23,6 +23,7 @@ in training. Severity 0 is the identity, so every curve reuses the clean pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,16 +33,8 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.corruptions import Corruption, get_corruption
 from fusioncli.config import RunConfig
-from fusioncli.train.loop import (
-    RunResult,
-    _autocast,
-    _batch,
-    _channels_last,
-    _cudnn_mode,
-    derived_seed,
-    eval_batch_size,
-    run_data,
-)
+from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
+from fusioncli.train.loop import RunResult, derived_seed, run_data
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock
 
@@ -73,6 +66,12 @@ def _generator(device: torch.device, seed: int, name: str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(derived_seed(seed, f"robustness:{name}"))
 
 
+def _corrupted(
+    corruption: Corruption, severity: float, generator: torch.Generator, rgb: torch.Tensor, xyza: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return corruption.apply(rgb, xyza, severity, generator)
+
+
 def evaluate_robustness(
     model: nn.Module, data: PreparedData, cfg: RunConfig, *, seed: int = 0, batch_size: int | None = None
 ) -> dict[str, Any]:
@@ -80,7 +79,7 @@ def evaluate_robustness(
 
     ``data`` is the data as trained on (already limited); ``cfg`` the run's config, whose
     device, precision and batch size are used (resolved here if it is not yet); ``batch_size``
-    fixes the inference batch instead (default: :func:`~fusioncli.train.loop.eval_batch_size`).
+    fixes the inference batch instead (default: :func:`~fusioncli.train.engine.eval_batch_size`).
     Inference runs in eval mode without gradients; the model's train/eval mode is restored
     afterwards. Same model, data, seed and device: same numbers.
     """
@@ -88,33 +87,30 @@ def evaluate_robustness(
     device = torch.device(cfg.device)
     precision = cfg.precision
     # Only the validation split travels, once; batches are slices of it.
-    val = _channels_last(data.subset(data.val_indices).to(device))
+    val = channels_last(data.subset(data.val_indices).to(device))
     n = len(val)
     if n == 0:
         raise BadInputError("the dataset has no validation samples", hint="robustness is measured on the validation split")
     step = batch_size if batch_size is not None else eval_batch_size(device, cfg.batch_size)
 
-    def predict(corruption: Corruption | None, severity: float) -> torch.Tensor:
-        generator = _generator(device, seed, corruption.name) if corruption is not None else None
-        preds = []
-        for start in range(0, n, step):
-            rgb, xyza = _batch(val, slice(start, start + step))
-            if corruption is not None:
-                rgb, xyza = corruption.apply(rgb, xyza, severity, generator)
-            with _autocast(device, precision):
-                logits = model(rgb, xyza)
-            preds.append(logits.float().argmax(dim=1))
-        return torch.cat(preds)
+    def classes(corruption: Corruption | None, severity: float) -> torch.Tensor:
+        corrupt = None
+        if corruption is not None:
+            generator = _generator(device, seed, corruption.name)  # advanced batch by batch, in order
+            corrupt = partial(_corrupted, corruption, severity, generator)
+        return predict(
+            model, val, device=device, precision=precision, batch_size=step, loss=False, inputs=corrupt
+        ).classes
 
     was_training = model.training
     model.eval()
     # Predictions stay on the device until every pass is queued: no sync between passes.
     try:
-        with torch.inference_mode(), _cudnn_mode(device, precision):
-            clean_preds = predict(None, 0.0)
-            missing_preds = {name: predict(get_corruption(name), 1.0) for name in MISSING}
+        with torch.inference_mode(), cudnn_mode(device, precision):
+            clean_preds = classes(None, 0.0)
+            missing_preds = {name: classes(get_corruption(name), 1.0) for name in MISSING}
             curve_preds = {
-                name: [predict(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in CURVES
+                name: [classes(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in CURVES
             }
     finally:
         model.train(was_training)

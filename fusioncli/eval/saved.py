@@ -3,7 +3,7 @@
 The question a benchmark has to answer after training: how does this model do on data it has
 not seen — the validation split it was selected on, a held-out set, the real DLI data after
 training on synthetic scenes, a harder rendering? :func:`evaluate_checkpoint` loads a
-checkpoint (``fusioncli train --checkpoint``, the sweep's ``best/``, or a sweep's saved
+checkpoint (``fusioncli train --checkpoint``, the sweep's ``best/<fingerprint>/``, or a sweep's saved
 weights) and scores it on a split of a prepared cache, optionally with the corrupted-input
 robustness suite, and returns an *evaluation record*::
 
@@ -36,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.train.checkpoint import load_checkpoint
 from fusioncli.config import RunConfig
-from fusioncli.train.loop import _autocast, _batch, _channels_last, _cudnn_mode, eval_batch_size
+from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
 from fusioncli.train.metrics import classification_metrics, confusion_matrix
 
 EVALUATION_SCHEMA = 1
@@ -51,13 +50,23 @@ WEIGHTS_NAME = "model.safetensors"  # what a folder argument (e.g. the store's b
 
 
 def checkpoint_file(path: Path) -> Path:
-    """``path`` itself, or ``path/model.safetensors`` when ``path`` is a folder holding one."""
+    """``path`` itself, or ``path/model.safetensors`` when ``path`` is a folder holding one, or the
+    one ``path/<fingerprint>/model.safetensors`` of a results store's ``best/`` folder."""
     path = Path(path)
     if path.is_dir():
         inside = path / WEIGHTS_NAME
-        if not inside.is_file():
-            raise BadInputError(f"{path} is a folder without {WEIGHTS_NAME}", hint="give the .safetensors file itself")
-        return inside
+        if inside.is_file():
+            return inside
+        # A results store's best/ holds one folder per dataset: best/<fingerprint>/model.safetensors.
+        nested = sorted(p for p in path.glob(f"*/{WEIGHTS_NAME}") if not p.parent.name.startswith("."))
+        if len(nested) == 1:
+            return nested[0]
+        if nested:
+            raise BadInputError(
+                f"{path} holds {len(nested)} checkpoints (one per dataset)",
+                hint="give one of: " + ", ".join(str(p) for p in nested),
+            )
+        raise BadInputError(f"{path} is a folder without {WEIGHTS_NAME}", hint="give the .safetensors file itself")
     return path
 
 
@@ -132,25 +141,18 @@ def evaluate_checkpoint(
         raise BadInputError(f"the {split} split{where} is empty")
     # The chosen samples become the "validation" split of a view, which is what the
     # robustness suite scores; one copy onto the device, channels_last as in training.
-    scored = _channels_last(replace(data, is_val=mask).subset(torch.nonzero(mask).flatten()).to(dev))
+    scored = channels_last(replace(data, is_val=mask).subset(torch.nonzero(mask).flatten()).to(dev))
     model = model.to(memory_format=torch.channels_last)
 
     n = len(scored)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    preds = []
     step = batch_size if batch_size is not None else eval_batch_size(dev, 1)
-    with torch.inference_mode(), _cudnn_mode(dev, resolved.precision):
-        for start in range(0, n, step):
-            rgb, xyza = _batch(scored, slice(start, start + step))
-            with _autocast(dev, resolved.precision):
-                logits = model(rgb, xyza)
-            logits = logits.float()  # loss and argmax in fp32 even under bf16 autocast
-            loss_sum += F.cross_entropy(logits, scored.labels[start : start + step], reduction="sum")
-            preds.append(logits.argmax(dim=1))
+    with cudnn_mode(dev, resolved.precision):
+        scores = predict(model, scored, device=dev, precision=resolved.precision, batch_size=step)
+    assert scores.loss_sum is not None
     labels = scored.labels.cpu()
-    predicted = torch.cat(preds).cpu()
+    predicted = scores.classes.cpu()
     metrics = {
-        "loss": float(loss_sum) / n,
+        "loss": float(scores.loss_sum) / n,
         **classification_metrics(labels, predicted, scored.class_names),
         "confusion": confusion_matrix(labels, predicted, scored.num_classes).tolist(),
     }

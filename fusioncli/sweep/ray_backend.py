@@ -3,7 +3,7 @@
 The driver (this process) resolves the grid, skips finished runs and submits one task per
 remaining run, reserving ``num_cpus=cpus_per_run`` and ``num_gpus=gpus_per_run``. A task loads
 the prepared cache from ``cache_dir`` -- a path every node must see (shared storage such as
-NFS, mounted at the same place) -- trains with :func:`fusioncli.train.loop.train_run` and
+NFS, mounted at the same place) -- trains with :func:`fusioncli.jobs.train_one` and
 returns the run record plus, when the driver keeps a best checkpoint, the weights as
 safetensors bytes (a model is never pickled across). The driver stores each record the moment
 its task completes (``ray.wait``), through the same :class:`~fusioncli.sweep.runner.OutcomeRecorder`
@@ -45,27 +45,23 @@ from typing import Any
 
 from fusioncli.errors import BadInputError
 from fusioncli.results.store import FAILED, FINISHED, ResultsStore
+from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, train_one
 from fusioncli.sweep.runner import (
     DEFAULT_MAX_GROUP,
     TRACEBACK_CHARS,
-    MemberFailure,
     OutcomeRecorder,
     PlannedRun,
     RunOutcome,
     SweepSummary,
-    TrainFn,
     describe_exception,
-    error_message,
     failure_record,
-    free_device_memory,
     group_failure_note,
     plan_sweep,
     resolve_grid,
-    train_group,
-    train_one,
 )
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.config import RunConfig
+from fusioncli.train.device import free_device_memory
 
 RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"
 SHARED_CACHE_NOTE = "on Ray the cache folder must be on storage every node sees at the same path"
@@ -508,7 +504,7 @@ def group_task(
     compile: bool = False,
 ) -> list[dict[str, Any]]:
     """One stacked group on a Ray worker: load the cache once, train the runs together
-    (:func:`fusioncli.sweep.runner.train_group`), return one :func:`run_task` payload per run.
+    (:func:`fusioncli.jobs.train_group`), return one :func:`run_task` payload per run.
 
     A group that fails as a whole is re-run here one run at a time, as the local backend does;
     the first payload then carries the note in ``"warnings"``.

@@ -14,8 +14,10 @@ What a sweep guarantees, whichever backend runs it (local here, Ray in
   lower val loss), its weights replace ``<results>/best/`` as a whole.
 
 Backends share one way to store an outcome: :class:`OutcomeRecorder` (skip check, finished and
-failed records, best checkpoint, trackers, the summary), :func:`train_one` (train + optional
-robustness evaluation) and :func:`failure_record`. A backend only decides *where* runs train.
+failed records, best checkpoint, trackers, the summary) and :func:`failure_record`; what a run
+or a stacked group does (train + optional robustness evaluation) is :mod:`fusioncli.jobs`'
+:func:`~fusioncli.jobs.train_one` / :func:`~fusioncli.jobs.train_group`. A backend only
+decides *where* runs train.
 
 The local backend (:func:`run_sweep`) trains one run after another in this process on data
 loaded once. The train function is injectable (``train_fn``), so tests can drive it with a fake.
@@ -23,7 +25,6 @@ loaded once. The train function is injectable (``train_fn``), so tests can drive
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 import traceback
@@ -34,21 +35,21 @@ from typing import Any
 
 from fusioncli.atomic import atomic_directory
 from fusioncli.data.dataset import PreparedData
-from fusioncli.errors import BadInputError, FusionError, RunFailedError
+from fusioncli.errors import BadInputError
+from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, train_one
 from fusioncli.results.store import FAILED, FINISHED, ResultsStore
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.config import RunConfig, run_id
-from fusioncli.train.loop import failed_record, train_run
+from fusioncli.train.device import free_device_memory
+from fusioncli.train.loop import failed_record, train_run  # train_run: the sweep's default (tests patch it)
 
 SKIPPED = "skipped"
 TRACEBACK_CHARS = 4000
-ERROR_CHARS = 2000
 BACKENDS = ("local", "ray")
 # Runs trained together by the stacked executor: bounds the memory of one group (params, grads
 # and Adam state of each member) while keeping the GPU busy; the seed's grid is groups of 6.
 DEFAULT_MAX_GROUP = 16
 
-TrainFn = Callable[..., Any]  # (config, data, *, on_epoch) -> object with .record and .model
 Resolver = Callable[[RunConfig], RunConfig]  # "auto" device/precision -> what the run will use
 
 
@@ -106,16 +107,6 @@ class SweepSummary:
         return 1 if self.failed else 0
 
 
-def error_message(exc: BaseException) -> str:
-    """One readable line (or a few) for a run's exception, bounded in length."""
-    if isinstance(exc, FusionError):
-        text = "; ".join(exc.problems)
-    else:
-        detail = str(exc).strip()
-        text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    return text[:ERROR_CHARS]
-
-
 def describe_exception(exc: BaseException) -> tuple[str, str]:
     """(message, traceback text) of a run's exception: text only, for its failed record.
 
@@ -167,16 +158,6 @@ def _call_trackers(trackers: Sequence[Tracker], method: str, *args: Any, warning
             warnings.append(f"{tracker.name}: {method} failed: {error_message(exc)}")
 
 
-def free_device_memory(device: str) -> None:
-    """Give a failed (or finished) run's memory back, so the next run on the device has it."""
-    # After an out-of-memory error the allocator still holds the failed run's blocks.
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.empty_cache()
-
-
 def resolve_grid(
     configs: Sequence[RunConfig], fingerprint: str, resolve: Resolver | None = None
 ) -> list[tuple[str, RunConfig]]:
@@ -195,37 +176,6 @@ def resolve_grid(
             seen.add(rid)
             resolved.append((rid, cfg))
     return resolved
-
-
-def train_one(
-    cfg: RunConfig,
-    data: PreparedData,
-    *,
-    train_fn: TrainFn | None = None,
-    robustness: bool = False,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> Any:
-    """Train one resolved config on the full ``data``; with ``robustness`` also evaluate it.
-
-    What every backend does with one run (the local loop here, a Ray task on a worker).
-    Returns ``train_fn``'s result (``.record``, ``.model``); with ``robustness`` the record
-    gets ``record["robustness"]`` from :func:`fusioncli.eval.robustness.add_robustness`, as
-    ``fusioncli train --robustness`` does (evaluated on the data as trained, i.e. limited).
-    ``train_fn`` defaults to :func:`fusioncli.train.loop.train_run`, looked up at call time.
-    A failing robustness evaluation fails the run (so the next sweep retries it whole).
-    """
-    if train_fn is None:
-        train_fn = train_run
-    result = train_fn(cfg, data, on_epoch=on_epoch)
-    if robustness:
-        # Imported here: only sweeps that ask for robustness need the module.
-        from fusioncli.eval.robustness import add_robustness
-
-        try:
-            add_robustness(result, data)
-        except Exception as exc:
-            raise RunFailedError(f"robustness evaluation failed: {error_message(exc)}") from exc
-    return result
 
 
 def _dataset_stub(data: PreparedData | None, dataset: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -480,7 +430,7 @@ def run_sweep(
     ``on_epoch(config, history_row)`` after each epoch, ``on_run_end(outcome)`` for every
     grid point (finished, failed or skipped). ``train_fn`` defaults to
     :func:`fusioncli.train.loop.train_run` (looked up at call time, so it can be patched).
-    ``robustness`` adds ``record["robustness"]`` to each finished run (see :func:`train_one`).
+    ``robustness`` adds ``record["robustness"]`` to each finished run (see :func:`fusioncli.jobs.train_one`).
     ``keep_best`` keeps the best run's weights in ``best/``; ``keep_weights`` every finished
     run's in ``weights/<run_id>.safetensors`` (for ``fusioncli evaluate --runs``).
 
@@ -586,50 +536,6 @@ def _run_stacked(
                 ended(run.finished(member.record, lambda model=member.model: model))
 
 
-@dataclass(frozen=True)
-class MemberFailure:
-    """A stacked group's member that trained but then failed on its own (its robustness pass)."""
-
-    error: tuple[str, str]  # (message, traceback text), as for failure_record
-    started_at: str
-
-
-def train_group(
-    group: Sequence[RunConfig],
-    data: PreparedData,
-    *,
-    robustness: bool = False,
-    on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
-    compile: bool = False,
-) -> list[Any]:
-    """Train one stacked group (:func:`fusioncli.train.stacked.train_stacked`) and, with
-    ``robustness``, evaluate each member; what every backend does with a group.
-    ``compile``: ``torch.compile`` the stacked forward (once per architecture per process).
-
-    Returns, in ``group`` order, each member's result (``.record``, ``.model``) or a
-    :class:`MemberFailure` for a member whose robustness evaluation failed (same rule as
-    :func:`train_one`: the run fails). Raises whatever fails the group as a whole (a member's
-    loss turned NaN, out of memory): the caller re-runs the members one at a time.
-    """
-    from fusioncli.train.stacked import train_stacked
-
-    results = train_stacked(group, data, on_epoch=on_epoch, compile=compile)
-    members: list[Any] = []
-    for cfg, result in zip(group, results):
-        if robustness:
-            from fusioncli.eval.robustness import add_robustness
-
-            try:
-                add_robustness(result, data)
-            except Exception as exc:  # noqa: BLE001 - this member fails, the others stand
-                free_device_memory(cfg.device)
-                message = f"robustness evaluation failed: {error_message(exc)}"
-                members.append(MemberFailure((message, ""), result.record["started_at"]))
-                continue
-        members.append(result)
-    return members
-
-
 def group_failure_note(group: Sequence[RunConfig], exc: BaseException) -> str:
     """The sweep warning when a stacked group fails as a whole and is re-run one at a time."""
     return f"stacked group of {len(group)} failed ({error_message(exc)}); re-run one at a time"
@@ -654,7 +560,8 @@ def _run_one(
     started_at = _utc_now()
     error: tuple[str, str] | None = None
     try:
-        result = train_one(cfg, data, train_fn=train_fn, robustness=robustness, on_epoch=epoch_done)
+        trainer = train_fn if train_fn is not None else train_run  # looked up now: tests patch it
+        result = train_one(cfg, data, train_fn=trainer, robustness=robustness, on_epoch=epoch_done)
     except KeyboardInterrupt:
         run.interrupted()
         raise

@@ -9,6 +9,7 @@ is a :class:`~fusioncli.errors.BadInputError`, not a silent fallback.
 from __future__ import annotations
 
 import functools
+import gc
 import platform
 from pathlib import Path
 
@@ -108,3 +109,11 @@ def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_model_name()
+
+
+def free_device_memory(device: str) -> None:
+    """Give a failed (or finished) run's memory back, so the next run on the device has it."""
+    # After an out-of-memory error the allocator still holds the failed run's blocks.
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

@@ -11,6 +11,9 @@ speed:
 * no ``.item()`` per step: losses and correct counts accumulate on the device and are read
   once per epoch, so the CPU never waits for the GPU inside an epoch.
 
+The mechanics shared with the other executors and with evaluation (autocast, cuDNN mode, the
+batch inputs, the inference loop) live in :mod:`fusioncli.train.engine`.
+
 Modality dropout (``RunConfig.modality_dropout``) zeroes one modality of some training samples;
 its random numbers come from their own generator on the device, so a run with p = 0 draws
 nothing extra and trains exactly as before the option existed.
@@ -18,13 +21,11 @@ nothing extra and trains exactly as before the option existed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,24 +35,11 @@ from torch import nn
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.config import RunConfig, run_id
+from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock, environment_info, peak_memory, reset_peak_memory, utc_now
 
 RECORD_SCHEMA = 1
-# Validation batches (the metrics do not depend on how validation is batched). On a GPU, larger
-# than training ones: no gradients, so memory allows it, and fewer launches. On the CPU, small:
-# a batch whose activations exceed glibc's largest heap-served block (32 MiB) is mmapped and
-# page-faulted afresh every time -- evaluating 1,000 samples 15 times (robustness) spent 7.7 of
-# 11.7 s in the kernel at 256 per batch, 0.1 of 7.8 s at 64 (2-core dev machine).
-EVAL_BATCH_CUDA = 256
-EVAL_BATCH_CPU = 64
-
-
-def eval_batch_size(device: torch.device | str, train_batch_size: int, members: int = 1) -> int:
-    """Samples per validation batch on ``device`` (``members``: models that see each batch at once)."""
-    if torch.device(device).type == "cuda":
-        return max(train_batch_size, EVAL_BATCH_CUDA)
-    return max(1, EVAL_BATCH_CPU // members)
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -62,12 +50,6 @@ class RunResult:
 
     record: dict[str, Any]
     model: nn.Module
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def derived_seed(seed: int, purpose: str) -> int:
@@ -104,26 +86,10 @@ def apply_modality_dropout(
     return rgb * keep_rgb.view(-1, 1, 1, 1).to(rgb.dtype), xyza * keep_lidar.view(-1, 1, 1, 1).to(xyza.dtype)
 
 
-def _channels_last(data: PreparedData) -> PreparedData:
-    # Indexing a channels_last tensor along the batch dimension keeps channels_last, so
-    # converting the stored images once means no layout copy per batch.
-    # (Projected batches of data without stored XYZA come out channels_last already.)
-    return replace(
-        data,
-        rgb=data.rgb.contiguous(memory_format=torch.channels_last),
-        xyza=None if data.xyza is None else data.xyza.contiguous(memory_format=torch.channels_last),
-    )
-
-
 def run_data(cfg: RunConfig, data: PreparedData) -> PreparedData:
     """The samples a run of ``cfg`` uses: ``limit_per_class`` (both splits), then
     ``train_per_class`` (training samples only)."""
     return data.limit_per_class(cfg.limit_per_class).limit_train_per_class(cfg.train_per_class)
-
-
-def _batch(data: PreparedData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model inputs for the samples at ``idx``: RGBA scaled to [0, 1] and XYZA as stored."""
-    return data.rgb[idx].float().div_(255), data.lidar(idx)
 
 
 def _make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -135,44 +101,8 @@ def _make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-@contextlib.contextmanager
-def _cudnn_mode(device: torch.device, precision: str) -> Iterator[None]:
-    """fp32 on CUDA: deterministic convolutions (same seed, same metrics); bf16: autotuned."""
-    if device.type != "cuda":
-        yield
-        return
-    # Autotuning picks the fastest convolution per shape but may pick differently run to run,
-    # and some backward algorithms accumulate atomically; fp32 runs promise reproducibility.
-    previous = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    torch.backends.cudnn.benchmark = precision == "bf16"
-    torch.backends.cudnn.deterministic = precision == "fp32"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous
-
-
-def _evaluate(
-    model: nn.Module, data: PreparedData, idx: torch.Tensor, batch_size: int, device: torch.device, precision: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of the validation loss (a device scalar) and the predicted classes (on the device)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    preds = []
-    step = eval_batch_size(device, batch_size)
-    with torch.inference_mode():
-        for start in range(0, idx.numel(), step):
-            b = idx[start : start + step]
-            rgb, xyza = _batch(data, b)
-            with _autocast(device, precision):
-                logits = model(rgb, xyza)
-            logits = logits.float()  # loss and argmax in fp32 even under bf16 autocast
-            loss_sum += F.cross_entropy(logits, data.labels[b], reduction="sum")
-            preds.append(logits.argmax(dim=1))
-    return loss_sum, torch.cat(preds)
-
-
-def _check_data(data: PreparedData) -> None:
+def check_data(data: PreparedData) -> None:
+    """Raise :class:`BadInputError` unless ``data`` has training and validation samples."""
     problems = []
     if int((~data.is_val).sum()) == 0:
         problems.append("the dataset has no training samples")
@@ -246,8 +176,8 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     rid = run_id(cfg, data.fingerprint)
 
     reset_peak_memory(device)
-    work = _channels_last(run_data(cfg, data).to(device))
-    _check_data(work)
+    work = engine.channels_last(run_data(cfg, data).to(device))
+    check_data(work)
     train_idx = work.train_indices
     val_idx = work.val_indices
     n_train, n_val = train_idx.numel(), val_idx.numel()
@@ -275,7 +205,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     preds = val_labels
     val_loss = float("nan")
     callback_seconds = 0.0
-    with _cudnn_mode(device, precision):
+    with engine.cudnn_mode(device, precision):
         run_start = clock(device)
         for epoch in range(1, cfg.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
@@ -285,10 +215,10 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             for start in range(0, n_train, cfg.batch_size):
                 b = order[start : start + cfg.batch_size]
-                rgb, xyza = _batch(work, b)
+                rgb, xyza = engine.batch_inputs(work, b)
                 if drop_gen is not None:
                     rgb, xyza = apply_modality_dropout(rgb, xyza, cfg.modality_dropout, drop_gen)
-                with _autocast(device, precision):
+                with engine.autocast(device, precision):
                     logits = model(rgb, xyza)
                 loss = F.cross_entropy(logits.float(), work.labels[b])
                 optimizer.zero_grad(set_to_none=True)
@@ -298,7 +228,12 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
             t_train = clock(device)
             if scheduler is not None:
                 scheduler.step()
-            val_loss_sum, preds = _evaluate(model, work, val_idx, cfg.batch_size, device, precision)
+            model.eval()
+            val = engine.predict(
+                model, work, indices=val_idx, device=device, precision=precision,
+                batch_size=engine.eval_batch_size(device, cfg.batch_size),
+            )  # fmt: skip
+            val_loss_sum, preds = val.loss_sum, val.classes
             correct = (preds == val_labels).sum()
             # the one host-device sync of the epoch
             sums = torch.stack([loss_sum, val_loss_sum, correct.to(torch.float64)]).tolist()
@@ -417,33 +352,3 @@ def finished_record(
     }
     return record
 
-
-def train_from_cache(
-    config: RunConfig,
-    cache_dir: Path,
-    *,
-    on_epoch: EpochCallback | None = None,
-    checkpoint: Path | None = None,
-    robustness: bool = False,
-) -> RunResult:
-    """Load the prepared cache onto the run's device, train, and optionally save a checkpoint.
-
-    What ``fusioncli train`` does; a missing cache raises the loader's error with its hint.
-    ``robustness`` adds ``record["robustness"]`` (see :mod:`fusioncli.eval.robustness`),
-    evaluated before the checkpoint is written so its info file carries it too.
-    """
-    from fusioncli.data.cache import load_cache
-    from fusioncli.train.checkpoint import check_checkpoint_path, save_checkpoint
-
-    if checkpoint is not None:
-        check_checkpoint_path(checkpoint)  # fail before training, not after
-    resolved = config.resolve()
-    data = load_cache(Path(cache_dir), resolved.device)
-    result = train_run(resolved, data, on_epoch=on_epoch)
-    if robustness:
-        from fusioncli.eval.robustness import add_robustness
-
-        add_robustness(result, data)
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, result.model, result.record)
-    return result

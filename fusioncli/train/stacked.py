@@ -38,7 +38,6 @@ Models must not update buffers in their forward (no BatchNorm) and must not draw
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -51,10 +50,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.train import loop as _loop  # module access: tests patch loop._batch
 from fusioncli.config import RunConfig, run_id
+from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
 from fusioncli.train.device import resolve_device, validate_device_spec
-from fusioncli.train.loop import RunResult, finished_record
+from fusioncli.train.loop import RunResult, check_data, finished_record, run_data, train_run
 from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now
 
 EXECUTORS = ("auto", "loop", "stacked")
@@ -214,14 +213,6 @@ class StackedAdam:
 # --------------------------------------------------------------------------- the stacked model
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    # The loop's autocast, without the weight-cast cache: a CUDA graph must not capture casts
-    # whose cache is freed when the context exits (torch.cuda.graph's documentation).
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
-
-
 def _stacked_forward(
     base: nn.Module, per_member_inputs: bool, compile_key: tuple | None
 ) -> tuple[Callable[..., torch.Tensor], nn.Module]:
@@ -300,16 +291,17 @@ class _StackedGroup:
         if self.per_member_inputs:
             k, b = idx.shape
             # One gather of K*B samples; unflatten keeps the stored channels_last layout per sample.
-            rgb, xyza = _loop._batch(self.work, idx.reshape(-1))
+            rgb, xyza = engine.batch_inputs(self.work, idx.reshape(-1))
             return rgb.unflatten(0, (k, b)), xyza.unflatten(0, (k, b)), self.work.labels[idx].reshape(-1)
-        rgb, xyza = _loop._batch(self.work, idx)
+        rgb, xyza = engine.batch_inputs(self.work, idx)
         return rgb, xyza, self.work.labels[idx].repeat(self.k)
 
     def _eager_step(self, idx: torch.Tensor) -> None:
         """One optimiser step of every member on its batch ``idx`` (see :meth:`_gather`)."""
         rgb, xyza, target = self._gather(idx)
         b = idx.shape[-1]
-        with _autocast(self.device, self.precision):
+        # Without the weight-cast cache: the step may be captured in a CUDA graph.
+        with engine.autocast(self.device, self.precision, cache=False):
             logits = self.train_forward(self.params, self.buffers, rgb, xyza)
         # Loss in fp32 even under bf16 autocast, as in train_run; the mean per member, summed
         # over members: d(sum)/d(member loss) = 1, so each member gets its own gradient.
@@ -376,22 +368,17 @@ class _StackedGroup:
 
     def evaluate(self, val_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each member's validation loss sum (K,) and predicted classes (K, n_val), on the device."""
-        loss_sums = torch.zeros(self.k, dtype=torch.float64, device=self.device)
-        preds = []
-        # K models see each chunk at once: on the CPU keep the activations near the loop's.
-        step = _loop.eval_batch_size(self.device, self.batch_size, members=self.k)
-        with torch.inference_mode():
-            for start in range(0, val_idx.numel(), step):
-                b = val_idx[start : start + step]
-                rgb, xyza = _loop._batch(self.work, b)
-                with _autocast(self.device, self.precision):
-                    logits = self.eval_forward(self.params, self.buffers, rgb, xyza)
-                logits = logits.float()  # loss and argmax in fp32 even under bf16 autocast
-                target = self.work.labels[b].repeat(self.k)
-                losses = F.cross_entropy(logits.flatten(0, 1), target, reduction="none")
-                loss_sums += losses.view(self.k, -1).sum(dim=1)
-                preds.append(logits.argmax(dim=2))
-        return loss_sums, torch.cat(preds, dim=1)
+
+        def forward(rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
+            return self.eval_forward(self.params, self.buffers, rgb, xyza)  # (K, B, classes)
+
+        val = engine.predict(
+            forward, self.work, indices=val_idx, device=self.device, precision=self.precision,
+            # K models see each chunk at once: on the CPU keep the activations near the loop's.
+            batch_size=engine.eval_batch_size(self.device, self.batch_size, members=self.k),
+        )  # fmt: skip
+        assert val.loss_sum is not None
+        return val.loss_sum, val.classes
 
     def member_model(self, index: int, cfg: RunConfig, num_classes: int) -> nn.Module:
         """Member ``index`` as a real model on the device (channels_last, eval mode), like train_run's."""
@@ -461,7 +448,7 @@ def train_stacked(
     cfgs = [c.resolve() for c in configs]
     if len(cfgs) == 1 and not is_stackable(cfgs[0]):
         callback = None if on_epoch is None else (lambda row: on_epoch(configs[0], row))
-        return [_loop.train_run(cfgs[0], data, on_epoch=callback)]
+        return [train_run(cfgs[0], data, on_epoch=callback)]
     _check_group(cfgs)
 
     started_at = utc_now()
@@ -476,8 +463,8 @@ def train_stacked(
     rids = [run_id(c, data.fingerprint) for c in cfgs]
 
     reset_peak_memory(device)
-    work = _loop._channels_last(_loop.run_data(first, data).to(device))
-    _loop._check_data(work)
+    work = engine.channels_last(run_data(first, data).to(device))
+    check_data(work)
     train_idx = work.train_indices
     val_idx = work.val_indices
     n_train, n_val = train_idx.numel(), val_idx.numel()
@@ -507,7 +494,7 @@ def train_stacked(
     preds = val_labels.expand(k, n_val)
     val_losses = [float("nan")] * k
     callback_seconds = 0.0
-    with _loop._cudnn_mode(device, precision):
+    with engine.cudnn_mode(device, precision):
         run_start = clock(device)
         for epoch in range(1, first.epochs + 1):
             lrs = [s[epoch - 1] for s in schedules]

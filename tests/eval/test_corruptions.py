@@ -20,7 +20,7 @@ from fusioncli.eval.corruptions import (
     rgb_missing,
     rgb_noise,
 )
-from fusioncli.train.loop import _batch
+from fusioncli.train.engine import batch_inputs
 
 NAMES = ("rgb_missing", "lidar_missing", "rgb_noise", "lidar_noise", "lidar_dropout")
 SEVERITIES = (0.25, 0.5, 0.75, 1.0)
@@ -33,7 +33,7 @@ def gen(seed: int = 0) -> torch.Generator:
 @pytest.fixture(scope="module")
 def batch(prepared: PreparedData) -> tuple[torch.Tensor, torch.Tensor]:
     """A real model-ready batch: rendered objects, so LiDAR has returns and no-returns."""
-    rgb, xyza = _batch(prepared, torch.arange(24))
+    rgb, xyza = batch_inputs(prepared, torch.arange(24))
     assert 0 < int(xyza[:, 3].sum()) < xyza[:, 3].numel()  # both kinds of LiDAR point present
     return rgb, xyza
 

@@ -333,12 +333,3 @@ def test_modality_dropout_on_cuda(prepared: PreparedData) -> None:
     a, b = train_run(cfg, prepared).record, train_run(cfg, prepared).record
     assert a["metrics"]["val_accuracy"] == b["metrics"]["val_accuracy"]
     assert a["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"], rel=1e-4)
-
-
-def test_eval_batch_size_is_small_on_the_cpu_and_large_on_a_gpu() -> None:
-    from fusioncli.train.loop import EVAL_BATCH_CPU, EVAL_BATCH_CUDA, eval_batch_size
-
-    assert eval_batch_size("cpu", 32) == eval_batch_size("cpu", 512) == EVAL_BATCH_CPU
-    assert eval_batch_size("cpu", 32, members=4) == EVAL_BATCH_CPU // 4
-    assert eval_batch_size("cpu", 32, members=1000) == 1
-    assert eval_batch_size("cuda:0", 32) == EVAL_BATCH_CUDA and eval_batch_size("cuda", 512) == 512

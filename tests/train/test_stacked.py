@@ -64,8 +64,10 @@ def small_strategies() -> Iterator[None]:
 @pytest.fixture
 def float64(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Models and inputs in float64, so stacked and separate training agree to ~1e-12."""
-    original = loop._batch
-    monkeypatch.setattr(loop, "_batch", lambda data, idx: tuple(t.double() for t in original(data, idx)))
+    from fusioncli.train import engine
+
+    original = engine.batch_inputs
+    monkeypatch.setattr(engine, "batch_inputs", lambda data, idx: tuple(t.double() for t in original(data, idx)))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
