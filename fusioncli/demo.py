@@ -146,7 +146,7 @@ def run_demo(
     ``sweep_kwargs`` go to :func:`fusioncli.sweep.runner.run_sweep` (callbacks, trackers, force).
     """
     from fusioncli.data.cache import prepare
-    from fusioncli.sweep.runner import sweep_from_cache
+    from fusioncli.sweep.dispatch import sweep_from_cache
 
     paths = DemoPaths(Path(workdir))
     paths.workdir.mkdir(parents=True, exist_ok=True)

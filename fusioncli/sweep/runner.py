@@ -17,7 +17,7 @@ Backends share one way to store an outcome: :class:`OutcomeRecorder` (skip check
 failed records, best checkpoint, trackers, the summary) and :func:`failure_record`; what a run
 or a stacked group does (train + optional robustness evaluation) is :mod:`fusioncli.jobs`'
 :func:`~fusioncli.jobs.train_one` / :func:`~fusioncli.jobs.train_group`. A backend only
-decides *where* runs train.
+decides *where* runs train; :func:`fusioncli.sweep.dispatch.sweep_from_cache` picks the backend.
 
 The local backend (:func:`run_sweep`) trains one run after another in this process on data
 loaded once. The train function is injectable (``train_fn``), so tests can drive it with a fake.
@@ -45,7 +45,6 @@ from fusioncli.train.loop import failed_record, train_run  # train_run: the swee
 
 SKIPPED = "skipped"
 TRACEBACK_CHARS = 4000
-BACKENDS = ("local", "ray")
 # Runs trained together by the stacked executor: bounds the memory of one group (params, grads
 # and Adam state of each member) while keeping the GPU busy; the seed's grid is groups of 6.
 DEFAULT_MAX_GROUP = 16
@@ -616,22 +615,3 @@ def load_sweep_data(configs: Sequence[RunConfig], cache_dir: Path) -> PreparedDa
         raise BadInputError(f"a sweep runs on one device; the grid asks for {', '.join(sorted(devices))}")
     return load_cache(Path(cache_dir), devices.pop())
 
-
-def sweep_from_cache(
-    configs: Sequence[RunConfig], cache_dir: Path, results_dir: Path, *, backend: str = "local", **kwargs: Any
-) -> SweepSummary:
-    """Sweep ``configs`` on the cache at ``cache_dir`` into the store at ``results_dir``.
-
-    ``backend="local"``: load the cache here and :func:`run_sweep`; ``backend="ray"``:
-    :func:`fusioncli.sweep.ray_backend.run_sweep_ray` (which takes ``address``,
-    ``gpus_per_run``, ``cpus_per_run`` too). Other keyword arguments go to the backend.
-    """
-    store = ResultsStore(results_dir)
-    if backend == "ray":
-        from fusioncli.sweep.ray_backend import run_sweep_ray
-
-        return run_sweep_ray(configs, cache_dir, store, **kwargs)
-    if backend != "local":
-        raise BadInputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    data = load_sweep_data(configs, cache_dir)
-    return run_sweep(configs, data, store, **kwargs)

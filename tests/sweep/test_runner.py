@@ -393,7 +393,7 @@ def test_failure_record_without_the_data_says_what_is_known() -> None:
 
 def test_sweep_from_cache_picks_the_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fusioncli.errors import BadInputError
-    from fusioncli.sweep.runner import sweep_from_cache
+    from fusioncli.sweep.dispatch import sweep_from_cache
 
     seen = {}
 
