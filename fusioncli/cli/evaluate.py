@@ -22,19 +22,48 @@ class Split(str, Enum):
     all = "all"
 
 
-def _checkpoints(paths: Optional[list[Path]], results_dir: Optional[Path]) -> list[Path]:
-    """The checkpoints asked for, or the results store's best model; every one must exist."""
-    from fusioncli.eval.saved import checkpoint_file
+def _best_checkpoint(results_dir: Optional[Path], cache: Path) -> Path:
+    """The results store's best model for the cache's dataset, else its only one (trained on other
+    data); a damaged or ambiguous best is a clear error, never a traceback."""
+    from fusioncli.data.cache import read_manifest
     from fusioncli.results.store import ResultsStore
 
+    store = ResultsStore(results_dir if results_dir is not None else default_results_dir())
+    bests = store.bests()  # one per dataset (and the best/model.safetensors of an older store)
+    fingerprint = (read_manifest(cache) or {}).get("fingerprint")
+    if not isinstance(fingerprint, str):
+        fingerprint = None  # no readable cache: loading it says why, after this
+    own = store.best_for(fingerprint) if fingerprint is not None else None
+    if own is not None:
+        return own.path
+    usable = [b for b in bests if b.usable]
+    # The cache's own best being damaged is the news, even when another dataset's best is fine.
+    damaged = [b for b in bests if not b.usable and ((fingerprint and b.fingerprint == fingerprint) or not usable)]
+    if damaged:
+        raise BadInputError(
+            [f"the best model {b.path.parent} in the results store is damaged: {b.problem}" for b in damaged],
+            hint="run `fusioncli sweep` again (its next finished run replaces a damaged best) or pass checkpoint files",
+        )
+    if len(usable) == 1:
+        return usable[0].path
+    if usable:
+        raise BadInputError(
+            f"the results store {store.root} holds the best models of {len(usable)} datasets, none of them "
+            f"trained on the cache {cache}",
+            hint="pass the one to evaluate: " + ", ".join(str(b.path) for b in usable),
+        )
+    raise BadInputError(
+        f"no checkpoint given and no best model in the results store {store.root}",
+        hint="pass checkpoint files (fusioncli train --checkpoint PATH writes one) or run `fusioncli sweep`",
+    )
+
+
+def _checkpoints(paths: Optional[list[Path]], results_dir: Optional[Path], cache: Path) -> list[Path]:
+    """The checkpoints asked for, or the results store's best model; every one must exist."""
+    from fusioncli.eval.saved import checkpoint_file
+
     if not paths:
-        store = ResultsStore(results_dir if results_dir is not None else default_results_dir())
-        if not store.best_checkpoint_path.is_file():
-            raise BadInputError(
-                f"no checkpoint given and no best model in the results store {store.root}",
-                hint="pass checkpoint files (fusioncli train --checkpoint PATH writes one) or run `fusioncli sweep`",
-            )
-        return [store.best_checkpoint_path]
+        return [_best_checkpoint(results_dir, cache)]
     found = [checkpoint_file(p) for p in paths]
     missing = [f"checkpoint {p} does not exist" for p in found if not p.is_file()]
     if missing:
@@ -153,7 +182,7 @@ def evaluate(
         Optional[list[Path]],
         typer.Argument(
             help="Checkpoint files (.safetensors with their .json) or folders holding model.safetensors; "
-            "default: the results store's best model.",
+            "default: the results store's best model of the cache's dataset (or its only one).",
             show_default=False,
         ),
     ] = None,
@@ -227,8 +256,8 @@ def evaluate(
     for flag, value in (("--into", into), ("--filter", filter), ("--force", force or None)):
         if value is not None and not runs:
             raise BadInputError(f"{flag} goes with --runs")
-    paths = None if runs else _checkpoints(checkpoints, results_dir)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
+    paths = None if runs else _checkpoints(checkpoints, results_dir, cache)
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1 (got {batch_size})")
     resolved = RunConfig(device=device, precision=precision.value).resolve()

@@ -2,7 +2,7 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -113,6 +113,12 @@ def report(
     runs/<run_id>.parquet (one flat row), so pandas reads every run with
     pd.read_parquet("<results>/runs").
 
+    A damaged store still reports: an unreadable row is read from its
+    record instead, and a run whose record is unreadable (or whose row is,
+    with no record) is left out with one line on stderr naming the file and
+    the problem; the next sweep with that run trains it again. Exit code 0
+    when the rest could be reported, 2 when no run at all is readable.
+
     Examples:  fusioncli report --format markdown --filter strategy=late
                fusioncli report --compare late gmu --metric accuracy
                fusioncli report --robustness --plot plots/
@@ -138,7 +144,7 @@ def report(
     results = results_dir if results_dir is not None else default_results_dir()
     store = open_store(results, must_exist=True)
     fields = [f.strip() for f in group_by.split(",")] if group_by is not None else None
-    frame = store.load_runs()
+    frame = _read_runs(store)
     filters = filter or []
     notes_from = None
     if compare is not None:
@@ -182,3 +188,30 @@ def report(
 
         paths = write_report_plots(frame, plot, group_by=fields, sort=sort, filters=filters)
         err.print(f"plots written: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
+
+
+def _read_runs(store: Any) -> Any:
+    """The store's runs table; damaged runs are said on stderr (and are an error when nothing is left)."""
+    from fusioncli.errors import BadInputError
+
+    table = store.read_runs()
+    for damage in table.rebuilt:
+        err.print(
+            f"note: run {damage.run_id}: {damage}; read from its record instead (the next sweep rewrites the row)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+    if table.damaged and table.frame.empty:
+        raise BadInputError(
+            [f"damaged run {d.run_id}: {d}" for d in table.damaged] + [f"no readable run in the results store {store.root}"],
+            hint="re-run the sweep that wrote these runs (damaged runs are trained again), or remove the damaged files",
+        )
+    for damage in table.damaged:
+        err.print(
+            f"skipped damaged run {damage.run_id}: {damage} (a sweep with this run trains it again)",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+        )
+    return table.frame

@@ -265,14 +265,15 @@ def run_sweep_ray(
     store.repair()
     recorder = OutcomeRecorder(
         store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
-        robustness=robustness, on_run_end=on_run_end,
+        robustness=robustness, on_run_end=on_run_end, fingerprint=dataset["fingerprint"],
     )  # fmt: skip
     ended = recorder.ended
     interrupted = False
     try:
         todo = []
         for index, (rid, cfg) in enumerate(grid, start=1):
-            skipped = recorder.skipped(index, rid, cfg)
+            # Claimed here, on the driver, which stores the records (another sweep leaves them be).
+            skipped = recorder.skipped(index, rid, cfg) or recorder.claim(index, rid, cfg)
             if skipped is None:
                 todo.append((index, rid, cfg))
             else:
@@ -316,6 +317,8 @@ def run_sweep_ray(
     except KeyboardInterrupt:
         # Finished runs are already stored; only the runs in flight are lost.
         interrupted = True
+    finally:
+        recorder.release_claims()  # runs claimed but never stored (cancelled, or an error)
     return recorder.summary(interrupted=interrupted, started=started)
 
 

@@ -10,8 +10,12 @@ What a sweep guarantees, whichever backend runs it (local here, Ray in
   a kill (Ctrl-C, SIGKILL) loses at most the runs in flight and never leaves a record that counts.
 * **failures do not stop the sweep** -- an exception in a run (out of memory, NaN loss, ...) is
   stored as a ``failed`` record with the error and a short traceback; the sweep goes on.
-* **best checkpoint** -- when a finished run beats the store's best (higher val accuracy; ties:
-  lower val loss), its weights replace ``<results>/best/`` as a whole.
+* **best checkpoint** -- when a finished run beats the best of its dataset (higher val accuracy;
+  ties: lower val loss), its weights replace ``<results>/best/<fingerprint>/`` as a whole; each
+  dataset has its own best, and a damaged best counts as none.
+* **one trainer per run** -- a run is claimed in the store before it trains
+  (:meth:`~fusioncli.results.store.ResultsStore.claim_run`); a second sweep on the same store
+  leaves a run another live sweep is training to it (outcome ``claimed``, with a warning).
 
 Backends share one way to store an outcome: :class:`OutcomeRecorder` (skip check, finished and
 failed records, best checkpoint, trackers, the summary) and :func:`failure_record`; what a run
@@ -33,17 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusioncli.atomic import atomic_directory
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, train_one
-from fusioncli.results.store import FAILED, FINISHED, ResultsStore
+from fusioncli.results.store import FAILED, FINISHED, Claim, ResultsStore, record_fingerprint
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.config import RunConfig, run_id
 from fusioncli.train.device import free_device_memory
 from fusioncli.train.loop import failed_record, train_run  # train_run: the sweep's default (tests patch it)
 
 SKIPPED = "skipped"
+CLAIMED = "claimed"  # another live sweep is training the run: left to it, not finished here
 TRACEBACK_CHARS = 4000
 # Runs trained together by the stacked executor: bounds the memory of one group (params, grads
 # and Adam state of each member) while keeping the GPU busy; the seed's grid is groups of 6.
@@ -75,8 +79,9 @@ class SweepSummary:
     total: int
     interrupted: bool
     seconds: float
-    best: dict[str, Any] | None  # the store's best record after the sweep
+    best: dict[str, Any] | None  # the best record of the sweep's dataset after the sweep
     warnings: list[str] = field(default_factory=list)
+    best_checkpoint: Path | None = None  # its weights (best/<fingerprint>/model.safetensors)
 
     def _with(self, status: str) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -92,6 +97,11 @@ class SweepSummary:
     @property
     def skipped(self) -> list[RunOutcome]:
         return self._with(SKIPPED)
+
+    @property
+    def claimed(self) -> list[RunOutcome]:
+        """Grid points another live sweep was training: left to it, not finished by this one."""
+        return self._with(CLAIMED)
 
     @property
     def not_run(self) -> int:
@@ -137,15 +147,15 @@ def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
 
 
 def save_best(store: ResultsStore, model: Any, record: dict[str, Any]) -> None:
-    """Replace ``<results>/best/`` (weights + JSON info) with this run's, as one atomic swap.
+    """Replace the best of ``record``'s dataset (``<results>/best/<fingerprint>/``: weights + JSON
+    info) with this run's, as one atomic swap (:meth:`ResultsStore.update_best`).
 
     Writing the two files into a staging folder first means the weights and their info always
     describe the same run, even if the process dies halfway.
     """
     from fusioncli.train.checkpoint import save_checkpoint
 
-    with atomic_directory(store.best_dir) as staging:
-        save_checkpoint(staging / store.best_checkpoint_path.name, model, record)
+    store.update_best(record, lambda path: save_checkpoint(path, model, record))
 
 
 def _call_trackers(trackers: Sequence[Tracker], method: str, *args: Any, warnings: list[str]) -> None:
@@ -249,8 +259,9 @@ class OutcomeRecorder:
     checkpoint (and every run's weights), calls the trackers, collects the outcomes and builds
     the :class:`SweepSummary`::
 
-        recorder = OutcomeRecorder(store, total, force=..., keep_best=..., on_run_end=...)
+        recorder = OutcomeRecorder(store, total, force=..., keep_best=..., on_run_end=..., fingerprint=...)
         outcome = recorder.skipped(index, rid, cfg)        # None: the run must train
+        outcome = recorder.claim(index, rid, cfg)          # None: claimed for us (else skipped/claimed)
         run = recorder.begin(index, rid, cfg)              # trackers: start
         run.epoch(row)                                     # trackers: log_epoch
         outcome = run.finished(record, lambda: model)      # or run.failed(record)
@@ -269,8 +280,11 @@ class OutcomeRecorder:
         trackers: Sequence[Tracker] = (),
         robustness: bool = False,
         on_run_end: Callable[[RunOutcome], None] | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.store = store
+        self.fingerprint = fingerprint  # the sweep's dataset: whose best the summary shows
+        self._claims: dict[str, Claim] = {}  # runs this sweep has claimed and not yet released
         self.total = total
         self.force = force
         self.robustness = robustness
@@ -298,6 +312,38 @@ class OutcomeRecorder:
             return None
         return RunOutcome(index, self.total, rid, cfg, SKIPPED, record)
 
+    def claim(self, index: int, rid: str, cfg: RunConfig) -> RunOutcome | None:
+        """Claim ``rid`` before training it (after :meth:`skipped` said it must train).
+
+        None: the run is ours to train (released once its record is written, or it failed or was
+        interrupted). A ``claimed`` outcome (plus a warning): another live sweep is training it.
+        The ``skipped`` outcome: another sweep finished it between the skip check and the claim.
+        """
+        claim = self.store.claim_run(rid)
+        if not claim.held_by_us:
+            note = (
+                f"run {rid} ({cfg.strategy} lr={cfg.lr:g} seed={cfg.seed}) is being trained by another sweep "
+                f"({claim.describe()}): left to it, not trained here"
+            )
+            self.warnings.append(note)
+            return RunOutcome(index, self.total, rid, cfg, CLAIMED, None, warnings=[note])
+        self._claims[rid] = claim
+        outcome = self.skipped(index, rid, cfg)
+        if outcome is not None:
+            self.release(rid)
+        return outcome
+
+    def release(self, rid: str) -> None:
+        """Give back the claim on ``rid`` (if this sweep holds it)."""
+        claim = self._claims.pop(rid, None)
+        if claim is not None:
+            self.store.release_claim(claim)
+
+    def release_claims(self) -> None:
+        """Give back every claim still held: runs never trained (interrupted, or an error)."""
+        for rid in list(self._claims):
+            self.release(rid)
+
     def begin(self, index: int, rid: str, cfg: RunConfig) -> RunRecorder:
         """Start recording one run (its trackers' ``start``)."""
         return RunRecorder(self, index, rid, cfg)
@@ -313,13 +359,19 @@ class OutcomeRecorder:
 
         ``started`` is the sweep's :func:`time.perf_counter` at its start.
         """
+        fingerprint = self.fingerprint
+        if fingerprint is None:  # a sweep is on one dataset: the one its records name
+            seen = {record_fingerprint(o.record) for o in self.outcomes if o.record}
+            fingerprint = seen.pop() if len(seen) == 1 else None
+        best = self.store.best_for(fingerprint) if fingerprint is not None else self.store.default_best()
         return SweepSummary(
             outcomes=sorted(self.outcomes, key=lambda o: o.index),
             total=self.total,
             interrupted=interrupted,
             seconds=time.perf_counter() - started,
-            best=self.store.best_record(),
+            best=best.record if best is not None else None,
             warnings=list(self.warnings),
+            best_checkpoint=best.path if best is not None else None,
         )
 
 
@@ -358,10 +410,14 @@ class RunRecorder:
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
                 self.warnings.append(f"weights not kept: {error_message(exc)}")
         new_best = False
-        if self.sweep.keep_best and _is_better(record, store.best_record()):
+        if self.sweep.keep_best:
+            from fusioncli.train.checkpoint import save_checkpoint
+
             try:
-                save_best(store, model(), record)
-                new_best = True
+                # Compared and replaced under the store's lock: another sweep may finish a run too.
+                new_best = store.update_best(
+                    record, lambda path: save_checkpoint(path, model(), record), better=_is_better
+                )
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
                 self.warnings.append(f"best checkpoint not saved: {error_message(exc)}")
         store.write(record)
@@ -377,6 +433,7 @@ class RunRecorder:
 
     def interrupted(self) -> None:
         """The run was stopped (Ctrl-C): trackers close it; nothing is stored."""
+        self.sweep.release(self.run_id)
         _call_trackers(
             self.sweep.trackers,
             "finish",
@@ -387,6 +444,7 @@ class RunRecorder:
     def _end(
         self, status: str, record: dict[str, Any], *, new_best: bool = False, error: str | None = None
     ) -> RunOutcome:
+        self.sweep.release(self.run_id)  # the record is stored: the run is no longer in flight
         _call_trackers(self.sweep.trackers, "finish", record, warnings=self.warnings)
         self.sweep.warnings.extend(self.warnings)
         return RunOutcome(
@@ -430,8 +488,10 @@ def run_sweep(
     grid point (finished, failed or skipped). ``train_fn`` defaults to
     :func:`fusioncli.train.loop.train_run` (looked up at call time, so it can be patched).
     ``robustness`` adds ``record["robustness"]`` to each finished run (see :func:`fusioncli.jobs.train_one`).
-    ``keep_best`` keeps the best run's weights in ``best/``; ``keep_weights`` every finished
-    run's in ``weights/<run_id>.safetensors`` (for ``fusioncli evaluate --runs``).
+    ``keep_best`` keeps the best run's weights in ``best/<fingerprint>/``; ``keep_weights`` every
+    finished run's in ``weights/<run_id>.safetensors`` (for ``fusioncli evaluate --runs``).
+    Each run is claimed in the store before it trains; runs another live sweep is training are
+    left to it (``claimed`` outcomes).
 
     ``executor``: ``loop`` trains one run after another; ``stacked`` trains runs that differ
     only in lr, scheduler and seed together as one vmapped model, at most ``max_group`` at a
@@ -447,7 +507,7 @@ def run_sweep(
     grid = resolve_grid(configs, data.fingerprint)
     recorder = OutcomeRecorder(
         store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
-        robustness=robustness, on_run_end=on_run_end,
+        robustness=robustness, on_run_end=on_run_end, fingerprint=data.fingerprint,
     )  # fmt: skip
     device = grid[0][1].device if grid else "cpu"
     use_stacked = choose_executor(device, executor) == "stacked" and train_fn is None
@@ -456,7 +516,7 @@ def run_sweep(
     try:
         todo = []
         for index, (rid, cfg) in enumerate(grid, start=1):
-            outcome = recorder.skipped(index, rid, cfg)
+            outcome = recorder.skipped(index, rid, cfg) or recorder.claim(index, rid, cfg)
             if outcome is not None:
                 ended(outcome)
             elif use_stacked:
@@ -473,6 +533,8 @@ def run_sweep(
     except KeyboardInterrupt:
         # Finished runs are already stored; only the run(s) in flight are lost.
         interrupted = True
+    finally:
+        recorder.release_claims()  # runs claimed but never trained
     return recorder.summary(interrupted=interrupted, started=started)
 
 

@@ -229,3 +229,74 @@ def test_plot_with_robustness(robust_results: Path, tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert "robustness.png" in names and len(names) == 5
     assert "robustness.png" in result.stderr
+
+
+# -- a damaged store (issue 12 part 6) -------------------------------------------------------------
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _run_ids(results: Path, strategy: str) -> list[str]:
+    store = ResultsStore(results)
+    return sorted(r["run_id"] for r in store.records() if r["config"]["strategy"] == strategy)
+
+
+def test_a_truncated_row_is_reported_from_its_record(results: Path) -> None:
+    rid = _run_ids(results, "late")[0]
+    row = ResultsStore(results).row_path(rid)
+    _cut(row)
+    result = _report(results, "--format", "csv")
+    assert result.exit_code == 0, result.stderr
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert list(table["strategy"]) == ["late", "intermediate-add"] and list(table["n"]) == [2, 2]
+    assert table.loc[0, "accuracy_pct_mean"] == pytest.approx(91.0)
+    assert f"note: run {rid}: {row}: " in result.stderr and "read from its record instead" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_run_with_a_broken_record_is_skipped_and_named(results: Path) -> None:
+    store = ResultsStore(results)
+    rid = _run_ids(results, "late")[0]
+    _cut(store.record_path(rid))
+    _cut(store.row_path(rid))
+    result = _report(results, "--format", "json", "--runs")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 4 and rid not in {r["run_id"] for r in rows}
+    [line] = [line for line in result.stderr.splitlines() if "damaged" in line]
+    assert f"skipped damaged run {rid}: {store.record_path(rid)}: not valid JSON" in line
+    assert "Traceback" not in result.output
+    # The table view still aggregates everything else.
+    table = _report(results, "--format", "csv")
+    assert table.exit_code == 0 and list(pd.read_csv(io.StringIO(table.stdout))["n"]) == [1, 2]
+    assert "skipped damaged run" in table.stderr
+
+
+def test_garbage_in_every_file_of_a_run_is_one_line_each(results: Path) -> None:
+    store = ResultsStore(results)
+    late, add = _run_ids(results, "late"), _run_ids(results, "intermediate-add")
+    store.record_path(late[1]).write_text("[]")
+    store.row_path(add[0]).write_bytes(b"PAR1 not really")
+    store.record_path(add[0]).unlink()
+    result = _report(results, "--runs", "--format", "csv")
+    assert result.exit_code == 0, result.stderr
+    assert len(pd.read_csv(io.StringIO(result.stdout))) == 3
+    damaged = [line for line in result.stderr.splitlines() if line.startswith("skipped damaged run")]
+    assert len(damaged) == 2
+    assert str(store.record_path(late[1])) in result.stderr and str(store.row_path(add[0])) in result.stderr
+
+
+def test_nothing_readable_is_an_error_naming_each_damaged_file(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results")
+    cfg = RunConfig(strategy="late", epochs=1, device="cpu", precision="fp32")
+    record = fake_record(cfg)
+    store.write(record)
+    _cut(store.record_path(record["run_id"]))
+    result = _report(store.root)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert f"error: damaged run {record['run_id']}: {store.record_path(record['run_id'])}" in result.stderr
+    assert "no readable run" in result.stderr and "Traceback" not in result.output

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -535,3 +539,222 @@ def test_compile_is_once_per_architecture_across_the_grids_groups(
     summary = run_sweep(configs, prepared, plain, executor="stacked", max_group=2)
     assert len(compiled) == 2
     assert {plain.get(o.run_id)["timing"]["compile"] for o in summary.finished} == {"off"}
+
+
+# -- a store that survives damage; one trainer per run (issue 12 part 6) ---------------------------
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_damaged_run_is_trained_again_and_its_files_replaced(store: ResultsStore) -> None:
+    first = run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer())
+    broken = first.outcomes[1].run_id
+    _cut(store.record_path(broken))
+    _cut(store.row_path(broken))
+    assert [d.run_id for d in store.read_runs().damaged] == [broken]
+    trainer = FakeTrainer()
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=trainer)
+    assert [run_id(c, FINGERPRINT) for c in trainer.calls] == [broken]
+    assert [o.status for o in summary.outcomes] == ["skipped", "finished", "skipped", "skipped"]
+    table = store.read_runs()
+    assert table.damaged == () and table.rebuilt == () and len(table.frame) == 4
+    assert len(pd.read_parquet(store.runs_dir)) == 4  # plain pandas reads the store again
+
+
+def test_a_damaged_row_of_a_finished_run_is_rewritten_not_retrained(store: ResultsStore) -> None:
+    first = run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer())
+    _cut(store.row_path(first.outcomes[0].run_id))
+    trainer = FakeTrainer()
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=trainer)
+    assert trainer.calls == [] and [o.status for o in summary.outcomes] == ["skipped"] * 4
+    assert len(pd.read_parquet(store.runs_dir)) == 4
+
+
+def test_the_best_is_kept_per_dataset_and_the_summary_shows_the_sweeps(store: ResultsStore) -> None:
+    easy, hard = tiny_data(fingerprint="easy-data"), tiny_data(fingerprint="hard-data")
+    run_sweep(grid(strategies=["late"]), easy, store, train_fn=FakeTrainer())  # ~0.91 in the fake
+    summary = run_sweep(grid(strategies=["intermediate-multiply"]), hard, store, train_fn=FakeTrainer())  # ~0.77
+    # Before per-dataset bests the easy dataset's late run hid every run on the hard one.
+    assert [o.new_best for o in summary.outcomes] == [True, False]
+    assert summary.best["config"]["strategy"] == "intermediate-multiply"
+    assert summary.best["dataset"]["fingerprint"] == "hard-data"
+    assert summary.best_checkpoint == store.best_checkpoint_for("hard-data") and summary.best_checkpoint.is_file()
+    assert store.best_record("easy-data")["config"]["strategy"] == "late"
+    assert store.best_record("hard-data")["config"]["lr"] == 1e-3
+    again = run_sweep(grid(strategies=["late"]), easy, store, train_fn=FakeTrainer())
+    assert again.best["dataset"]["fingerprint"] == "easy-data"  # skipped runs: still this dataset's best
+    assert again.best_checkpoint == store.best_checkpoint_for("easy-data")
+
+
+def test_an_old_stores_best_stays_until_a_better_run_on_its_dataset(store: ResultsStore) -> None:
+    from fusioncli.train.checkpoint import save_checkpoint
+
+    old = fake_record(grid(strategies=["late"])[0], accuracy=0.95)
+    # best/ as the previous version wrote it: one pair for the whole store.
+    save_checkpoint(store.best_dir / "model.safetensors", torch.nn.Linear(2, 2), old)
+    summary = run_sweep(grid(strategies=["intermediate-add"]), tiny_data(), store, train_fn=FakeTrainer())
+    assert not any(o.new_best for o in summary.outcomes)
+    assert summary.best["run_id"] == old["run_id"] and summary.best_checkpoint == store.legacy_best_path
+    assert store.best_checkpoint_path == store.legacy_best_path
+    # Another dataset: its own best, the old one stays for its dataset.
+    other = run_sweep(grid(strategies=["intermediate-add"]), tiny_data(fingerprint="other"), store, train_fn=FakeTrainer())
+    assert other.outcomes[0].new_best and store.legacy_best_path.is_file()
+    assert store.best_record(FINGERPRINT)["run_id"] == old["run_id"]
+
+    def better(config, data, *, on_epoch=None):
+        return SimpleNamespace(record=fake_record(config, data.fingerprint, accuracy=0.99), model=torch.nn.Linear(2, 2))
+
+    won = run_sweep(grid(strategies=["late"], lrs=[1e-4]), tiny_data(), store, train_fn=better)
+    assert won.outcomes[0].new_best and won.best["run_id"] == won.outcomes[0].run_id
+    assert not store.legacy_best_path.exists()
+    info = json.loads(store.best_checkpoint_for(FINGERPRINT).with_suffix(".json").read_text())["info"]
+    assert info["run_id"] == won.outcomes[0].run_id
+
+
+def test_a_damaged_best_is_replaced_by_the_next_finished_run(store: ResultsStore) -> None:
+    run_sweep(grid(strategies=["late"], lrs=[1e-3]), tiny_data(), store, train_fn=FakeTrainer())
+    _cut(store.best_checkpoint_for(FINGERPRINT))  # e.g. the disk filled up while copying the store
+    assert store.best_record(FINGERPRINT) is None
+    worse = run_sweep(grid(strategies=["intermediate-add"], lrs=[1e-4]), tiny_data(), store, train_fn=FakeTrainer())
+    assert worse.outcomes[0].new_best and worse.best["config"]["strategy"] == "intermediate-add"
+    assert all(b.usable for b in store.bests())
+
+
+def _claim_files(store: ResultsStore) -> list[Path]:
+    return sorted(store.records_dir.glob(".*.claim")) if store.records_dir.is_dir() else []
+
+
+def test_claims_are_released_whatever_becomes_of_the_run(store: ResultsStore) -> None:
+    seen = []
+
+    def fail(config: RunConfig):
+        seen.append(_claim_files(store))  # while training: exactly this run is claimed
+        if config.strategy == "late" and config.lr == 1e-4:
+            return RuntimeError("boom")
+        return KeyboardInterrupt() if config.strategy == "intermediate-add" and config.lr == 1e-4 else None
+
+    summary = run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer(fail=fail))
+    assert summary.interrupted and len(summary.finished) == 2 and len(summary.failed) == 1
+    assert [len(claims) for claims in seen] == [1, 1, 1, 1]
+    assert _claim_files(store) == []
+
+
+def test_a_failing_store_write_releases_the_claims(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "results")
+    store.runs_dir.mkdir(parents=True)
+    store.runs_dir.rmdir()
+    store.runs_dir.write_text("a file where the rows folder should be")
+    with pytest.raises(RunFailedError, match="cannot write run"):
+        run_sweep(grid(), tiny_data(), store, train_fn=FakeTrainer())
+    assert _claim_files(store) == []
+
+
+def _sweep_process(results: Path, markers: Path, name: str, script: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(results), str(markers), name],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from sweep_fakes import FakeTrainer, grid, tiny_data
+from fusioncli.results.store import ResultsStore
+from fusioncli.sweep.runner import run_sweep
+
+results, markers = Path(sys.argv[1]), Path(sys.argv[2])
+
+class Blocking(FakeTrainer):
+    def __call__(self, config, data, *, on_epoch=None):
+        (markers / "started").write_text("")
+        deadline = time.monotonic() + 90
+        while not (markers / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return super().__call__(config, data, on_epoch=on_epoch)
+
+summary = run_sweep(grid(strategies=["late"], lrs=[1e-3]), tiny_data(), ResultsStore(results), train_fn=Blocking())
+print(" ".join(o.status for o in summary.outcomes))
+"""
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep process exited early ({proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {path.name}")
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process tests are POSIX here")
+def test_a_run_another_live_sweep_is_training_is_left_to_it(store: ResultsStore, tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    holder = _sweep_process(store.root, markers, "holder", _HOLDER)
+    try:
+        _wait_for(markers / "started", holder)
+        held = run_id(grid(strategies=["late"], lrs=[1e-3])[0].resolve(), FINGERPRINT)
+        trainer = FakeTrainer()
+        summary = run_sweep(grid(), tiny_data(), store, train_fn=trainer)
+        assert held not in {run_id(c, FINGERPRINT) for c in trainer.calls} and len(trainer.calls) == 3
+        [claimed] = summary.claimed
+        assert claimed.run_id == held and claimed.status == "claimed" and claimed.record is None
+        assert claimed not in summary.finished and claimed not in summary.skipped and summary.exit_code == 0
+        assert any(held in w and f"pid {holder.pid}" in w and "another sweep" in w for w in summary.warnings)
+        assert not store.is_finished(held)
+    finally:
+        (markers / "go").write_text("")
+        out, errors = holder.communicate(timeout=90)
+    assert holder.returncode == 0, errors
+    assert out.split() == ["finished"]
+    assert store.is_finished(held) and _claim_files(store) == []
+    trainer = FakeTrainer()
+    assert [o.status for o in run_sweep(grid(), tiny_data(), store, train_fn=trainer).outcomes] == ["skipped"] * 4
+    assert trainer.calls == []
+
+
+_RACER = """
+import json, sys, time
+from pathlib import Path
+from sweep_fakes import FakeTrainer, grid, tiny_data
+from fusioncli.results.store import ResultsStore
+from fusioncli.sweep.runner import run_sweep
+
+results, markers, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+data = tiny_data()
+(markers / f"ready-{name}").write_text("")
+deadline = time.monotonic() + 90
+while len(list(markers.glob("ready-*"))) < 2 and time.monotonic() < deadline:  # start together
+    time.sleep(0.005)
+summary = run_sweep(grid(), data, ResultsStore(results), train_fn=FakeTrainer(sleep=0.3))
+print(json.dumps({o.run_id: o.status for o in summary.outcomes}))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process tests are POSIX here")
+def test_two_sweeps_on_one_store_train_each_run_once(store: ResultsStore, tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    procs = [_sweep_process(store.root, markers, name, _RACER) for name in ("a", "b")]
+    results = []
+    for proc in procs:
+        out, errors = proc.communicate(timeout=120)
+        assert proc.returncode == 0, errors
+        results.append(json.loads(out))
+    everyone = {run_id(c.resolve(), FINGERPRINT) for c in grid()}
+    trained = [{rid for rid, status in outcome.items() if status == "finished"} for outcome in results]
+    assert trained[0].isdisjoint(trained[1]), results  # no run trained by both
+    assert trained[0] | trained[1] == everyone, results
+    for outcome in results:
+        assert set(outcome) == everyone and set(outcome.values()) <= {"finished", "claimed", "skipped"}
+    assert all(store.is_finished(rid) for rid in everyone) and _claim_files(store) == []
