@@ -36,7 +36,7 @@ import torch
 
 from fusioncli.data.dataset import PreparedData
 from fusioncli.config import RunConfig
-from fusioncli.train.device import cpu_model_name, device_name
+from fusioncli.machine import cpu_model_name, device_name
 from fusioncli.train.loop import train_run
 from fusioncli.train.stacked import train_stacked
 

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 from fusioncli.data.dataset import PreparedData
 from fusioncli.models import create_model
 from fusioncli.config import RunConfig
-from fusioncli.train.device import cpu_model_name, device_name
+from fusioncli.machine import cpu_model_name, device_name
 from fusioncli.train.loop import train_run
 from fusioncli.train.probes import clock
 

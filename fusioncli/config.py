@@ -19,16 +19,14 @@ import hashlib
 import json
 import math
 import numbers
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from fusioncli.errors import BadInputError
+from fusioncli.machine import DEVICE_PATTERN, PRECISIONS, resolve_device, resolve_precision
 
 SCHEDULERS = ("cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # A Checker validates one field value: (problem or None, the normalised value).
 Checker = Callable[[str, Any], tuple[str | None, Any]]
@@ -232,9 +230,6 @@ class RunConfig:
 
         Raises :class:`BadInputError` when the device or precision asked for is unavailable.
         """
-        # Imported here: resolving asks torch about the machine; the config itself is torch-free.
-        from fusioncli.train.device import resolve_device, resolve_precision
-
         device = resolve_device(self.device)
         precision = resolve_precision(self.precision, device)
         return replace(self, device=device, precision=precision)

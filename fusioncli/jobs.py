@@ -25,7 +25,7 @@ from fusioncli.config import RunConfig
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import FusionError, RunFailedError
 from fusioncli.train import loop  # module access: the default trainer is looked up at call time
-from fusioncli.train.device import free_device_memory
+from fusioncli.machine import free_device_memory
 
 ERROR_CHARS = 2000
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fusioncli.errors import BadInputError
-from fusioncli.train import device as device_mod
+from fusioncli import machine as device_mod
 from fusioncli.config import RunConfig, run_id
 
 

@@ -27,10 +27,6 @@ TORCH_FREE = ("fusioncli.cli", "fusioncli.config", "fusioncli.record", "fusioncl
 # Cycles that are known and not yet fixed, each with the reason. Any other cycle fails the test,
 # and so does a listed one that is gone (delete its entry then): the list cannot go stale.
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"fusioncli.config", "fusioncli.train.device"}): (
-        "RunConfig.resolve() imports fusioncli.train.device (lazily), which imports config's "
-        "DEVICE_PATTERN and PRECISIONS: the leaf config imports upwards (issue 12, to fix with config.py)"
-    ),
 }
 
 

@@ -59,42 +59,26 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from fusioncli.atomic import atomic_directory, atomic_path, atomic_write_json
+from fusioncli.config import CONFIG_FIELDS, ROW_DEFAULTS, config_fields
 from fusioncli.errors import BadInputError, RunFailedError
 
 SCHEMA_VERSION = 1
 FINISHED = "finished"
 FAILED = "failed"
 
-# Config fields of the interface, in display order; they are the group-by / filter keys.
-CONFIG_FIELDS = (
-    "strategy",
-    "backbone",
-    "lr",
-    "scheduler",
-    "epochs",
-    "batch_size",
-    "seed",
-    "device",
-    "precision",
-    "limit_per_class",
-    "train_per_class",
-    "modality_dropout",
-)
-
-# Config fields holding numbers (filters compare them as numbers, tables right-align them).
-NUMERIC_CONFIG_FIELDS = (
-    "lr", "epochs", "batch_size", "seed", "limit_per_class", "train_per_class", "modality_dropout"
-)  # fmt: skip
-# Data limits: null means no limit, which reports show (and filters accept) as "all".
-DATA_LIMIT_FIELDS = ("limit_per_class", "train_per_class")
-
-# What a config field reads as in rows and records written before the field existed.
-CONFIG_DEFAULTS = {"modality_dropout": 0.0}
-
 # Columns flattened from record["robustness"] (null for runs evaluated without it).
 ROBUSTNESS_COLUMNS = ("robust_mean_auc", "robust_mean_relative_auc", "acc_rgb_missing", "acc_lidar_missing")
 
 _STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+
+def _config_columns() -> list[tuple[str, pa.DataType]]:
+    """One column per RunConfig field, typed from its annotation (int / float / str)."""
+    columns = []
+    for f, _ in config_fields():
+        annotation = str(f.type)
+        columns.append((f.name, _F64 if "float" in annotation else _I64 if "int" in annotation else _STR))
+    return columns
+
 
 # One explicit schema for every row file, so files written with nulls in different columns
 # still read back as one table with stable types.
@@ -103,18 +87,7 @@ RUN_SCHEMA = pa.schema(
         ("run_id", _STR),
         ("status", _STR),
         ("error", _STR),
-        ("strategy", _STR),
-        ("backbone", _STR),
-        ("lr", _F64),
-        ("scheduler", _STR),
-        ("epochs", _I64),
-        ("batch_size", _I64),
-        ("seed", _I64),
-        ("device", _STR),
-        ("precision", _STR),
-        ("limit_per_class", _I64),
-        ("train_per_class", _I64),
-        ("modality_dropout", _F64),
+        *_config_columns(),
         ("dataset_fingerprint", _STR),
         ("n_train", _I64),
         ("n_val", _I64),
@@ -201,7 +174,7 @@ def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
         "run_id": record.get("run_id"),
         "status": record.get("status"),
         "error": record.get("error"),
-        **{name: config.get(name, CONFIG_DEFAULTS.get(name)) for name in CONFIG_FIELDS},
+        **{name: config.get(name, ROW_DEFAULTS.get(name)) for name in CONFIG_FIELDS},
         "dataset_fingerprint": _get(record, "dataset", "fingerprint"),
         "n_train": _get(record, "dataset", "n_train"),
         "n_val": _get(record, "dataset", "n_val"),
@@ -259,7 +232,7 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}.get)
     # Row files written before a config field existed read it as null: give it its default, so
     # those runs group and pair with new runs that use the default.
-    for name, default in CONFIG_DEFAULTS.items():
+    for name, default in ROW_DEFAULTS.items():
         frame[name] = frame[name].fillna(default)
     return frame
 

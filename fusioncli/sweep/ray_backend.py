@@ -61,7 +61,7 @@ from fusioncli.sweep.runner import (
 )
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.config import RunConfig
-from fusioncli.train.device import free_device_memory
+from fusioncli.machine import free_device_memory
 
 RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"
 SHARED_CACHE_NOTE = "on Ray the cache folder must be on storage every node sees at the same path"
@@ -104,7 +104,7 @@ def resolve_for_ray(config: RunConfig, gpus_per_run: float = 0.0) -> RunConfig:
     :class:`BadInputError`. Precision ``auto``: the driver's local answer for that device, or
     ``bf16`` for GPU runs from a driver without CUDA; explicit precisions are kept.
     """
-    from fusioncli.train.device import resolve_precision
+    from fusioncli.machine import resolve_precision
 
     gpu = gpus_per_run > 0
     device = config.device

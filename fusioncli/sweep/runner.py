@@ -43,7 +43,7 @@ from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, t
 from fusioncli.results.store import FAILED, FINISHED, Claim, ResultsStore, record_fingerprint
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.config import RunConfig, run_id
-from fusioncli.train.device import free_device_memory
+from fusioncli.machine import free_device_memory
 from fusioncli.train.loop import failed_record, train_run  # train_run: the sweep's default (tests patch it)
 
 SKIPPED = "skipped"

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import fusioncli
-from fusioncli.train.device import bf16_supported, device_name
+from fusioncli.machine import bf16_supported, device_name
 
 HOST_RSS_NOTE = "process-lifetime peak resident set size (getrusage ru_maxrss), not reset per run"
 

@@ -52,7 +52,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.config import RunConfig, run_id
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
-from fusioncli.train.device import resolve_device, validate_device_spec
+from fusioncli.machine import resolve_device, validate_device_spec
 from fusioncli.train.loop import RunResult, check_data, finished_record, run_data, train_run
 from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now
 

@@ -1,9 +1,13 @@
-"""Device and precision resolution: turn ``auto`` into what this machine can actually do.
+"""The machine: turn ``auto`` device and precision into what this machine can actually do.
 
 ``--device auto`` means the first CUDA device when there is one, else the CPU. ``--precision
 auto`` means bf16 autocast where the hardware computes bf16 natively (CUDA devices that report
 it; CPUs with AVX512_BF16 or AMX), fp32 otherwise. Asking for something the machine cannot do
 is a :class:`~fusioncli.errors.BadInputError`, not a silent fallback.
+
+A leaf module, torch-free at import (the run config resolves through it, and ``sweep
+--dry-run`` plans without torch): a CPU-only machine is recognised without importing torch (no
+GPU driver on Linux; bf16 from /proc/cpuinfo), and torch is asked only where it must be.
 """
 
 from __future__ import annotations
@@ -11,12 +15,17 @@ from __future__ import annotations
 import functools
 import gc
 import platform
+import re
+import sys
 from pathlib import Path
 
-import torch
-
-from fusioncli.config import DEVICE_PATTERN, PRECISIONS
 from fusioncli.errors import BadInputError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+PRECISIONS = ("auto", "fp32", "bf16")
+# Device nodes of the GPU drivers torch's "cuda" device runs on (NVIDIA; ROCm; CUDA on WSL2).
+# Without any of them on Linux, CUDA cannot be available, and torch need not be imported to say so.
+_GPU_DRIVER_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
 
 # /proc/cpuinfo flags of x86 CPUs with native bf16 dot products. Without them oneDNN emulates
 # bf16 through fp32 conversions, which is slower than plain fp32, so "auto" must not pick it.
@@ -38,20 +47,40 @@ def _cpuinfo_flags() -> frozenset[str]:
 
 
 def cpu_bf16_supported() -> bool:
-    """True when the CPU computes bf16 natively (AVX512_BF16 or AMX), so autocast pays off."""
+    """True when the CPU computes bf16 natively (AVX512_BF16 or AMX), so autocast pays off.
+
+    Where /proc/cpuinfo lists the CPU's flags (Linux) they decide; elsewhere torch's CPU
+    capability probe does.
+    """
+    flags = _cpuinfo_flags()
+    if flags:
+        return any(flag in flags for flag in _CPU_BF16_FLAGS)
+    import torch
+
     try:
         capability = torch.backends.cpu.get_cpu_capability().upper()
-    except Exception:  # older torch without the probe: fall back to the flags
+    except Exception:  # older torch without the probe
         capability = ""
-    if any(name in capability for name in _CPU_BF16_CAPABILITIES):
-        return True
-    return any(flag in _cpuinfo_flags() for flag in _CPU_BF16_FLAGS)
+    return any(name in capability for name in _CPU_BF16_CAPABILITIES)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """Whether torch can use a CUDA (or ROCm) device here; torch is imported only when a GPU
+    driver is present (or on systems other than Linux, where we cannot tell without it)."""
+    if sys.platform.startswith("linux") and not any(Path(node).exists() for node in _GPU_DRIVER_NODES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def bf16_supported(device: str) -> bool:
     """Whether bf16 autocast is native on ``device`` (a resolved device string)."""
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        import torch
+
+        return cuda_available() and torch.cuda.is_bf16_supported()
     return cpu_bf16_supported()
 
 
@@ -65,11 +94,13 @@ def resolve_device(spec: str) -> str:
     """``auto`` -> ``cuda:0`` or ``cpu``; ``cuda`` -> ``cuda:0``; checks the device exists."""
     validate_device_spec(spec)
     if spec == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        return "cuda:0" if cuda_available() else "cpu"
     if spec == "cpu":
         return "cpu"
-    if not torch.cuda.is_available():
+    if not cuda_available():
         raise BadInputError(f"--device {spec}: CUDA is not available", hint="use --device cpu or --device auto")
+    import torch
+
     index = int(spec.partition(":")[2] or 0)
     count = torch.cuda.device_count()
     if index >= count:
@@ -106,7 +137,9 @@ def cpu_model_name() -> str:
 
 def device_name(device: str) -> str:
     """A human name for a resolved device: the GPU's name on CUDA, the CPU model otherwise."""
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if device.startswith("cuda") and cuda_available():
+        import torch
+
         return torch.cuda.get_device_name(torch.device(device))
     return cpu_model_name()
 
@@ -116,4 +149,6 @@ def free_device_memory(device: str) -> None:
     # After an out-of-memory error the allocator still holds the failed run's blocks.
     gc.collect()
     if device.startswith("cuda"):
+        import torch
+
         torch.cuda.empty_cache()
