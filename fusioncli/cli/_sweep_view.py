@@ -31,6 +31,8 @@ def outcome_line(outcome: Any) -> str:
         acc = metrics.get("val_accuracy")
         extra = f": acc {acc * 100:.2f}%" if isinstance(acc, (int, float)) else ""
         return f"[dim]{head}  skipped (already finished{extra})[/]"
+    if outcome.status == "claimed":
+        return f"[yellow]{head}  being trained by another sweep: left to it[/]"
     if outcome.status == "failed":
         first = (outcome.error or "unknown error").splitlines()[0]
         return f"{head}  [bold red]FAILED:[/] {_escape(first)}"
@@ -57,6 +59,8 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
     """Counts, failures, the best run and where things are (stderr)."""
     minutes, seconds = divmod(int(round(summary.seconds)), 60)
     parts = [f"{len(summary.finished)} finished", f"{len(summary.skipped)} skipped", f"{len(summary.failed)} failed"]
+    if summary.claimed:
+        parts.append(f"{len(summary.claimed)} left to another sweep")
     if summary.not_run:
         parts.append(f"{summary.not_run} not run")
     err.print(
@@ -88,7 +92,7 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
         except Exception:  # a best from an older version: show the id only
             label = ""
         acc = (best.get("metrics") or {}).get("val_accuracy", float("nan"))
-        weights = Path(results_dir) / "best" / "model.safetensors"
+        weights = summary.best_checkpoint
         err.print(
             f"best: {label} acc {acc * 100:.2f}% (run {best['run_id']}) -> {weights}",
             highlight=False,

@@ -13,6 +13,7 @@ from sweep_fakes import FakeTrainer  # noqa: E402
 
 from fusioncli.cli import app  # noqa: E402
 from fusioncli.demo import DemoPlan, demo_configs, next_commands  # noqa: E402
+from fusioncli.results.store import ResultsStore  # noqa: E402
 
 runner = CliRunner()
 
@@ -42,7 +43,7 @@ def test_demo_pipeline_then_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "4 configurations" in first.stdout and "late" in first.stdout
     assert "fusioncli synth --per-class 9999" in first.stderr
     assert first.stderr.rstrip().splitlines()[-1].strip().startswith("fusioncli evaluate --cache-dir")  # last hint
-    assert (tmp_path / "demo" / "results" / "best" / "model.safetensors").is_file()
+    assert ResultsStore(tmp_path / "demo" / "results").best_checkpoint_path.is_file()
     assert len(trainer.calls) == 4
 
     second = runner.invoke(app, args)

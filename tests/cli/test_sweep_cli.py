@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
 from sweep_fakes import FakeTrainer  # noqa: E402
 
 from fusioncli.cli import app  # noqa: E402
+from fusioncli.results.store import ResultsStore  # noqa: E402
 
 runner = CliRunner()
 SMALL = ["--strategies", "late,intermediate-add", "--lrs", "1e-3", "--schedulers", "cosine", "--epochs", "1"]
@@ -79,7 +80,7 @@ def test_sweep_runs_then_skips(cache_dir: Path, tmp_path: Path, fake_training: F
     assert "[1/2] late lr=1e-3 cosine seed=51  acc " in result.stderr
     assert "sweep: 2 finished, 0 skipped, 0 failed of 2" in result.stderr
     assert "best: late" in result.stderr
-    assert (results / "best" / "model.safetensors").is_file()
+    assert ResultsStore(results).best_checkpoint_path.is_file()
     assert len(fake_training.calls) == 2
 
     again = runner.invoke(app, _args(cache_dir, results, "--format", "json"))
@@ -272,7 +273,7 @@ def test_backend_ray_end_to_end(cache_dir: Path, tmp_path: Path) -> None:
     assert [(r["strategy"], r["status"]) for r in rows] == [("late", "finished"), ("intermediate-add", "finished")]
     assert "sweep: 2 runs (cpu on a Ray instance started here, 1 CPU per run)" in result.stderr
     assert "sweep: 2 finished, 0 skipped, 0 failed of 2" in result.stderr
-    assert (results / "best" / "model.safetensors").is_file()
+    assert ResultsStore(results).best_checkpoint_path.is_file()
     assert len(list((results / "runs").glob("*.parquet"))) == 2
     assert not ray.is_initialized()  # the command shut down the instance it started
 
