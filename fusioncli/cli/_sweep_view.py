@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fusioncli.cli._common import err, progress_bar
+from fusioncli.cli._common import err, out, progress_bar
 
 
 def format_lr(value: float) -> str:
@@ -135,28 +135,19 @@ def outcomes_json(summary: Any) -> str:
     return json.dumps(rows, indent=2)
 
 
-def execute_sweep(
-    configs: list,
-    cache_dir: Path,
-    results_dir: Path,
-    *,
-    show_bar: bool,
-    backend: str = "local",
-    **kwargs: Any,
-) -> Any:
-    """Run the sweep with one stderr line per grid point and an overall bar; returns the summary.
+def execute_sweep(plan: Any, store: Any, *, show_bar: bool, **options: Any) -> Any:
+    """Run ``plan`` with one stderr line per grid point and an overall bar; returns the summary.
 
-    ``kwargs`` go to :func:`fusioncli.sweep.dispatch.sweep_from_cache` (and on to the backend).
+    ``options`` go to :func:`fusioncli.sweep.dispatch.run_plan` (``trackers``, ``keep_best``, ...).
     """
-    from fusioncli.sweep.dispatch import sweep_from_cache
+    from fusioncli.sweep.dispatch import run_plan
 
-    total_epochs = sum(c.epochs for c in configs)
-    with progress_bar("sweep", total=total_epochs, enabled=show_bar) as advance:
+    on_ray = plan.spec.backend == "ray"
+    with progress_bar("sweep", total=sum(run.config.epochs for run in plan.runs), enabled=show_bar) as advance:
 
         def on_run_start(index: int, total: int, run_id: str, config: Any) -> None:
             # Ray submits every run at once and reports epochs as each run ends.
-            label = f"[{index}/{total}] {run_label(config)}" if backend == "local" else f"{total} runs on Ray"
-            advance(0, description=label)
+            advance(0, description=f"{total} runs on Ray" if on_ray else f"[{index}/{total}] {run_label(config)}")
 
         def on_epoch(config: Any, row: dict) -> None:
             advance(1)
@@ -166,16 +157,50 @@ def execute_sweep(
             advance(max(outcome.config.epochs - len(_history_of(outcome)), 0))
             err.print(outcome_line(outcome), highlight=False, soft_wrap=True)
 
-        return sweep_from_cache(
-            configs,
-            cache_dir,
-            results_dir,
-            backend=backend,
-            on_run_start=on_run_start,
-            on_epoch=on_epoch,
-            on_run_end=on_run_end,
-            **kwargs,
-        )
+        return run_plan(plan, store, on_run_start=on_run_start, on_epoch=on_epoch, on_run_end=on_run_end, **options)
+
+
+def equal_steps_line(plan: Any) -> str:
+    """``100/class -> 8 epochs, all -> 2 epochs``: the epochs ``--equal-steps`` gave each size."""
+    by_size: dict[Any, int] = {}
+    for run in plan.runs:
+        by_size.setdefault(run.config.train_per_class, run.config.epochs)
+    return ", ".join(f"{f'{size}/class' if size else 'all'} -> {epochs} epochs" for size, epochs in by_size.items())
+
+
+def print_plan(plan: Any, format: Any) -> None:
+    """``sweep --dry-run``: each grid point with its stored status and whether the sweep trains it
+    (json rows on stdout, or a table), then a count on stderr."""
+    from rich.table import Table
+
+    from fusioncli.cli._tables import print_table
+
+    if format.value == "json":
+        rows = [
+            {"run_id": p.run_id, "stored_status": p.stored_status, "would_train": p.trains, **p.config.to_dict()}
+            for p in plan.runs
+        ]
+        out.print(json.dumps(rows, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
+    else:
+        table = Table(title=f"{plan.total} runs planned ({plan.placement})")
+        sized = any(p.config.train_per_class is not None for p in plan.runs)
+        for col in ("#", "run id", "strategy", "lr", "scheduler", *(["train/class", "epochs"] if sized else []),
+                    "seed", "stored", "action"):  # fmt: skip
+            table.add_column(col)
+        for p in plan.runs:
+            c = p.config
+            size = [str(c.train_per_class or "all"), str(c.epochs)] if sized else []
+            table.add_row(
+                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, *size, str(c.seed),
+                p.stored_status or "-", p.action,
+            )  # fmt: skip
+        print_table(table)
+    err.print(
+        f"dry run: {len(plan.to_train)} of {plan.total} runs would be trained "
+        "(the others are finished and would be skipped)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _history_of(outcome: Any) -> list:

@@ -1,95 +1,21 @@
 """`fusioncli sweep`: train the Cartesian product of strategies x lrs x schedulers x seeds."""
 
-import json
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, ResultsDirOption, RobustnessOption
-from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
-from fusioncli.cli._sweep_view import execute_sweep, format_lr, outcomes_json, print_summary
-from fusioncli.cli._tables import print_table
-from fusioncli.errors import BadInputError
+from fusioncli.cli._common import OutputFormat, err, out, progress_enabled, report_errors
+from fusioncli.cli._sweep_view import equal_steps_line, execute_sweep, outcomes_json, print_plan, print_summary
 from fusioncli.paths import default_cache_dir, default_results_dir
+from fusioncli.sweep.plan import BACKENDS, DEFAULT_MAX_GROUP, EXECUTORS
 
 
-class Executor(str, Enum):
-    """How a local sweep trains its runs."""
-
-    auto = "auto"
-    loop = "loop"
-    stacked = "stacked"
-
-
-class Backend(str, Enum):
-    """Where the runs of a sweep train."""
-
-    local = "local"
-    ray = "ray"
-
-
-def backend_options(
-    backend: Backend, address: Optional[str], gpus_per_run: Optional[float], cpus_per_run: Optional[float]
-) -> dict[str, Any]:
-    """The backend's own keyword arguments for the library; Ray options need --backend ray."""
-    ray_only = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
-    if backend is Backend.local:
-        given = [flag for flag, value in ray_only.items() if value is not None]
-        if given:
-            raise BadInputError(f"{', '.join(given)}: only with --backend ray", hint="add --backend ray")
-        return {}
-    from fusioncli.sweep.ray_backend import check_resources
-
-    options = {
-        "address": address,
-        "gpus_per_run": 0.0 if gpus_per_run is None else gpus_per_run,
-        "cpus_per_run": 1.0 if cpus_per_run is None else cpus_per_run,
-    }
-    check_resources(options["gpus_per_run"], options["cpus_per_run"])
-    return options
-
-
-def executor_options(executor: Executor, max_group: int, compile: bool = False) -> dict[str, Any]:
-    """The executor's keyword arguments (both backends: on Ray a stacked group is one task)."""
-    from fusioncli.train.stacked import check_max_group
-
-    check_max_group(max_group)
-    if compile and executor is Executor.loop:
-        raise BadInputError("--compile applies to stacked groups; --executor loop trains without it")
-    return {"executor": executor.value, "max_group": max_group, "compile": compile}
-
-
-def placement(configs: list, backend: Backend, options: dict[str, Any]) -> str:
-    """Where the runs train, for the sweep's first line.
-
-    ``cpu`` (local) or e.g. ``cuda:0 on the Ray cluster at auto, 1 CPU + 0.25 GPU per run``.
-    """
-    if backend is Backend.local:
-        from fusioncli.train.stacked import choose_executor
-
-        device = configs[0].resolve().device
-        executor = choose_executor(device, options.get("executor", "auto"))
-        if executor == "loop":
-            unused = " (--compile unused: runs train one at a time)" if options.get("compile") else ""
-            return f"{device}, {executor} executor{unused}"
-        compiled = ", compiled" if options.get("compile") else ""
-        return f"{device}, stacked groups of <= {options['max_group']}{compiled}"
-    from fusioncli.sweep.ray_backend import LOCAL_ADDRESSES, resolve_for_ray
-
-    from fusioncli.train.stacked import choose_executor
-
-    device = resolve_for_ray(configs[0], options["gpus_per_run"]).device
-    address = options["address"]
-    cluster = "a Ray instance started here" if address in LOCAL_ADDRESSES else f"the Ray cluster at {address}"
-    share = f"{options['cpus_per_run']:g} CPU"
-    if options["gpus_per_run"] > 0:
-        share += f" + {options['gpus_per_run']:g} GPU"
-    if choose_executor(device, options.get("executor", "auto")) == "stacked":
-        return f"{device} on {cluster}, stacked groups of <= {options['max_group']}, {share} per group"
-    return f"{device} on {cluster}, {share} per run"
+# How a sweep trains its runs, and where: the plan's choices.
+Executor = Enum("Executor", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
+Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
 
 @report_errors
@@ -142,7 +68,7 @@ def sweep(
             help="local: one run after another on this machine; ray: each run as a task on a Ray cluster "
             "(extra: pip install 'fusioncli\\[ray]').",
         ),
-    ] = Backend.local,
+    ] = Backend("local"),  # type: ignore[assignment]
     address: Annotated[
         Optional[str],
         typer.Option(
@@ -174,10 +100,10 @@ def sweep(
             help="loop: one run at a time; stacked: runs differing only in lr, scheduler and seed train "
             "together as one vmapped model (same results); auto: stacked on CUDA, loop on the CPU.",
         ),
-    ] = Executor.auto,
+    ] = Executor("auto"),  # type: ignore[assignment]
     max_group: Annotated[
         int, typer.Option("--max-group", help="Stacked executor: at most this many runs per group (memory bound).")
-    ] = 16,
+    ] = DEFAULT_MAX_GROUP,
     compile: Annotated[
         bool,
         typer.Option(
@@ -211,131 +137,52 @@ def sweep(
     On a cluster:  fusioncli sweep --backend ray --address auto --gpus-per-run 0.25
     """
     from fusioncli.config import GRID_AXES
-    from fusioncli.sweep.grid import expand_grid, parse_axes
-    from fusioncli.sweep.tracking import make_trackers
+    from fusioncli.results.store import ResultsStore
+    from fusioncli.sweep.plan import SweepSpec, plan_sweep
 
-    # Every axis parsed before failing, so one invocation reports all bad values.
-    parsed: dict[str, Any] = parse_axes({name: run_options.pop(name) for name in GRID_AXES})
     cache = cache_dir if cache_dir is not None else default_cache_dir()
-    if equal_steps:
-        parsed["epochs_by_size"] = _equal_step_epochs(
-            cache, run_options["epochs"], run_options["batch_size"], parsed["train_sizes"],
-            run_options["limit_per_class"],
-        )  # fmt: skip
-    configs = expand_grid(**parsed, **run_options)
     results = results_dir if results_dir is not None else default_results_dir()
-    options = backend_options(backend, address, gpus_per_run, cpus_per_run)
-    options.update(executor_options(executor, max_group, compile))
+    spec = SweepSpec.from_options(
+        {name: run_options.pop(name) for name in GRID_AXES},
+        run_options,
+        cache_dir=cache,
+        equal_steps=equal_steps,
+        backend=backend.value,
+        executor=executor.value,
+        max_group=max_group,
+        compile=compile,
+        force=force,
+        robustness=robustness,
+        keep_weights=keep_weights,
+        address=address,
+        gpus_per_run=gpus_per_run,
+        cpus_per_run=cpus_per_run,
+    )
+    if spec.backend == "ray":
+        from fusioncli.sweep.ray_backend import import_ray
 
+        import_ray()  # a missing extra is a usage error, before the plan costs time
+    store = ResultsStore(results)
+    plan = plan_sweep(spec, cache, store)
+    if equal_steps:
+        err.print(f"equal steps: {equal_steps_line(plan)}", highlight=False, soft_wrap=True)
     if dry_run:
-        retrain = {"force": force, "robustness": robustness, "keep_weights": keep_weights}
-        _dry_run(configs, cache, results, format, backend, options, retrain)
+        print_plan(plan, format)
         return
+
+    from fusioncli.sweep.tracking import make_trackers
 
     trackers = make_trackers(
         wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, wandb_project=wandb_project
     )
     err.print(
-        f"sweep: {len(configs)} runs ({placement(configs, backend, options)}), results in {results}",
-        highlight=False,
-        soft_wrap=True,
+        f"sweep: {plan.total} runs ({plan.placement}), results in {results}", highlight=False, soft_wrap=True
     )
     summary = execute_sweep(
-        configs,
-        cache,
-        results,
-        show_bar=progress_enabled() and format is OutputFormat.table,
-        backend=backend.value,
-        force=force,
-        keep_weights=keep_weights,
-        trackers=trackers,
-        robustness=robustness,
-        **options,
+        plan, store, show_bar=progress_enabled() and format is OutputFormat.table, trackers=trackers
     )
     if format is OutputFormat.json:
         out.print(outcomes_json(summary), markup=False, highlight=False, emoji=False, soft_wrap=True)
     print_summary(summary, results, kept_weights=keep_weights)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
-
-
-def _equal_step_epochs(
-    cache: Path, epochs: int, batch_size: int, sizes: list, limit_per_class: Optional[int]
-) -> dict:
-    """``--equal-steps``: epochs per training size, from the cache's training counts."""
-    from fusioncli.data.cache import PREPARE_HINT, read_manifest
-    from fusioncli.sweep.grid import equal_step_epochs
-
-    if epochs < 1 or batch_size < 1:
-        return {size: epochs for size in sizes}  # RunConfig reports the bad value
-    manifest = read_manifest(cache)
-    if manifest is None:
-        raise BadInputError(f"--equal-steps needs the prepared cache: none in {cache}", hint=PREPARE_HINT)
-    counts = [manifest["counts"][name]["train"] for name in manifest["class_names"]]
-    by_size = equal_step_epochs(epochs, batch_size, counts, sizes, limit_per_class)
-    err.print(
-        "equal steps: " + ", ".join(f"{f'{size}/class' if size else 'all'} -> {e} epochs" for size, e in by_size.items()),
-        highlight=False,
-        soft_wrap=True,
-    )
-    return by_size
-
-
-def _dry_run(
-    configs: list,
-    cache: Path,
-    results: Path,
-    format: OutputFormat,
-    backend: Backend,
-    options: dict[str, Any],
-    retrain: dict[str, bool],
-) -> None:
-    """List the grid with each run's stored status and whether the sweep would train it.
-
-    ``retrain`` holds the options that make a sweep train a stored finished run again
-    (``force``, ``robustness``, ``keep_weights``): the same rule the sweep applies.
-    """
-    from rich.table import Table
-
-    from fusioncli.results.store import ResultsStore
-    from fusioncli.sweep.runner import OutcomeRecorder
-
-    store = ResultsStore(results)
-    if backend is Backend.ray:
-        # Ray's rule for "auto" (see fusioncli.sweep.ray_backend); needs neither Ray nor the data.
-        from fusioncli.sweep.ray_backend import plan_sweep_ray
-
-        plan = plan_sweep_ray(configs, cache, store, gpus_per_run=options["gpus_per_run"])
-    else:
-        from fusioncli.sweep.runner import load_sweep_data, plan_sweep
-
-        data = load_sweep_data(configs, cache)
-        plan = plan_sweep(configs, data.fingerprint, store)
-    decide = OutcomeRecorder(store, len(plan), **retrain)
-    trains = {p.index: decide.skipped(p.index, p.run_id, p.config) is None for p in plan}
-    if format is OutputFormat.json:
-        rows = [
-            {"run_id": p.run_id, "stored_status": p.stored_status, "would_train": trains[p.index], **p.config.to_dict()}
-            for p in plan
-        ]
-        out.print(json.dumps(rows, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
-    else:
-        table = Table(title=f"{len(plan)} runs planned")
-        sized = any(p.config.train_per_class is not None for p in plan)
-        for col in ("#", "run id", "strategy", "lr", "scheduler", *(["train/class", "epochs"] if sized else []),
-                    "seed", "stored", "action"):  # fmt: skip
-            table.add_column(col)
-        for p in plan:
-            c = p.config
-            size = [str(c.train_per_class or "all"), str(c.epochs)] if sized else []
-            table.add_row(
-                str(p.index), p.run_id, c.strategy, format_lr(c.lr), c.scheduler, *size, str(c.seed),
-                p.stored_status or "-", "train" if trains[p.index] else "skip",
-            )  # fmt: skip
-        print_table(table)
-    todo = sum(trains.values())
-    err.print(
-        f"dry run: {todo} of {len(plan)} runs would be trained (the others are finished and would be skipped)",
-        highlight=False,
-        soft_wrap=True,
-    )

@@ -1,7 +1,6 @@
 """`fusioncli train`: train one fusion strategy on the prepared cache and report what it measured."""
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 

@@ -1,8 +1,11 @@
-"""Which backend runs a sweep: the public entry point above the local and the Ray backend.
+"""Which executor runs a sweep plan: the public entry points above the local and the Ray backend.
 
-It sits above both backends so that neither imports the other's module back: the Ray backend
-builds on :mod:`fusioncli.sweep.runner` (its recorder, grid and failure records), and the local
-runner need not know that Ray exists.
+It sits above both so that neither imports the other: the Ray backend and the local runner
+each build on :mod:`fusioncli.sweep.plan` and :mod:`fusioncli.sweep.recorder` only.
+
+    spec = SweepSpec(configs=expand_grid(lrs=[1e-4, 1e-5], epochs=3))
+    plan = plan_sweep(spec, cache_dir, ResultsStore(results_dir))   # what would run (a dry run)
+    summary = run_plan(plan, ResultsStore(results_dir))             # run it
 """
 
 from __future__ import annotations
@@ -12,11 +15,32 @@ from pathlib import Path
 from typing import Any
 
 from fusioncli.config import RunConfig
-from fusioncli.errors import BadInputError
 from fusioncli.results.store import ResultsStore
-from fusioncli.sweep.runner import SweepSummary, load_sweep_data, run_sweep
+from fusioncli.sweep.plan import BACKENDS, SweepPlan, SweepSpec, plan_sweep
+from fusioncli.sweep.recorder import SweepSummary
 
-BACKENDS = ("local", "ray")
+__all__ = ["BACKENDS", "run_plan", "sweep_from_cache"]
+
+# run_plan's keyword arguments that are about running (the rest make the spec).
+_RUN_OPTIONS = ("keep_best", "trackers", "on_run_start", "on_epoch", "on_run_end", "train_fn", "num_cpus")
+
+
+def run_plan(plan: SweepPlan, store: ResultsStore, **options: Any) -> SweepSummary:
+    """Run ``plan`` into ``store`` with its backend's executor.
+
+    ``options``: ``keep_best``, ``trackers``, ``on_run_start``, ``on_epoch``, ``on_run_end``,
+    ``train_fn`` (and ``num_cpus`` for a Ray instance started here). The local backend loads the
+    plan's cache once, onto the plan's device.
+    """
+    if plan.spec.backend == "ray":
+        # Imported here: a local sweep does not load the Ray backend.
+        from fusioncli.sweep.ray_backend import run_plan_ray
+
+        return run_plan_ray(plan, store, **options)
+    from fusioncli.sweep.runner import load_plan_data, run_plan_local
+
+    options.pop("num_cpus", None)
+    return run_plan_local(plan, load_plan_data(plan), store, **options)
 
 
 def sweep_from_cache(
@@ -24,17 +48,16 @@ def sweep_from_cache(
 ) -> SweepSummary:
     """Sweep ``configs`` on the cache at ``cache_dir`` into the store at ``results_dir``.
 
-    ``backend="local"``: load the cache here and :func:`~fusioncli.sweep.runner.run_sweep`;
-    ``backend="ray"``: :func:`fusioncli.sweep.ray_backend.run_sweep_ray` (which takes
-    ``address``, ``gpus_per_run``, ``cpus_per_run`` too). Other keyword arguments go to the backend.
+    The short form of spec -> plan -> run: ``kwargs`` are :class:`~fusioncli.sweep.plan.SweepSpec`
+    fields (``force``, ``robustness``, ``keep_weights``, ``executor``, ``max_group``,
+    ``compile``, and Ray's ``address``, ``gpus_per_run``, ``cpus_per_run``) and :func:`run_plan`
+    options.
     """
-    store = ResultsStore(results_dir)
+    run_options = {key: kwargs.pop(key) for key in _RUN_OPTIONS if key in kwargs}
+    spec = SweepSpec(configs=tuple(configs), backend=backend, **kwargs)
     if backend == "ray":
-        # Imported here: a local sweep does not load the Ray backend.
-        from fusioncli.sweep.ray_backend import run_sweep_ray
+        from fusioncli.sweep.ray_backend import import_ray
 
-        return run_sweep_ray(configs, cache_dir, store, **kwargs)
-    if backend != "local":
-        raise BadInputError(f"--backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    data = load_sweep_data(configs, cache_dir)
-    return run_sweep(configs, data, store, **kwargs)
+        import_ray()  # a missing extra is a usage error, before anything costs time
+    store = ResultsStore(results_dir)
+    return run_plan(plan_sweep(spec, cache_dir, store), store, **run_options)

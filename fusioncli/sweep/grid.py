@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from fusioncli.config import SCHEDULERS, RunConfig, config_fields, field_info
+from fusioncli.config import RunConfig, config_fields, field_info
 from fusioncli.errors import BadInputError
 
 T = TypeVar("T")

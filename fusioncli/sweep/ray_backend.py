@@ -1,12 +1,12 @@
 """Run a sweep on a Ray cluster: one Ray task per run (or stacked group), records streamed into the local store.
 
-The driver (this process) resolves the grid, skips finished runs and submits one task per
+The driver (this process) runs a sweep plan (:mod:`fusioncli.sweep.plan`): it skips finished runs and submits one task per
 remaining run, reserving ``num_cpus=cpus_per_run`` and ``num_gpus=gpus_per_run``. A task loads
 the prepared cache from ``cache_dir`` -- a path every node must see (shared storage such as
 NFS, mounted at the same place) -- trains with :func:`fusioncli.jobs.train_one` and
 returns the run record plus, when the driver keeps a best checkpoint, the weights as
 safetensors bytes (a model is never pickled across). The driver stores each record the moment
-its task completes (``ray.wait``), through the same :class:`~fusioncli.sweep.runner.OutcomeRecorder`
+its task completes (``ray.wait``), through the same :class:`~fusioncli.sweep.recorder.OutcomeRecorder`
 as the local backend, so skip/resume, failed records, the best checkpoint and trackers behave
 the same; a driver killed later loses only the runs still in flight.
 
@@ -16,7 +16,7 @@ for memory, node lost -- Ray retries it :data:`TASK_MAX_RETRIES` time(s) first) 
 failed record built on the driver. Either is retried by the next sweep. Ctrl-C cancels the
 outstanding tasks and the sweep ends as interrupted (exit code 130).
 
-Where configs run -- the rule for ``auto`` (:func:`resolve_for_ray`): configs are resolved on
+Where configs run -- the rule for ``auto`` (:func:`fusioncli.sweep.plan.resolve_for_ray`): configs are resolved on
 the driver, which may have no GPU while the workers do, so the device follows the resources
 asked for, not the driver's hardware: a run that reserves GPU share (``gpus_per_run > 0``)
 trains on ``cuda:0`` (Ray makes its reserved GPU the only one the task sees), otherwise on the
@@ -33,39 +33,41 @@ once per task) and the weights' trip back to the driver (skipped when neither ``
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+from fusioncli.config import RunConfig
 from fusioncli.errors import BadInputError
-from fusioncli.results.store import FAILED, FINISHED, ResultsStore
 from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, train_one
-from fusioncli.sweep.runner import (
+from fusioncli.machine import free_device_memory
+from fusioncli.results.store import FAILED, FINISHED, ResultsStore
+from fusioncli.sweep.plan import (
     DEFAULT_MAX_GROUP,
+    LOCAL_ADDRESSES,
+    PlannedRun,
+    SweepPlan,
+    SweepSpec,
+    group_runs,
+    plan_sweep,
+)
+from fusioncli.sweep.recorder import (
     TRACEBACK_CHARS,
     OutcomeRecorder,
-    PlannedRun,
     RunOutcome,
     SweepSummary,
     describe_exception,
     failure_record,
     group_failure_note,
-    plan_sweep,
-    resolve_grid,
+    utc_now,
 )
 from fusioncli.sweep.tracking import Tracker
-from fusioncli.config import RunConfig
-from fusioncli.machine import free_device_memory
 
 RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"
 SHARED_CACHE_NOTE = "on Ray the cache folder must be on storage every node sees at the same path"
-LOCAL_ADDRESSES = (None, "local")
 # Ray re-runs a task whose worker died (node lost, killed for memory) this many times before
 # the run counts as failed; exceptions raised by the run itself are never retried here.
 TASK_MAX_RETRIES = 1
@@ -80,82 +82,6 @@ def import_ray() -> Any:
     except ImportError:
         raise BadInputError("--backend ray needs the 'ray' package, which is not installed", hint=RAY_HINT) from None
     return ray
-
-
-def check_resources(gpus_per_run: float, cpus_per_run: float) -> None:
-    """Raise :class:`BadInputError` unless the per-run reservations make sense."""
-    problems = []
-    if not isinstance(gpus_per_run, (int, float)) or not math.isfinite(gpus_per_run) or not 0 <= gpus_per_run <= 1:
-        problems.append(
-            f"--gpus-per-run must be between 0 and 1 (got {gpus_per_run!r}): a run trains on one GPU; "
-            "0.25 puts four runs on each GPU"
-        )
-    if not isinstance(cpus_per_run, (int, float)) or not math.isfinite(cpus_per_run) or cpus_per_run <= 0:
-        problems.append(f"--cpus-per-run must be > 0 (got {cpus_per_run!r})")
-    if problems:
-        raise BadInputError(problems)
-
-
-def resolve_for_ray(config: RunConfig, gpus_per_run: float = 0.0) -> RunConfig:
-    """``config`` as a Ray task reserving ``gpus_per_run`` GPUs will run it (module doc: the rule).
-
-    Device: ``cuda:0`` when ``gpus_per_run > 0``, else ``cpu``; ``auto`` follows, while
-    ``cpu`` with a GPU share, ``cuda`` without one, or ``cuda:N`` (N > 0) is a
-    :class:`BadInputError`. Precision ``auto``: the driver's local answer for that device, or
-    ``bf16`` for GPU runs from a driver without CUDA; explicit precisions are kept.
-    """
-    from fusioncli.machine import resolve_precision
-
-    gpu = gpus_per_run > 0
-    device = config.device
-    if gpu and device == "cpu":
-        raise BadInputError(
-            f"--device cpu with --gpus-per-run {gpus_per_run:g}: CPU runs need no GPU",
-            hint="leave out --gpus-per-run, or use --device auto",
-        )
-    if not gpu and device.startswith("cuda"):
-        raise BadInputError(
-            f"--device {device} on Ray needs --gpus-per-run > 0: a task sees a GPU only when it reserves one",
-            hint="add e.g. --gpus-per-run 1 (or 0.25 to share each GPU between four runs)",
-        )
-    if device not in ("auto", "cpu", "cuda", "cuda:0"):
-        raise BadInputError(
-            f"--device {device}: on Ray each run sees the GPU it reserved as cuda:0",
-            hint="use --device auto (or cuda); Ray picks the GPU",
-        )
-    target = "cuda:0" if gpu else "cpu"
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if gpu and not _driver_has_cuda() else resolve_precision("auto", target)
-    return replace(config, device=target, precision=precision)
-
-
-def _driver_has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def cache_manifest(cache_dir: Path) -> dict[str, Any]:
-    """The manifest of the prepared cache at ``cache_dir`` as the driver sees it (checked)."""
-    from fusioncli.data.cache import MANIFEST, PREPARE_HINT, read_manifest
-
-    manifest = read_manifest(cache_dir)
-    if manifest is None:
-        if not (Path(cache_dir) / MANIFEST).is_file():
-            raise BadInputError(f"no prepared cache in {cache_dir} (no {MANIFEST})", hint=PREPARE_HINT)
-        raise BadInputError(
-            f"{Path(cache_dir) / MANIFEST} is unreadable or from another cache format", hint=f"{PREPARE_HINT} --force"
-        )
-    return manifest
-
-
-def plan_sweep_ray(
-    configs: Sequence[RunConfig], cache_dir: Path, store: ResultsStore, *, gpus_per_run: float = 0.0
-) -> list[PlannedRun]:
-    """What :func:`run_sweep_ray` would do (run ids, stored status), without Ray or training."""
-    manifest = cache_manifest(Path(cache_dir))
-    return plan_sweep(configs, manifest["fingerprint"], store, partial(resolve_for_ray, gpus_per_run=gpus_per_run))
 
 
 @contextmanager
@@ -221,90 +147,110 @@ def run_sweep_ray(
     train_fn: TrainFn | None = None,
     num_cpus: int | None = None,
     executor: str = "auto",
-    max_group: int | None = DEFAULT_MAX_GROUP,
+    max_group: int = DEFAULT_MAX_GROUP,
     compile: bool = False,
 ) -> SweepSummary:
-    """Run every config as a Ray task and store each record on this machine as it completes.
+    """Plan ``configs`` for Ray on the cache at ``cache_dir`` and run the plan (:func:`run_plan_ray`).
 
     Same run ids, skipping (``force``), failure records, best checkpoint (``keep_best``), kept
     weights (``keep_weights``) and exit codes as :func:`fusioncli.sweep.runner.run_sweep`.
     ``cache_dir`` must be visible at the same path on every node. ``address``:
     ``None``/``"local"`` starts Ray here (with ``num_cpus``, default all), ``"auto"`` or
-    ``"HOST:PORT"`` joins a cluster; an existing connection is used as is. Each task reserves ``gpus_per_run`` GPUs (0..1; > 0 trains on
-    CUDA) and ``cpus_per_run`` CPUs (also its torch threads). Ray starts only if some run is
-    left to train.
-
-    ``executor`` as for the local backend, decided by the runs' device (a GPU share -> CUDA):
-    ``stacked`` (``auto`` on CUDA) sends each stacked group of at most ``max_group`` runs as
-    one task, which reserves ``gpus_per_run`` / ``cpus_per_run`` for the whole group; ``loop``
-    (``auto`` on the CPU) one task per run. A custom ``train_fn`` always means one per run.
-    ``compile`` as for the local backend (compiled once per architecture per worker process).
-
-    Callbacks run on the driver: ``on_run_start`` as each run is submitted, ``on_epoch`` for
-    each history row and trackers' calls when the run's result arrives (replayed, in order),
-    ``on_run_end(outcome)`` for every grid point in the order they end. ``train_fn`` runs on
-    the workers (it must be importable there or picklable by value; default ``train_run``).
+    ``"HOST:PORT"`` joins a cluster; an existing connection is used as is. Each task reserves
+    ``gpus_per_run`` GPUs (0..1; > 0 trains on CUDA) and ``cpus_per_run`` CPUs (also its torch
+    threads). ``executor`` as for the local backend, decided by the runs' device (a GPU share ->
+    CUDA): ``stacked`` (``auto`` on CUDA) sends each stacked group of at most ``max_group`` runs
+    as one task, which reserves the shares for the whole group; ``loop`` one task per run.
     """
-    check_resources(gpus_per_run, cpus_per_run)
+    spec = SweepSpec(
+        configs=tuple(configs), backend="ray", executor=executor, max_group=max_group, compile=compile,
+        force=force, robustness=robustness, keep_weights=keep_weights, address=address,
+        gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run,
+    )  # fmt: skip
     import_ray()  # before anything else costs time: a missing extra is a usage error
-    if not configs:
-        raise BadInputError("the sweep grid is empty")
-    # Absolute (workers do not share the driver's working folder) but with symlinks kept: a
-    # link such as /shared may point to a different mount on each node.
-    cache_dir = Path(cache_dir).absolute()
-    manifest = cache_manifest(cache_dir)
-    dataset = {"fingerprint": manifest["fingerprint"], "class_names": list(manifest["class_names"])}
-    grid = resolve_grid(configs, dataset["fingerprint"], partial(resolve_for_ray, gpus_per_run=gpus_per_run))
+    return run_plan_ray(
+        plan_sweep(spec, cache_dir, store), store, keep_best=keep_best, trackers=trackers,
+        on_run_start=on_run_start, on_epoch=on_epoch, on_run_end=on_run_end, train_fn=train_fn, num_cpus=num_cpus,
+    )  # fmt: skip
 
-    from fusioncli.train.stacked import check_max_group, choose_executor
 
-    check_max_group(max_group)
-    use_stacked = bool(grid) and choose_executor(grid[0][1].device, executor) == "stacked" and train_fn is None
+def run_plan_ray(
+    plan: SweepPlan,
+    store: ResultsStore,
+    *,
+    keep_best: bool = True,
+    trackers: Sequence[Tracker] = (),
+    on_run_start: Callable[[int, int, str, RunConfig], None] | None = None,
+    on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None = None,
+    on_run_end: Callable[[RunOutcome], None] | None = None,
+    train_fn: TrainFn | None = None,
+    num_cpus: int | None = None,
+) -> SweepSummary:
+    """Run ``plan`` (planned for the Ray backend) as Ray tasks; store each record here as it completes.
+
+    Ray starts only if some run is left to train. Callbacks run on the driver: ``on_run_start``
+    as each run is submitted, ``on_epoch`` for each history row and trackers' calls when the
+    run's result arrives (replayed, in order), ``on_run_end(outcome)`` for every grid point in
+    the order they end. ``train_fn`` runs on the workers (it must be importable there or
+    picklable by value; default ``train_run``); a custom one means one task per run.
+    ``compile`` (stacked groups) is compiled once per architecture per worker process.
+    """
+    spec = plan.spec
+    import_ray()
+    cache_dir = plan.cache_dir
+    class_names = cache_manifest_class_names(cache_dir)
+    dataset = {"fingerprint": plan.fingerprint, "class_names": class_names}
+    use_stacked = plan.executor == "stacked" and train_fn is None
 
     started = time.perf_counter()
     store.repair()
     recorder = OutcomeRecorder(
-        store, len(grid), force=force, keep_best=keep_best, keep_weights=keep_weights, trackers=trackers,
-        robustness=robustness, on_run_end=on_run_end, fingerprint=dataset["fingerprint"],
+        store, plan.total, force=spec.force, keep_best=keep_best, keep_weights=spec.keep_weights, trackers=trackers,
+        robustness=spec.robustness, on_run_end=on_run_end, fingerprint=plan.fingerprint,
     )  # fmt: skip
     ended = recorder.ended
     interrupted = False
     try:
-        todo = []
-        for index, (rid, cfg) in enumerate(grid, start=1):
+        todo: list[PlannedRun] = []
+        for run in plan.runs:
             # Claimed here, on the driver, which stores the records (another sweep leaves them be).
-            skipped = recorder.skipped(index, rid, cfg) or recorder.claim(index, rid, cfg)
+            skipped = recorder.planned_skip(run) or recorder.claim(run.index, run.run_id, run.config)
             if skipped is None:
-                todo.append((index, rid, cfg))
+                todo.append(run)
             else:
                 ended(skipped)
         if todo:
-            with ray_session(address, num_cpus) as ray:
-                _check_cluster(ray, gpus_per_run, cpus_per_run)
+            with ray_session(spec.address, num_cpus) as ray:
+                _check_cluster(ray, spec.gpu_share, spec.cpu_share)
                 options = {
-                    "num_cpus": cpus_per_run,
-                    "num_gpus": gpus_per_run,
+                    "num_cpus": spec.cpu_share,
+                    "num_gpus": spec.gpu_share,
                     "max_retries": TASK_MAX_RETRIES,
                     "retry_exceptions": False,
                 }
                 run_remote = ray.remote(run_task).options(**options)
                 group_remote = ray.remote(group_task).options(**options)
-                send_weights = keep_best or keep_weights
-                common = {"cpus_per_run": cpus_per_run, "send_weights": send_weights, "robustness": robustness}
-                pending: dict[Any, tuple[list[tuple[int, str, RunConfig]], str]] = {}
+                send_weights = keep_best or spec.keep_weights
+                common = {"cpus_per_run": spec.cpu_share, "send_weights": send_weights, "robustness": spec.robustness}
+                pending: dict[Any, tuple[list[PlannedRun], str]] = {}
                 try:
-                    for batch in _batches(todo, max_group if use_stacked else 1):
+                    batches = group_runs(todo, spec.max_group) if use_stacked else [[run] for run in todo]
+                    for batch in batches:
                         if use_stacked:
-                            cfgs = [cfg.to_dict() for _, _, cfg in batch]
-                            rids = [rid for _, rid, _ in batch]
-                            ref = group_remote.remote(cfgs, rids, str(cache_dir), dataset, compile=compile, **common)
+                            cfgs = [run.config.to_dict() for run in batch]
+                            rids = [run.run_id for run in batch]
+                            ref = group_remote.remote(
+                                cfgs, rids, str(cache_dir), dataset, compile=spec.compile, **common
+                            )
                         else:
-                            (_, rid, cfg), = batch
-                            ref = run_remote.remote(cfg.to_dict(), rid, str(cache_dir), dataset, train_fn=train_fn, **common)
-                        pending[ref] = (batch, _utc_now())
+                            (one,) = batch
+                            ref = run_remote.remote(
+                                one.config.to_dict(), one.run_id, str(cache_dir), dataset, train_fn=train_fn, **common
+                            )
+                        pending[ref] = (batch, utc_now())
                         if on_run_start is not None:
-                            for index, rid, cfg in batch:
-                                on_run_start(index, len(grid), rid, cfg)
+                            for run in batch:
+                                on_run_start(run.index, plan.total, run.run_id, run.config)
                     while pending:
                         ready, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_SECONDS)
                         for ref in ready:
@@ -322,6 +268,13 @@ def run_sweep_ray(
     return recorder.summary(interrupted=interrupted, started=started)
 
 
+def cache_manifest_class_names(cache_dir: Path) -> list[str]:
+    """The class names of the prepared cache (what a failed record of a task that never ran says)."""
+    from fusioncli.sweep.plan import cache_manifest
+
+    return list(cache_manifest(cache_dir)["class_names"])
+
+
 def _cancel(ray: Any, pending: dict[Any, Any]) -> None:
     for ref in pending:
         try:
@@ -330,23 +283,11 @@ def _cancel(ray: Any, pending: dict[Any, Any]) -> None:
             pass
 
 
-def _batches(
-    todo: Sequence[tuple[int, str, RunConfig]], max_group: int | None
-) -> list[list[tuple[int, str, RunConfig]]]:
-    """What each task trains: one run (``max_group`` 1) or a stacked group of runs."""
-    if max_group == 1:
-        return [[item] for item in todo]
-    from fusioncli.train.stacked import group_configs
-
-    by_config = {id(cfg): (index, rid, cfg) for index, rid, cfg in todo}
-    return [[by_config[id(cfg)] for cfg in group] for group in group_configs([c for _, _, c in todo], max_group)]
-
-
 def _collect(
     ray: Any,
     ref: Any,
     recorder: OutcomeRecorder,
-    batch: Sequence[tuple[int, str, RunConfig]],
+    batch: Sequence[PlannedRun],
     dataset: dict[str, Any],
     submitted_at: str,
     on_epoch: Callable[[RunConfig, dict[str, Any]], None] | None,
@@ -361,15 +302,17 @@ def _collect(
         message = error_message(cause if isinstance(cause, BaseException) else exc)
         error = (message, str(exc)[-TRACEBACK_CHARS:])
         outcomes = []
-        for index, rid, cfg in batch:
+        for planned in batch:
+            cfg, rid = planned.config, planned.run_id
             record = failure_record(cfg, rid, error, dataset=dataset, started_at=submitted_at)
             record["env"] = None  # the worker's machine is unknown here; the driver's would mislead
-            outcomes.append(recorder.begin(index, rid, cfg).failed(record))
+            outcomes.append(recorder.begin(planned.index, rid, cfg).failed(record))
         return outcomes
 
     payloads = payload if isinstance(payload, list) else [payload]
     outcomes = []
-    for (index, rid, cfg), member in zip(batch, payloads):
+    for planned, member in zip(batch, payloads):
+        index, rid, cfg = planned.index, planned.run_id, planned.config
         for note in member.get("warnings", ()):
             if note not in recorder.warnings:
                 recorder.warnings.append(note)
@@ -447,7 +390,7 @@ def _load_or_fail(
 ) -> tuple[Any, list[dict[str, Any]]]:
     """``(data, [])`` with the cache loaded on this worker, or ``(None, failed payloads)`` --
     one per run, every run of the task fails with the load's error."""
-    started_at = _utc_now()
+    started_at = utc_now()
     try:
         return _load_on_worker(cache_dir, cfgs[0].device, dataset["fingerprint"]), []
     except Exception as exc:  # noqa: BLE001 - recorded as the runs' failure, like the local backend
@@ -465,7 +408,7 @@ def _train_loaded(
     train_fn: TrainFn | None,
 ) -> dict[str, Any]:
     """Train one run on data already loaded on this worker; its payload, finished or failed."""
-    started_at = _utc_now()
+    started_at = utc_now()
     history: list[dict[str, Any]] = []
     try:
         result = train_one(cfg, data, train_fn=train_fn, robustness=robustness, on_epoch=history.append)
@@ -573,9 +516,3 @@ def _load_on_worker(cache_dir: Path, device: str, fingerprint: str) -> Any:
             f"(fingerprint {data.fingerprint[:12]}, driver {fingerprint[:12]}); {SHARED_CACHE_NOTE}"
         )
     return data
-
-
-def _utc_now() -> str:
-    from fusioncli.train.probes import utc_now
-
-    return utc_now()

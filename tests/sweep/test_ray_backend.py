@@ -21,8 +21,10 @@ from fusioncli.data.cache import load_cache
 from fusioncli.errors import BadInputError
 from fusioncli.results.store import ResultsStore
 from fusioncli.sweep import ray_backend
-from fusioncli.sweep.ray_backend import check_resources, plan_sweep_ray, resolve_for_ray, run_sweep_ray
-from fusioncli.sweep.runner import plan_sweep, run_sweep
+from fusioncli import machine
+from fusioncli.sweep.plan import SweepSpec, plan_grid, plan_sweep, resolve_for_ray
+from fusioncli.sweep.ray_backend import run_sweep_ray
+from fusioncli.sweep.runner import run_sweep
 from fusioncli.config import RunConfig, run_id
 
 QUICK = dict(precision="fp32", limit_per_class=8, lrs=[1e-3])
@@ -62,7 +64,7 @@ def test_auto_resolves_like_the_local_backend_on_cpu() -> None:
 
 
 def test_gpu_runs_train_on_cuda0_and_a_gpu_less_driver_picks_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ray_backend, "_driver_has_cuda", lambda: False)
+    monkeypatch.setattr(machine, "cuda_available", lambda: False)
     for device in ("auto", "cuda", "cuda:0"):
         resolved = resolve_for_ray(RunConfig(device=device), gpus_per_run=0.25)
         assert (resolved.device, resolved.precision) == ("cuda:0", "bf16")
@@ -84,13 +86,14 @@ def test_device_conflicts_are_bad_input(device: str, gpus: float, message: str) 
 
 
 def test_resource_values_are_checked() -> None:
+    configs = tuple(grid(**QUICK))
     with pytest.raises(BadInputError) as info:
-        check_resources(1.5, 0)
+        SweepSpec(configs=configs, backend="ray", gpus_per_run=1.5, cpus_per_run=0)
     assert [p.split(" (")[0] for p in info.value.problems] == [
         "--gpus-per-run must be between 0 and 1",
         "--cpus-per-run must be > 0",
     ]
-    check_resources(0.25, 0.5)  # fractions are fine
+    SweepSpec(configs=configs, backend="ray", gpus_per_run=0.25, cpus_per_run=0.5)  # fractions are fine
 
 
 def test_missing_ray_names_the_extra(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,9 +135,9 @@ def test_nothing_left_to_train_does_not_start_ray(
 def test_plan_has_the_local_run_ids(cache_dir: Path, tmp_path: Path) -> None:
     configs = grid(**QUICK)  # device cpu, precision fp32
     store = ResultsStore(tmp_path)
-    local = plan_sweep(configs, _fingerprint(cache_dir), store)
-    on_ray = plan_sweep_ray(configs, cache_dir, store)
-    assert [p.run_id for p in on_ray] == [p.run_id for p in local]
+    local = plan_grid(SweepSpec(configs=tuple(configs)), _fingerprint(cache_dir), store)
+    on_ray = plan_sweep(SweepSpec(configs=tuple(configs), backend="ray"), cache_dir, store)
+    assert [p.run_id for p in on_ray.runs] == [p.run_id for p in local.runs]
 
 
 # -- on a local Ray instance ------------------------------------------------------------------

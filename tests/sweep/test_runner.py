@@ -17,7 +17,8 @@ from sweep_fakes import FINGERPRINT, FakeTrainer, fake_record, grid, tiny_data
 
 from fusioncli.errors import RunFailedError
 from fusioncli.results.store import ResultsStore
-from fusioncli.sweep.runner import plan_sweep, run_sweep
+from fusioncli.sweep.plan import SweepSpec, plan_grid
+from fusioncli.sweep.runner import run_sweep
 from fusioncli.config import RunConfig, run_id
 
 
@@ -183,8 +184,9 @@ def test_plan_sweep_reports_stored_status(store: ResultsStore) -> None:
         store,
         train_fn=FakeTrainer(fail=lambda c: RuntimeError("x") if c.lr == 1e-4 else None),
     )
-    plan = plan_sweep(grid(), FINGERPRINT, store)
-    assert [p.stored_status for p in plan] == ["finished", "failed", None, None]
+    plan = plan_grid(SweepSpec(configs=tuple(grid())), FINGERPRINT, store)
+    assert [p.stored_status for p in plan.runs] == ["finished", "failed", None, None]
+    assert [p.action for p in plan.runs] == ["skip", "train", "train", "train"]
 
 
 class RecordingTracker:
@@ -262,7 +264,7 @@ def test_failure_while_describing_a_failure_is_still_recorded(
     def broken(*args, **kwargs):
         raise torch.OutOfMemoryError("again")
 
-    monkeypatch.setattr("fusioncli.sweep.runner.failed_record", broken)
+    monkeypatch.setattr("fusioncli.sweep.recorder.failed_record", broken)
     summary = run_sweep(
         grid(strategies=["late"], lrs=[1e-3]),
         tiny_data(),
@@ -285,19 +287,19 @@ def test_unwritable_store_is_a_run_failure(tmp_path: Path) -> None:
 # -- the pieces every backend shares ---------------------------------------------------------
 
 
-def test_resolve_grid_applies_the_backend_rule() -> None:
-    from dataclasses import replace
+def test_the_plan_applies_the_backend_rule(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusioncli import machine
 
-    from fusioncli.sweep.runner import resolve_grid
-
+    monkeypatch.setattr(machine, "cuda_available", lambda: False)  # a driver without CUDA
     configs = grid(strategies=["late"], lrs=[1e-3], device="auto") + grid(strategies=["late"], lrs=[1e-3], device="cpu")
-    fp32 = resolve_grid(configs, FINGERPRINT, resolve=lambda c: replace(c, device="cpu", precision="fp32"))
-    bf16 = resolve_grid(configs, FINGERPRINT, resolve=lambda c: replace(c, device="cpu", precision="bf16"))
-    assert len(fp32) == len(bf16) == 1  # duplicates are found after resolving
-    (rid, cfg), (other_rid, _) = fp32[0], bf16[0]
-    assert cfg.precision == "fp32" and rid == run_id(cfg, FINGERPRINT)
-    assert rid != other_rid
-    assert resolve_grid(configs[:1], FINGERPRINT)[0][1] == configs[0].resolve()  # default: this machine
+    local = plan_grid(SweepSpec(configs=tuple(configs)), FINGERPRINT, store)
+    assert len(local.runs) == 1  # duplicates are found after resolving ("auto" is the CPU here)
+    (run,) = local.runs
+    assert run.config == configs[0].resolve() and run.run_id == run_id(run.config, FINGERPRINT)  # this machine
+    gpu = SweepSpec(configs=tuple(configs[:1]), backend="ray", gpus_per_run=0.5)
+    (remote,) = plan_grid(gpu, FINGERPRINT, store).runs
+    assert (remote.config.device, remote.config.precision) == ("cuda:0", "bf16")  # Ray's rule: GPU share
+    assert remote.run_id == run_id(remote.config, FINGERPRINT) != run.run_id
 
 
 def _fake_robustness_module(monkeypatch: pytest.MonkeyPatch, calls: list, fail: bool = False) -> None:
@@ -344,7 +346,7 @@ def test_failing_robustness_fails_the_run(store: ResultsStore, monkeypatch: pyte
 
 
 def test_recorder_builds_the_model_only_for_a_new_best(store: ResultsStore) -> None:
-    from fusioncli.sweep.runner import OutcomeRecorder
+    from fusioncli.sweep.recorder import OutcomeRecorder
 
     built = []
 
@@ -373,7 +375,7 @@ def test_recorder_builds_the_model_only_for_a_new_best(store: ResultsStore) -> N
 
 
 def test_failure_record_without_the_data_says_what_is_known() -> None:
-    from fusioncli.sweep.runner import failure_record
+    from fusioncli.sweep.recorder import failure_record
 
     cfg = grid(strategies=["late"], lrs=[1e-3])[0].resolve()
     record = failure_record(
@@ -395,22 +397,26 @@ def test_failure_record_without_the_data_says_what_is_known() -> None:
     assert set(record) >= {"metrics", "params", "timing", "memory", "env", "started_at", "finished_at"}
 
 
-def test_sweep_from_cache_picks_the_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_from_cache_picks_the_backend(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fusioncli.errors import BadInputError
     from fusioncli.sweep.dispatch import sweep_from_cache
 
     seen = {}
 
-    def fake_ray(configs, cache_dir, store, **kwargs):
-        seen.update(cache_dir=cache_dir, root=store.root, **kwargs)
+    def fake_ray(plan, store, **kwargs):
+        seen.update(plan=plan, root=store.root, **kwargs)
         return "ray summary"
 
-    monkeypatch.setattr("fusioncli.sweep.ray_backend.run_sweep_ray", fake_ray)
-    result = sweep_from_cache(grid(), tmp_path / "cache", tmp_path / "results", backend="ray", gpus_per_run=0.5)
+    monkeypatch.setattr("fusioncli.sweep.ray_backend.run_plan_ray", fake_ray)
+    configs = grid(device="auto", precision="fp32")
+    result = sweep_from_cache(configs, cache_dir, tmp_path / "results", backend="ray", gpus_per_run=0.5, keep_best=False)
     assert result == "ray summary"
-    assert seen == {"cache_dir": tmp_path / "cache", "root": tmp_path / "results", "gpus_per_run": 0.5}
+    plan = seen.pop("plan")
+    assert seen == {"root": tmp_path / "results", "keep_best": False}
+    assert plan.spec.backend == "ray" and plan.spec.gpu_share == 0.5 and plan.cache_dir == cache_dir.absolute()
+    assert plan.device == "cuda:0" and len(plan.runs) == len(configs)  # planned by Ray's rule (a GPU share)
     with pytest.raises(BadInputError, match="--backend must be one of local, ray"):
-        sweep_from_cache(grid(), tmp_path / "cache", tmp_path / "results", backend="slurm")
+        sweep_from_cache(grid(), cache_dir, tmp_path / "results", backend="slurm")
 
 
 def test_robustness_sweep_retrains_finished_runs_stored_without_it(
