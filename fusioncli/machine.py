@@ -116,9 +116,13 @@ def resolve_precision(spec: str, device: str) -> str:
         return "fp32"
     supported = bf16_supported(device)
     if spec == "bf16" and not supported:
+        if device.startswith("cuda"):
+            why = f"{device} does not support bf16"
+        else:  # PyTorch would emulate it through fp32 conversions: slower than fp32 itself
+            why = "this CPU has no native bf16 (AVX512_BF16 or AMX), and emulated bf16 is slower than fp32"
         raise BadInputError(
-            f"--precision bf16: {device} has no native bf16 support",
-            hint="use --precision fp32 or --precision auto",
+            f"--precision bf16: {why}",
+            hint="use --precision fp32, or --precision auto (bf16 only where the hardware has it)",
         )
     return "bf16" if supported else "fp32"
 

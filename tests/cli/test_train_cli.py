@@ -124,6 +124,24 @@ def test_without_robustness_the_record_has_none(cache_dir: Path) -> None:
     assert "robustness" not in record and record["config"]["modality_dropout"] == 0.0
 
 
+def test_bf16_on_a_cpu_without_native_bf16_says_why_and_what_to_do(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fusioncli import machine
+
+    monkeypatch.setattr(machine, "cpu_bf16_supported", lambda: False)  # e.g. an AVX2-only CPU
+    args = ["train", "--strategy", "early", "--epochs", "1", "--device", "cpu", "--cache-dir", str(cache_dir)]
+    result = runner.invoke(app, [*args, "--precision", "bf16"])
+    assert result.exit_code == 2
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    assert "--precision bf16: this CPU has no native bf16" in result.stderr  # the flag, and why
+    assert "--precision fp32" in result.stderr and "--precision auto" in result.stderr  # what to do
+    # and what it suggests works: auto falls back to fp32 on such a CPU
+    result = runner.invoke(app, [*args, "--precision", "auto", "--limit-per-class", "4", "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["config"]["precision"] == "fp32"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--cache-dir", str(tmp_path), "--device", "cuda"])

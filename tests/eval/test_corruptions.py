@@ -22,8 +22,18 @@ from fusioncli.eval.corruptions import (
 )
 from fusioncli.train.engine import batch_inputs
 
+pytestmark = pytest.mark.numeric
+
 NAMES = ("rgb_missing", "lidar_missing", "rgb_noise", "lidar_noise", "lidar_dropout")
 SEVERITIES = (0.25, 0.5, 0.75, 1.0)
+# Statistical checks below use seeded draws, with tolerances stated in standard errors (SE) of
+# the estimate for the number of draws; rounding checks use gamma(n) = n u / (1 - n u), the
+# relative error bound of n float32 roundings (u = 2^-24).
+U32 = 2.0**-24
+
+
+def gamma(n: int) -> float:
+    return n * U32 / (1 - n * U32)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -111,6 +121,7 @@ def test_missing_zeroes_whole_samples_with_probability_severity(fn, index: int) 
     zeroed = (half.flatten(1) == 0).all(dim=1)
     untouched = (half == (rgb, xyza)[index]).flatten(1).all(dim=1)
     assert bool((zeroed | untouched).all())  # a sample is either gone or intact
+    # 4000 draws: SE sqrt(0.3 * 0.7 / 4000) = 0.0072; 0.03 = 4.1 SE
     assert float(zeroed.float().mean()) == pytest.approx(0.3, abs=0.03)
 
 
@@ -118,6 +129,7 @@ def test_rgb_noise_sigma_clamp_and_alpha() -> None:
     rgb = torch.full((64, 4, 16, 16), 0.5)
     xyza = torch.zeros(64, 4, 16, 16)
     out, _ = rgb_noise(rgb, xyza, 0.2, gen())  # sigma 0.1 around 0.5: the clamp is 5 sigma away
+    # 49,152 draws: the sample std's relative SE is 1 / sqrt(2 (n - 1)) = 0.0032; 0.05 = 16 SE
     assert float((out[:, :3] - 0.5).std()) == pytest.approx(RGB_NOISE_SIGMA * 0.2, rel=0.05)
     assert torch.equal(out[:, 3], rgb[:, 3])  # alpha is not a measurement: untouched
     strong, _ = rgb_noise(rgb, xyza, 1.0, gen())
@@ -134,8 +146,16 @@ def test_lidar_noise_moves_returns_along_their_rays(batch: tuple[torch.Tensor, t
     r_out = torch.linalg.vector_norm(out[:, :3], dim=1)[ret]
     dirs_in = (xyza[:, :3].permute(0, 2, 3, 1)[ret]) / r_in[:, None]
     dirs_out = (out[:, :3].permute(0, 2, 3, 1)[ret]) / r_out[:, None]
-    assert torch.allclose(dirs_in, dirs_out, atol=1e-5)  # same ray direction
+    # Same ray direction: out = xyz * scale rounds each component once (u; the scale's own
+    # error is common to all three and normalises away), which turns the direction by <= 2 u;
+    # each unit vector costs a norm (<= 5 roundings, allowing for a rescaling) and a division:
+    # 6 u. Components are at most 1: |dirs_out - dirs_in| <= gamma(6) + gamma(8) <= gamma(14).
+    assert torch.allclose(dirs_in, dirs_out, rtol=0, atol=gamma(14))
     depth_change_m = (r_out - r_in) * MAX_RANGE
+    n = int(ret.sum())  # about 6,000 returns
+    # the sample std's relative SE is 1 / sqrt(2 (n - 1)) = 0.009: 0.1 = 11 SE; the mean's SE is
+    # sigma / sqrt(n) = 0.013 m: 0.1 m = 8 SE
+    assert n > 5000
     assert float(depth_change_m.std()) == pytest.approx(LIDAR_NOISE_SIGMA_M, rel=0.1)
     assert abs(float(depth_change_m.mean())) < 0.1
 
@@ -146,7 +166,9 @@ def test_lidar_noise_keeps_ranges_within_the_sensor() -> None:
     xyza[0, 3] = 1.0
     _, out = lidar_noise(torch.zeros(1, 4, 8, 8), xyza, 1.0, gen())
     r = torch.linalg.vector_norm(out[:, :3], dim=1)
-    assert float(r.max()) <= 1.0 + 1e-6 and float(r.min()) >= 0.0
+    # the clamped range (<= 1) times the direction: the scale's division, the product, and the
+    # norm recomputed here (<= 5 roundings): at most 1 + gamma(7)
+    assert float(r.max()) <= 1.0 + gamma(7) and float(r.min()) >= 0.0
 
 
 def test_lidar_dropout_turns_a_fraction_of_returns_into_no_returns(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -156,6 +178,8 @@ def test_lidar_dropout_turns_a_fraction_of_returns_into_no_returns(batch: tuple[
     kept = out[:, 3] > 0.5
     assert not bool((kept & ~ret).any())  # nothing appears
     removed = ret & ~kept
+    # about 6,000 returns: SE sqrt(0.4 * 0.6 / n) = 0.0063; 0.05 = 8 SE
+    assert int(ret.sum()) > 5000
     assert float(removed.sum() / ret.sum()) == pytest.approx(0.4, abs=0.05)
     points_out = out.permute(0, 2, 3, 1)
     assert torch.count_nonzero(points_out[removed]) == 0  # removed = exactly the no-return encoding

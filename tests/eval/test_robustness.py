@@ -22,7 +22,20 @@ from fusioncli.eval.robustness import (
 from fusioncli.config import RunConfig
 from fusioncli.train.loop import RunResult, train_run
 
+pytestmark = pytest.mark.numeric
+
 CURVE_KEYS = {"severities", "accuracy", "f1_macro", "auc", "relative_auc"}
+# The figures compared with pytest.approx are float64 arithmetic on non-negative numbers (no
+# cancellation): a trapezoid over 5 points (4 x (difference, sum, product, halving) + 3 sums:
+# 19 roundings), a relative score (1 more), a mean over 3 curves (3 more), an F1 (10): each
+# side carries at most 32 roundings, so they agree to 2 gamma_32 = 2 * 32 u / (1 - 32 u),
+# u = 2^-53 (7e-15). (Accuracies are counts over a power of two of samples: exact, compared with ==.)
+U64 = 2.0**-53
+REL = 2 * 32 * U64 / (1 - 32 * U64)
+
+
+def close(expected: object) -> object:
+    return pytest.approx(expected, rel=REL, abs=0)
 
 
 def cpu_fp32(**kwargs) -> RunConfig:
@@ -73,9 +86,9 @@ def flip_first(rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator
 
 def test_trapezoid_auc_by_hand() -> None:
     # 0.25 * ((1 + .8) / 2 + (.8 + .6) / 2 + (.6 + .4) / 2 + (.4 + .2) / 2) = 0.25 * 2.4
-    assert trapezoid_auc(SEVERITIES, [1.0, 0.8, 0.6, 0.4, 0.2]) == pytest.approx(0.6)
-    assert trapezoid_auc([0.0, 1.0], [0.5, 0.5]) == pytest.approx(0.5)
-    assert trapezoid_auc([0.0, 0.5, 1.0], [1.0, 0.0, 1.0]) == pytest.approx(0.5)
+    assert trapezoid_auc(SEVERITIES, [1.0, 0.8, 0.6, 0.4, 0.2]) == close(0.6)
+    assert trapezoid_auc([0.0, 1.0], [0.5, 0.5]) == close(0.5)
+    assert trapezoid_auc([0.0, 0.5, 1.0], [1.0, 0.0, 1.0]) == close(0.5)
     with pytest.raises(ValueError):
         trapezoid_auc([0.0, 1.0], [1.0])
     with pytest.raises(ValueError, match="ascending"):
@@ -100,17 +113,17 @@ def test_dict_structure_and_values_by_hand(monkeypatch: pytest.MonkeyPatch) -> N
 
     flipped = rob["curves"]["rgb_noise"]
     assert flipped["accuracy"] == [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert flipped["auc"] == pytest.approx(0.5)  # area under 1 - s
-    assert flipped["relative_auc"] == pytest.approx(0.5)
+    assert flipped["auc"] == close(0.5)  # area under 1 - s
+    assert flipped["relative_auc"] == close(0.5)
     for name in ("lidar_noise", "lidar_dropout"):  # the oracle ignores LiDAR
         assert rob["curves"][name]["accuracy"] == [1.0] * 5
-        assert rob["curves"][name]["auc"] == pytest.approx(1.0)
-        assert rob["curves"][name]["relative_auc"] == pytest.approx(1.0)
+        assert rob["curves"][name]["auc"] == close(1.0)
+        assert rob["curves"][name]["relative_auc"] == close(1.0)
     # RGB zeros -> always class 0 on a balanced split: accuracy 0.5; F1 (2/3 + 0) / 2
-    assert rob["missing"]["rgb_missing"] == pytest.approx({"accuracy": 0.5, "f1_macro": 1 / 3, "relative": 0.5})
-    assert rob["missing"]["lidar_missing"] == pytest.approx({"accuracy": 1.0, "f1_macro": 1.0, "relative": 1.0})
-    assert rob["mean_auc"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
-    assert rob["mean_relative_auc"] == pytest.approx((0.5 + 1.0 + 1.0) / 3)
+    assert rob["missing"]["rgb_missing"] == close({"accuracy": 0.5, "f1_macro": 1 / 3, "relative": 0.5})
+    assert rob["missing"]["lidar_missing"] == close({"accuracy": 1.0, "f1_macro": 1.0, "relative": 1.0})
+    assert rob["mean_auc"] == close((0.5 + 1.0 + 1.0) / 3)
+    assert rob["mean_relative_auc"] == close((0.5 + 1.0 + 1.0) / 3)
 
 
 def test_relative_scores_are_against_clean_accuracy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,9 +132,9 @@ def test_relative_scores_are_against_clean_accuracy(monkeypatch: pytest.MonkeyPa
     rob = evaluate_robustness(BrightnessOracle(), data, cpu_fp32())
     assert rob["clean_accuracy"] == 0.5
     acc = rob["curves"]["rgb_noise"]["accuracy"]
-    assert rob["curves"]["rgb_noise"]["auc"] == pytest.approx(trapezoid_auc(SEVERITIES, acc))
-    assert rob["curves"]["rgb_noise"]["relative_auc"] == pytest.approx(rob["curves"]["rgb_noise"]["auc"] / 0.5)
-    assert rob["missing"]["rgb_missing"]["relative"] == pytest.approx(rob["missing"]["rgb_missing"]["accuracy"] / 0.5)
+    assert rob["curves"]["rgb_noise"]["auc"] == close(trapezoid_auc(SEVERITIES, acc))
+    assert rob["curves"]["rgb_noise"]["relative_auc"] == close(rob["curves"]["rgb_noise"]["auc"] / 0.5)
+    assert rob["missing"]["rgb_missing"]["relative"] == close(rob["missing"]["rgb_missing"]["accuracy"] / 0.5)
 
 
 def test_zero_clean_accuracy_gives_zero_relative_scores() -> None:

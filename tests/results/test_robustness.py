@@ -23,7 +23,22 @@ from fusioncli.results.robustness import (
 from fusioncli.results.stats import mean_ci95
 from fusioncli.results.store import runs_frame
 
+pytestmark = pytest.mark.numeric
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# Percentages compared with pytest.approx are float64 arithmetic on the fakes' accuracies (<= 1,
+# so values <= 100): a fake curve (3 roundings), its trapezoid (19), ratios and means (<= 5),
+# the view's scaling and mean (<= 3) -- at most 40 roundings a side on non-negative numbers,
+# so values agree to 2 gamma_40 * 100 points, gamma_n = n u / (1 - n u), u = 2^-53. A CI end,
+# mean +- t s / sqrt(n), moves at most (1 + t) times as much as its values do (s changes by at
+# most sqrt(2) times the largest change for n = 2, and t s / sqrt(2) by t times it), t <= 12.71
+# (the 97.5 % t quantile, 1 degree of freedom, the largest any n >= 2 uses).
+U64 = 2.0**-53
+ABS = 2 * (1 + 12.71) * 40 * U64 / (1 - 40 * U64) * 100
+
+
+def close(expected: object) -> object:
+    return pytest.approx(expected, rel=0, abs=ABS)
 CLEAN = {("late", 0): 0.90, ("late", 1): 0.94, ("gmu", 0): 0.86, ("gmu", 1): 0.88}
 SLOPES = {"late": {"rgb_noise": 0.5, "lidar_noise": 0.2}, "gmu": {"rgb_noise": 0.1, "lidar_noise": 0.1}}
 
@@ -55,15 +70,15 @@ def test_numbers_per_configuration() -> None:
     cell = _cell(view, "late", "rgb_noise", "accuracy", 0.5)
     mean, lo, hi = mean_ci95(values)
     assert cell["n"] == 2
-    assert (cell["pct_mean"], cell["pct_ci95_lo"], cell["pct_ci95_hi"]) == pytest.approx((mean, lo, hi))
+    assert (cell["pct_mean"], cell["pct_ci95_lo"], cell["pct_ci95_hi"]) == close((mean, lo, hi))
     # AUC of a linear fall to clean * (1 - slope) is clean * (1 - slope / 2)
     auc = _cell(view, "gmu", "lidar_noise", "auc")
-    assert auc["pct_mean"] == pytest.approx(100 * np.mean([0.86 * 0.95, 0.88 * 0.95]))
-    assert _cell(view, "gmu", "lidar_noise", "relative_auc")["pct_mean"] == pytest.approx(95.0)
-    assert _cell(view, "late", "mean", "relative_auc")["pct_mean"] == pytest.approx(100 * (0.75 + 0.9) / 2)
-    assert _cell(view, "late", "rgb_missing", "accuracy")["pct_mean"] == pytest.approx(100 * 0.5 * 0.92)
-    assert _cell(view, "late", "lidar_missing", "relative")["pct_mean"] == pytest.approx(70.0)
-    assert _cell(view, "late", "clean", "accuracy")["pct_mean"] == pytest.approx(92.0)
+    assert auc["pct_mean"] == close(100 * np.mean([0.86 * 0.95, 0.88 * 0.95]))
+    assert _cell(view, "gmu", "lidar_noise", "relative_auc")["pct_mean"] == close(95.0)
+    assert _cell(view, "late", "mean", "relative_auc")["pct_mean"] == close(100 * (0.75 + 0.9) / 2)
+    assert _cell(view, "late", "rgb_missing", "accuracy")["pct_mean"] == close(100 * 0.5 * 0.92)
+    assert _cell(view, "late", "lidar_missing", "relative")["pct_mean"] == close(70.0)
+    assert _cell(view, "late", "clean", "accuracy")["pct_mean"] == close(92.0)
 
 
 def test_curves_display() -> None:

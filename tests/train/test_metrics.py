@@ -9,6 +9,21 @@ from hypothesis import strategies as st
 
 from fusioncli.train.metrics import classification_metrics, confusion_matrix
 
+pytestmark = pytest.mark.numeric
+
+# Every metric is a few float64 operations on integer counts: one division (accuracy,
+# precision, recall), 2pr / (p + r) on those (F1: 4 more), a mean over at most 5 classes
+# (macro F1: 5 more), all on non-negative numbers, so no cancellation. The reference does the
+# same operations, possibly summing in another order: each side is within gamma_n =
+# n u / (1 - n u) of exact with n <= 10 roundings (u = 2^-53), so they differ by at most
+# 2 gamma_10 (4.4e-15). abs=0: a metric that is exactly 0 on one side is 0 on the other.
+U64 = 2.0**-53
+REL = 2 * 10 * U64 / (1 - 10 * U64)
+
+
+def close(x: float) -> object:
+    return pytest.approx(x, rel=REL, abs=0)
+
 
 def reference(y_true: list[int], y_pred: list[int], num_classes: int) -> dict:
     """Textbook definitions, one class at a time, zero division -> 0."""
@@ -29,13 +44,13 @@ def check(y_true: list[int], y_pred: list[int], num_classes: int) -> None:
     names = [f"c{i}" for i in range(num_classes)]
     got = classification_metrics(torch.tensor(y_true), torch.tensor(y_pred), names)
     want = reference(y_true, y_pred, num_classes)
-    assert got["accuracy"] == pytest.approx(want["accuracy"])
-    assert got["f1_macro"] == pytest.approx(want["f1_macro"])
+    assert got["accuracy"] == close(want["accuracy"])
+    assert got["f1_macro"] == close(want["f1_macro"])
     for name, (precision, recall, f1, support) in zip(names, want["per_class"]):
         row = got["per_class"][name]
-        assert row["precision"] == pytest.approx(precision)
-        assert row["recall"] == pytest.approx(recall)
-        assert row["f1"] == pytest.approx(f1)
+        assert row["precision"] == close(precision)
+        assert row["recall"] == close(recall)
+        assert row["f1"] == close(f1)
         assert row["support"] == support
 
 
@@ -59,7 +74,7 @@ def test_class_never_predicted_scores_zero_not_nan() -> None:
     check(y_true, y_pred, 2)
     got = classification_metrics(torch.tensor(y_true), torch.tensor(y_pred), ["cubes", "spheres"])
     assert got["per_class"]["spheres"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 3}
-    assert got["f1_macro"] == pytest.approx((2 * 0.4 / 1.4) / 2)  # cubes: p=0.4, r=1
+    assert got["f1_macro"] == close((2 * 0.4 / 1.4) / 2)  # cubes: p=0.4, r=1
 
 
 def test_class_absent_from_the_truth() -> None:
@@ -72,9 +87,9 @@ def test_macro_f1_is_not_the_seeds_weighted_precision() -> None:
     y_pred = [0] * 10
     got = classification_metrics(torch.tensor(y_true), torch.tensor(y_pred), ["a", "b"])
     weighted_precision = 0.8 * 0.8 + 0.2 * 0.0
-    assert weighted_precision == pytest.approx(0.64)
-    assert got["f1_macro"] == pytest.approx((2 * 0.8 / 1.8) / 2)  # 0.444...
-    assert got["f1_macro"] != pytest.approx(weighted_precision)
+    assert weighted_precision == close(0.64)
+    assert got["f1_macro"] == close((2 * 0.8 / 1.8) / 2)  # 0.444...
+    assert got["f1_macro"] != close(weighted_precision)
 
 
 def test_confusion_matrix_layout() -> None:
