@@ -55,7 +55,7 @@ from fusioncli.sweep.grid import (
 from fusioncli.sweep.runner import SweepSummary, run_sweep
 from fusioncli.config import SCHEDULERS
 from fusioncli.machine import cpu_model_name, device_name
-from fusioncli.train.stacked import choose_executor
+from fusioncli.sweep.plan import choose_executor
 
 TARGET_SECONDS = 60.0  # issue 6: the seed's full grid on one H100
 

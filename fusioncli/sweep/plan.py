@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusioncli.config import GRID_AXES, RunConfig, run_id
 from fusioncli.errors import BadInputError
+from fusioncli.machine import resolve_device, validate_device_spec
 
 if TYPE_CHECKING:  # the CLI reads this module's choices for --help: no pandas/pyarrow at import
     from fusioncli.results.store import ResultsStore
@@ -259,7 +260,7 @@ def plan_grid(spec: SweepSpec, fingerprint: str, store: ResultsStore, *, cache_d
 
 
 def choose_executor(device: str, requested: str = "auto") -> str:
-    """``"loop"`` (one model at a time) or ``"stacked"`` (vmapped groups) for a resolved ``device``.
+    """``"loop"`` (one model at a time) or ``"stacked"`` (vmapped groups) for ``device``.
 
     ``auto`` stacks on CUDA, where one small model leaves the GPU launch-bound, and loops on the
     CPU, where ``vmap``'s grouped convolutions are no faster than separate ones (measured:
@@ -269,7 +270,9 @@ def choose_executor(device: str, requested: str = "auto") -> str:
         raise BadInputError(f"--executor must be one of {', '.join(EXECUTORS)} (got {requested!r})")
     if requested != "auto":
         return requested
-    return "stacked" if device.startswith("cuda") else "loop"
+    validate_device_spec(device)
+    resolved = resolve_device(device) if device == "auto" else device
+    return "stacked" if resolved.startswith("cuda") else "loop"
 
 
 def _placement(spec: SweepSpec, device: str, executor: str) -> str:

@@ -29,8 +29,8 @@ group as a CUDA graph and replayed (the epoch's last, smaller batch runs eagerly
 autocast and channels_last data apply as in ``train_run``, and cuDNN autotunes under bf16.
 ``compile=True`` additionally runs the stacked forward through ``torch.compile``, compiled once
 per architecture and reused by every later group of it (never by default). On the CPU ``vmap``
-is not faster than one model at a time, so :func:`choose_executor` picks the plain loop there
-unless asked otherwise.
+is not faster than one model at a time, so the sweep plan
+(:func:`fusioncli.sweep.plan.choose_executor`) picks the plain loop there unless asked otherwise.
 
 Models must not update buffers in their forward (no BatchNorm) and must not draw random numbers
 (no dropout); ``vmap`` refuses random operations, so a model that does fails loudly.
@@ -52,11 +52,9 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.config import RunConfig, run_id
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
-from fusioncli.machine import resolve_device, validate_device_spec
 from fusioncli.train.loop import RunResult, check_data, finished_record, run_data, train_run
 from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now
 
-EXECUTORS = ("auto", "loop", "stacked")
 # torch.optim.Adam's defaults (train_run uses them).
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -121,22 +119,6 @@ def group_configs(configs: Sequence[RunConfig], max_group: int | None = None) ->
         size = max_group or len(members)
         groups.extend(members[i : i + size] for i in range(0, len(members), size))
     return groups
-
-
-def choose_executor(device: str, requested: str = "auto") -> str:
-    """``"loop"`` (one model at a time) or ``"stacked"`` (:func:`train_stacked`) for ``device``.
-
-    ``auto`` stacks on CUDA, where one small model leaves the GPU launch-bound, and loops on the
-    CPU, where ``vmap``'s grouped convolutions are no faster than separate ones. ``loop`` and
-    ``stacked`` are honoured on any device.
-    """
-    if requested not in EXECUTORS:
-        raise BadInputError(f"--executor must be one of {', '.join(EXECUTORS)} (got {requested!r})")
-    if requested != "auto":
-        return requested
-    validate_device_spec(device)
-    resolved = resolve_device(device) if device == "auto" else device
-    return "stacked" if resolved.startswith("cuda") else "loop"
 
 
 # --------------------------------------------------------------------------- optimiser

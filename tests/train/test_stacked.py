@@ -25,7 +25,6 @@ from fusioncli.machine import cpu_bf16_supported
 from fusioncli.train.stacked import (
     ADAM_BETAS,
     StackedAdam,
-    choose_executor,
     group_configs,
     lr_schedule,
     stack_key,
@@ -562,19 +561,6 @@ def test_train_stacked_refuses_configs_that_cannot_share_a_group(
     with pytest.raises(BadInputError, match="CUDA graphs need a CUDA device"):
         train_stacked([cfg(), cfg(lr=1e-3)], prepared, cuda_graphs=True)
     assert train_stacked([], prepared) == []
-
-
-def test_choose_executor() -> None:
-    assert choose_executor("cpu") == "loop"
-    assert choose_executor("cuda") == "stacked"
-    assert choose_executor("cuda:1", "auto") == "stacked"
-    assert choose_executor("auto") == ("stacked" if torch.cuda.is_available() else "loop")
-    assert choose_executor("cpu", "stacked") == "stacked"
-    assert choose_executor("cuda:0", "loop") == "loop"
-    with pytest.raises(BadInputError, match="--executor must be one of auto, loop, stacked"):
-        choose_executor("cpu", "vmap")
-    with pytest.raises(BadInputError, match="--device"):
-        choose_executor("tpu")
 
 
 # --------------------------------------------------------------------------- CUDA (skipped without it)
