@@ -40,8 +40,8 @@ class Metrics:
     confusion: list[list[int]] | None = None  # evaluated records keep their confusion matrix
 
     def to_json(self) -> dict[str, Any]:
-        out = {"val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "f1_macro": self.f1_macro,
-               "per_class": self.per_class}  # fmt: skip
+        out: dict[str, Any] = {"val_loss": self.val_loss, "val_accuracy": self.val_accuracy,
+                               "f1_macro": self.f1_macro, "per_class": self.per_class}  # fmt: skip
         if self.confusion is not None:
             out["confusion"] = self.confusion
         return out
@@ -90,6 +90,9 @@ class DatasetInfo:
 
 # Keys written only when set (older records lack them; the layout of the others is fixed).
 _OPTIONAL_KEYS = ("robustness", "evaluation", "traceback", "record_error")
+# Keys that must hold a JSON object (or null) / a JSON list in a record's JSON form.
+_OBJECT_KEYS = ("config", "metrics", "dataset", "env", "params", "timing", "memory", "evaluation", "robustness")
+_LIST_KEYS = ("history",)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class RunRecord:
     schema: int = RECORD_SCHEMA
     # Keys of a record written by a later version, kept so a round trip loses nothing.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optional keys (_OPTIONAL_KEYS) written as null although unset: an evaluated record scored
+    # without robustness says ``"robustness": null``, as every earlier version wrote it.
+    null_keys: frozenset[str] = frozenset()
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
@@ -190,7 +196,12 @@ class RunRecord:
 
     def with_robustness(self, robustness: dict[str, Any], seconds: float) -> RunRecord:
         """This record with its robustness evaluation (``seconds`` it took goes into timing)."""
-        return replace(self, robustness=robustness, timing={**(self.timing or {}), "robustness_seconds": seconds})
+        return replace(
+            self,
+            robustness=robustness,
+            timing={**(self.timing or {}), "robustness_seconds": seconds},
+            null_keys=self.null_keys - {"robustness"},
+        )
 
     def without_env(self) -> RunRecord:
         """This record with no machine description (a Ray worker's machine is unknown here)."""
@@ -221,6 +232,7 @@ class RunRecord:
                 "trained_dataset": None if self.dataset is None else self.dataset.to_json(),
                 "trained_metrics": trained,
             },
+            null_keys=(self.null_keys | {"robustness"}) if robustness is None else (self.null_keys - {"robustness"}),
         )
 
     # -- reading -----------------------------------------------------------------------------
@@ -278,25 +290,32 @@ class RunRecord:
             "finished_at": self.finished_at,
         }
         for key in _OPTIONAL_KEYS:
-            if getattr(self, key) is not None:
+            if getattr(self, key) is not None or key in self.null_keys:
                 out[key] = getattr(self, key)
         return jsonable({**out, **self.extra})
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> RunRecord:
-        """A record from its JSON form (any version's); raises ValueError when it is not one."""
+        """A record from its JSON form (any version's); raises ValueError, saying what is wrong,
+        when it is not one."""
         if not isinstance(values, dict):
-            raise ValueError("a run record is a JSON object")
+            raise ValueError(f"is JSON but not a run record (a {type(values).__name__})")
         status = values.get("status")
         if status not in STATUSES:
-            raise ValueError(f"status must be {FINISHED!r} or {FAILED!r}, got {status!r}")
+            raise ValueError(f"status {status!r} is neither {FINISHED!r} nor {FAILED!r}")
+        for key, kind in (*((k, dict) for k in _OBJECT_KEYS), *((k, list) for k in _LIST_KEYS)):
+            if values.get(key) is not None and not isinstance(values[key], kind):
+                raise ValueError(f"its {key} is not a JSON {'object' if kind is dict else 'list'}")
         config = values.get("config")
         if not isinstance(config, dict):
-            raise ValueError("the record has no config object")
+            raise ValueError("has no config")
+        run_id = values.get("run_id")
+        if run_id is not None and not isinstance(run_id, str):
+            raise ValueError(f"its run_id is not a string ({run_id!r})")
         dataset, metrics = values.get("dataset"), values.get("metrics")
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)} - {"extra", "null_keys"}
         return cls(
-            run_id=values.get("run_id"),
+            run_id=run_id,
             status=status,
             config=config,
             error=values.get("error"),
@@ -316,6 +335,7 @@ class RunRecord:
             record_error=values.get("record_error"),
             schema=values.get("schema", RECORD_SCHEMA),
             extra={k: v for k, v in values.items() if k not in known},
+            null_keys=frozenset(k for k in _OPTIONAL_KEYS if k in values and values[k] is None),
         )
 
     # -- the flat row ------------------------------------------------------------------------
