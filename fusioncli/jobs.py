@@ -53,9 +53,10 @@ def train_one(
 ) -> Any:
     """Train one resolved config on the full ``data``; with ``robustness`` also evaluate it.
 
-    Returns ``train_fn``'s result (``.record``, ``.model``); with ``robustness`` the record gets
-    ``record["robustness"]`` from :func:`fusioncli.eval.robustness.add_robustness` (evaluated on
-    the data as trained, i.e. limited). ``train_fn`` defaults to
+    Returns ``train_fn``'s result (``.record``, ``.model``); with ``robustness`` a
+    :class:`~fusioncli.train.loop.RunResult` whose record is the one
+    :func:`fusioncli.eval.robustness.add_robustness` returns (evaluated on the data as trained,
+    i.e. limited). ``train_fn`` defaults to
     :func:`fusioncli.train.loop.train_run`, looked up at call time. A failing robustness
     evaluation fails the run: :class:`RunFailedError`.
     """
@@ -67,9 +68,10 @@ def train_one(
         from fusioncli.eval.robustness import add_robustness
 
         try:
-            add_robustness(result, data)
+            record = add_robustness(result, data)
         except Exception as exc:
             raise RunFailedError(f"robustness evaluation failed: {error_message(exc)}") from exc
+        return loop.RunResult(record=record, model=result.model)
     return result
 
 
@@ -107,12 +109,13 @@ def train_group(
             from fusioncli.eval.robustness import add_robustness
 
             try:
-                add_robustness(result, data)
+                record = add_robustness(result, data)
             except Exception as exc:  # noqa: BLE001 - this member fails, the others stand
                 free_device_memory(cfg.device)
                 message = f"robustness evaluation failed: {error_message(exc)}"
-                members.append(MemberFailure((message, ""), result.record["started_at"]))
+                members.append(MemberFailure((message, ""), result.record.started_at or ""))
                 continue
+            result = loop.RunResult(record=record, model=result.model)
         members.append(result)
     return members
 
@@ -128,7 +131,7 @@ def train_from_cache(
     """Load the prepared cache onto the run's device, train, and optionally save a checkpoint.
 
     What ``fusioncli train`` does; a missing cache raises the loader's error with its hint.
-    ``robustness`` adds ``record["robustness"]`` (see :mod:`fusioncli.eval.robustness`),
+    ``robustness`` adds the record's ``robustness`` (see :mod:`fusioncli.eval.robustness`),
     evaluated before the checkpoint is written so its info file carries it too.
     """
     from fusioncli.data.cache import load_cache

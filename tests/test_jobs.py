@@ -11,6 +11,7 @@ import torch
 from fusioncli.config import RunConfig
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.jobs import error_message, train_from_cache, train_one
+from fusioncli.record import RunRecord
 
 
 def test_error_message_is_one_bounded_line() -> None:
@@ -21,14 +22,15 @@ def test_error_message_is_one_bounded_line() -> None:
 
 
 def test_a_failing_robustness_evaluation_fails_the_run() -> None:
-    failed = SimpleNamespace(record={"status": "failed"}, model=torch.nn.Linear(2, 2))
+    cfg = RunConfig(device="cpu", precision="fp32")
+    record = RunRecord.failed(cfg.to_dict(), None, "RunFailedError: boom", started_at=None, finished_at="t")
+    failed = SimpleNamespace(record=record, model=torch.nn.Linear(2, 2))
     calls = []
 
     def train_fn(cfg, data, *, on_epoch=None):
         calls.append(cfg)
         return failed
 
-    cfg = RunConfig(device="cpu", precision="fp32")
     assert train_one(cfg, None, train_fn=train_fn) is failed  # no robustness asked: the result as is
     with pytest.raises(RunFailedError, match="robustness evaluation failed: ValueError: robustness is measured"):
         train_one(cfg, None, train_fn=train_fn, robustness=True)

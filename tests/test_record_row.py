@@ -1,12 +1,64 @@
-"""The run record's JSON edge cases: what ``from_json`` refuses and says, optional keys that
-earlier versions wrote as null, constructors that leave their record alone."""
+"""The run record's flat row (moved here from tests/results/test_store.py with the code, which
+left the store for fusioncli/record.py) and the record's JSON edge cases met while wiring it in."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
-from fusioncli.config import RunConfig, run_id
-from fusioncli.record import DatasetInfo, Metrics, RunRecord
+sys.path.insert(0, str(Path(__file__).resolve().parent / "sweep"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "results"))
+from results_fakes import record as _record  # noqa: E402
+from results_fakes import robustness as _robustness  # noqa: E402
+from sweep_fakes import stored_as  # noqa: E402
+
+from fusioncli.config import RunConfig, run_id  # noqa: E402
+from fusioncli.record import RUN_SCHEMA, DatasetInfo, Metrics, RunRecord  # noqa: E402
+
+# Columns added after the first row files were written (null or default for records without them).
+_NEW_COLUMNS = (
+    "modality_dropout",
+    "train_per_class",
+    "trained_val_accuracy",
+    "accuracy_change",
+    "robust_mean_auc",
+    "robust_mean_relative_auc",
+    "acc_rgb_missing",
+    "acc_lidar_missing",
+    "robustness_json",
+)
+
+
+def test_the_row_tolerates_a_minimal_failed_record() -> None:
+    row = RunRecord.from_json({"run_id": "abc", "status": "failed", "error": "x", "config": {"strategy": "late"}}).to_row()
+    assert row["run_id"] == "abc" and row["strategy"] == "late"
+    assert row["val_accuracy"] is None and row["epochs_completed"] == 0
+    assert set(row) == set(RUN_SCHEMA.names)
+
+
+def test_robustness_is_flattened() -> None:
+    rob = _robustness(0.9)
+    row = _record(robust=rob, modality_dropout=0.3).to_row()
+    assert row["modality_dropout"] == 0.3
+    assert row["robust_mean_auc"] == pytest.approx(rob["mean_auc"])
+    assert row["robust_mean_relative_auc"] == pytest.approx(rob["mean_relative_auc"])
+    assert row["acc_rgb_missing"] == pytest.approx(0.45) and row["acc_lidar_missing"] == pytest.approx(0.63)
+    assert json.loads(row["robustness_json"]) == rob
+
+
+def test_without_robustness_the_columns_are_null_and_dropout_is_zero() -> None:
+    new = _record()
+    # a record written before the field existed
+    rec = stored_as(new, config={k: v for k, v in new.config.items() if k != "modality_dropout"})
+    row = rec.to_row()
+    assert row["modality_dropout"] == 0.0
+    assert all(row[c] is None for c in _NEW_COLUMNS[1:])
+    partial = _robustness(0.8, missing=False)  # no missing-modality part
+    row = _record(robust=partial).to_row()
+    assert row["robust_mean_auc"] is not None and row["acc_rgb_missing"] is None
 
 
 # -- JSON edge cases ------------------------------------------------------------------------------

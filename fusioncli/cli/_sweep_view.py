@@ -25,10 +25,9 @@ def run_label(config: Any) -> str:
 def outcome_line(outcome: Any) -> str:
     """The one stderr line printed when a grid point is done (rich markup)."""
     head = f"[{outcome.index}/{outcome.total}] {run_label(outcome.config)}"
-    record = outcome.record or {}
-    metrics = record.get("metrics") or {}
+    record = outcome.record  # a RunRecord, or None (claimed by another sweep)
     if outcome.status == "skipped":
-        acc = metrics.get("val_accuracy")
+        acc = record.val_accuracy if record is not None else None
         extra = f": acc {acc * 100:.2f}%" if isinstance(acc, (int, float)) else ""
         return f"[dim]{head}  skipped (already finished{extra})[/]"
     if outcome.status == "claimed":
@@ -37,11 +36,11 @@ def outcome_line(outcome: Any) -> str:
         first = (outcome.error or "unknown error").splitlines()[0]
         return f"{head}  [bold red]FAILED:[/] {_escape(first)}"
     line = head
-    for name, key in (("acc", "val_accuracy"), ("F1", "f1_macro")):
-        value = metrics.get(key)
+    figures = [] if record is None else [("acc", record.val_accuracy), ("F1", record.f1_macro)]
+    for name, value in figures:
         if isinstance(value, (int, float)):
             line += f"  {name} {value * 100:.2f}%"
-    seconds = (record.get("timing") or {}).get("train_seconds")
+    seconds = record.train_seconds if record is not None else None
     if isinstance(seconds, (int, float)):
         line += f"  {seconds:.1f}s"
     if outcome.new_best:
@@ -85,16 +84,14 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
         )
     best = summary.best
     if best:
-        from fusioncli.config import RunConfig
-
         try:
-            label = run_label(RunConfig.from_dict(best["config"]))
+            label = run_label(best.run_config())
         except Exception:  # a best from an older version: show the id only
             label = ""
-        acc = (best.get("metrics") or {}).get("val_accuracy", float("nan"))
+        acc = best.val_accuracy if best.val_accuracy is not None else float("nan")
         weights = summary.best_checkpoint
         err.print(
-            f"best: {label} acc {acc * 100:.2f}% (run {best['run_id']}) -> {weights}",
+            f"best: {label} acc {acc * 100:.2f}% (run {best.run_id}) -> {weights}",
             highlight=False,
             soft_wrap=True,
         )
@@ -120,14 +117,13 @@ def outcomes_json(summary: Any) -> str:
     """The ``--format json`` stdout: one object per grid point reached."""
     rows = []
     for o in summary.outcomes:
-        metrics = (o.record or {}).get("metrics") or {}
         rows.append(
             {
                 "run_id": o.run_id,
                 "status": o.status,
                 **o.config.to_dict(),
-                "val_accuracy": metrics.get("val_accuracy"),
-                "f1_macro": metrics.get("f1_macro"),
+                "val_accuracy": o.record.val_accuracy if o.record is not None else None,
+                "f1_macro": o.record.f1_macro if o.record is not None else None,
                 "error": o.error,
                 "new_best": o.new_best,
             }
@@ -206,6 +202,6 @@ def print_plan(plan: Any, format: Any) -> None:
 def _history_of(outcome: Any) -> list:
     if outcome.status == "skipped":
         return []
-    return (outcome.record or {}).get("history") or []
+    return list(outcome.record.history) if outcome.record is not None else []
 
 

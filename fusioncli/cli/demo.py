@@ -73,7 +73,7 @@ def demo(
         advance(1)
 
     def on_run_end(outcome) -> None:
-        done = len((outcome.record or {}).get("history") or []) if outcome.status != "skipped" else 0
+        done = len(outcome.record.history) if outcome.record is not None and outcome.status != "skipped" else 0
         advance(max(outcome.config.epochs - done, 0))
         err.print(outcome_line(outcome), highlight=False, soft_wrap=True)
 

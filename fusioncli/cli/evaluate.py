@@ -3,7 +3,7 @@
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -13,6 +13,9 @@ from fusioncli.cli._options import CacheDirOption, Precision, PrecisionOption, R
 from fusioncli.cli._tables import print_table, robustness_table
 from fusioncli.errors import BadInputError
 from fusioncli.paths import default_cache_dir, default_results_dir
+
+if TYPE_CHECKING:
+    from fusioncli.record import RunRecord
 
 
 class Split(str, Enum):
@@ -138,11 +141,11 @@ def _evaluate_runs(
     run_ids = list(filter_runs(frame, parse_filters(filters))["run_id"]) if filters else None
     data = load_cache(cache, resolved.device)
 
-    def on_run(index: int, total: int, record: dict[str, Any], reused: bool) -> None:
-        how = "already in --into" if reused else record["evaluation"]["split_note"]
+    def on_run(index: int, total: int, record: "RunRecord", reused: bool) -> None:
+        how = "already in --into" if reused else (record.evaluation or {})["split_note"]
         err.print(
-            f"[{index}/{total}] {record['run_id'][:12]} {record['config']['strategy']}: "
-            f"accuracy {record['metrics']['val_accuracy']:.4f} ({how})",
+            f"[{index}/{total}] {(record.run_id or '')[:12]} {record.config['strategy']}: "
+            f"accuracy {record.val_accuracy:.4f} ({how})",
             highlight=False,
             soft_wrap=True,
         )
@@ -169,7 +172,7 @@ def _evaluate_runs(
     if isinstance(rendered, str):
         typer.echo(rendered, nl=False)
     else:
-        splits = sorted({r["evaluation"]["split"] for r in records})
+        splits = sorted({(r.evaluation or {})["split"] for r in records})
         rendered.title = f"{rendered.title}, evaluated on {cache} ({'/'.join(splits)} split)"
         print_table(rendered)
     if into is not None:

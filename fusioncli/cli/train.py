@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -12,6 +12,9 @@ from fusioncli.cli._options import CacheDirOption, RobustnessOption
 from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.cli._tables import robustness_table
 from fusioncli.paths import default_cache_dir
+
+if TYPE_CHECKING:
+    from fusioncli.record import RunRecord
 
 
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
@@ -26,10 +29,11 @@ def _mib(n: Optional[int]) -> str:
     return "-" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
-def _summary_tables(record: dict[str, Any]) -> list[Table]:
-    cfg, m, t, mem, env = record["config"], record["metrics"], record["timing"], record["memory"], record["env"]
-    p = record["params"]
-    run = Table(title=f"run {record['run_id']}", show_header=False, title_justify="left")
+def _summary_tables(record: "RunRecord") -> list[Table]:
+    assert record.metrics is not None and record.dataset is not None  # a finished run's record
+    cfg, m, dataset = record.config, record.metrics, record.dataset
+    t, mem, env, p = record.timing or {}, record.memory or {}, record.env or {}, record.params or {}
+    run = Table(title=f"run {record.run_id}", show_header=False, title_justify="left")
     run.add_column("what", style="bold")
     run.add_column("value")
     rows = [
@@ -38,16 +42,16 @@ def _summary_tables(record: dict[str, Any]) -> list[Table]:
         ("lr / scheduler", f"{cfg['lr']:g} / {cfg['scheduler']}"),
         ("epochs / batch / seed", f"{cfg['epochs']} / {cfg['batch_size']} / {cfg['seed']}"),
         ("modality dropout", f"{cfg.get('modality_dropout', 0.0):g}"),
-        ("train / val samples", f"{record['dataset']['n_train']} / {record['dataset']['n_val']}"),
-        ("val loss", f"{m['val_loss']:.4f}"),
-        ("val accuracy", f"{m['val_accuracy']:.4f}"),
-        ("F1 (macro)", f"{m['f1_macro']:.4f}"),
+        ("train / val samples", f"{dataset.n_train} / {dataset.n_val}"),
+        ("val loss", f"{m.val_loss:.4f}"),
+        ("val accuracy", f"{m.val_accuracy:.4f}"),
+        ("F1 (macro)", f"{m.f1_macro:.4f}"),
         (
             "parameters",
             f"{p['total']:,} (encoder {p['encoder']:,}, fusion {p['fusion']:,}, head {p['head']:,}; "
             f"trainable {p['trainable']:,})",
         ),
-        ("FLOPs / sample (fwd)", f"{record['flops_per_sample']:,}"),
+        ("FLOPs / sample (fwd)", f"{record.flops_per_sample:,}"),
         ("wall time", f"{t['train_seconds']:.1f} s"),
         ("throughput", f"{t['samples_per_s']:.1f} samples/s ({t['samples_per_s_note']})"),
     ]
@@ -62,11 +66,11 @@ def _summary_tables(record: dict[str, Any]) -> list[Table]:
     per_class = Table(title="validation, per class", title_justify="left")
     for col in ("class", "precision", "recall", "F1", "support"):
         per_class.add_column(col, justify="left" if col == "class" else "right")
-    for name, c in m["per_class"].items():
+    for name, c in m.per_class.items():
         per_class.add_row(name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
     tables = [run, per_class]
-    if record.get("robustness") is not None:
-        tables.append(robustness_table(record["robustness"]))
+    if record.robustness is not None:
+        tables.append(robustness_table(record.robustness))
     return tables
 
 
@@ -122,7 +126,7 @@ def train(
     if checkpoint is not None:
         err.print(f"checkpoint written: {checkpoint} (+ {checkpoint.with_suffix('.json').name})", highlight=False)
     if format is OutputFormat.json:
-        out.print(json.dumps(record), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        out.print(json.dumps(record.to_json()), markup=False, highlight=False, emoji=False, soft_wrap=True)
         return
     for table in _summary_tables(record):
         out.print(table)

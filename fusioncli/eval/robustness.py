@@ -33,6 +33,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.corruptions import Corruption, get_corruption
 from fusioncli.config import RunConfig
+from fusioncli.record import RunRecord
 from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
 from fusioncli.train.loop import RunResult, derived_seed, run_data
 from fusioncli.train.metrics import classification_metrics
@@ -152,23 +153,22 @@ def evaluate_robustness(
     }
 
 
-def add_robustness(result: RunResult, data: PreparedData, *, seed: int = 0) -> dict[str, Any]:
-    """Evaluate a finished run's robustness and attach it to its record; returns the dict.
+def add_robustness(result: RunResult, data: PreparedData, *, seed: int = 0) -> RunRecord:
+    """A finished run's record with its robustness evaluated: a new record, ``result`` is left as is.
 
     ``data`` is the dataset as passed to :func:`fusioncli.train.loop.train_run` (the run's
-    ``limit_per_class`` is applied here). Sets ``record["robustness"]`` and adds
-    ``robustness_seconds`` (wall time of the evaluation) to ``record["timing"]``.
+    ``limit_per_class`` is applied here). The new record's ``robustness`` holds
+    :func:`evaluate_robustness`'s dict and its ``timing`` gains ``robustness_seconds`` (wall time
+    of the evaluation) -- :meth:`~fusioncli.record.RunRecord.with_robustness`.
     """
     record = result.record
-    if record.get("status") != "finished":
+    if not record.is_finished:
         raise ValueError("robustness is measured on finished runs only")
-    cfg = RunConfig.from_dict(record["config"])
+    cfg = record.run_config()
     device = torch.device(cfg.device) if cfg.is_resolved else torch.device(cfg.resolve().device)
     t0 = clock(device)
     robustness = evaluate_robustness(result.model, run_data(cfg, data), cfg, seed=seed)
-    record["robustness"] = robustness
-    record["timing"] = {**record["timing"], "robustness_seconds": clock(device) - t0}
-    return robustness
+    return record.with_robustness(robustness, clock(device) - t0)
 
 
 def summary_rows(robustness: dict[str, Any]) -> list[dict[str, Any]]:

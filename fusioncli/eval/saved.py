@@ -41,6 +41,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.train.checkpoint import load_checkpoint
 from fusioncli.config import RunConfig
+from fusioncli.record import DatasetInfo, Metrics, RunRecord
 from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
 from fusioncli.train.metrics import classification_metrics, confusion_matrix
 
@@ -96,8 +97,8 @@ def _split_mask(data: PreparedData, split: str) -> torch.Tensor:
     return torch.ones_like(data.is_val)
 
 
-def _check_classes(path: Path, info: dict[str, Any], data: PreparedData, cache_hint: str) -> None:
-    trained = list((info.get("dataset") or {}).get("class_names") or [])
+def _check_classes(path: Path, info: RunRecord, data: PreparedData, cache_hint: str) -> None:
+    trained = list((info.dataset.class_names if info.dataset is not None else None) or [])
     if trained and trained != list(data.class_names):
         raise BadInputError(
             f"checkpoint {path} was trained on classes {trained}; the cache {cache_hint} has {list(data.class_names)}",
@@ -132,7 +133,7 @@ def evaluate_checkpoint(
     dev = torch.device(resolved.device)
     model, info = load_checkpoint(path, dev)
     _check_classes(path, info, data, cache_hint)
-    trained_fp = _base_fingerprint((info.get("dataset") or {}).get("fingerprint"))
+    trained_fp = _base_fingerprint(info.fingerprint)
     same = trained_fp is not None and trained_fp == _base_fingerprint(data.fingerprint)
     split, note = choose_split(split, same)
     mask = _split_mask(data, split)
@@ -163,20 +164,19 @@ def evaluate_checkpoint(
 
         robust = evaluate_robustness(model, scored, resolved, seed=corruption_seed, batch_size=step)
 
-    trained_metrics = info.get("metrics") or {}
     return {
         "schema": EVALUATION_SCHEMA,
         "checkpoint": str(path),
-        "run_id": info.get("run_id"),
+        "run_id": info.run_id,
         "model": {
-            "strategy": (info.get("config") or {}).get("strategy"),
-            "backbone": (info.get("config") or {}).get("backbone"),
+            "strategy": info.config.get("strategy"),
+            "backbone": info.config.get("backbone"),
             "num_classes": data.num_classes,
         },
         "trained": {
-            "dataset_fingerprint": (info.get("dataset") or {}).get("fingerprint"),
-            "val_accuracy": trained_metrics.get("val_accuracy"),
-            "config": info.get("config"),
+            "dataset_fingerprint": info.fingerprint,
+            "val_accuracy": info.val_accuracy,
+            "config": info.config,
         },
         "dataset": {
             "fingerprint": data.fingerprint,
@@ -197,58 +197,53 @@ def evaluate_checkpoint(
 # --------------------------------------------------------------------------- a sweep's runs
 
 
-def transferred_record(record: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+def transferred_record(record: RunRecord, evaluation: dict[str, Any]) -> RunRecord:
     """A run record whose metrics (and robustness) are those measured by ``evaluation``.
 
     Config, parameters, training history, timing and memory stay the run's own; ``dataset``
     describes the evaluated data, and ``evaluation`` says where the figures come from (the
     checkpoint, the split, the dataset the run was trained on and its own validation
-    accuracy). Stored in a results store of its own, every ``fusioncli report`` view — means
-    and 95 % CIs over seeds, ``--compare``, ``--robustness`` — then reads the new figures.
+    accuracy: :meth:`~fusioncli.record.RunRecord.evaluated`). Stored in a results store of its
+    own, every ``fusioncli report`` view — means and 95 % CIs over seeds, ``--compare``,
+    ``--robustness`` — then reads the new figures.
     """
     m = evaluation["metrics"]
-    out = dict(record)
-    out["metrics"] = {
-        "val_loss": m["loss"],
-        "val_accuracy": m["accuracy"],
-        "f1_macro": m["f1_macro"],
-        "per_class": m["per_class"],
-        "confusion": m["confusion"],
-    }
-    out["robustness"] = evaluation["robustness"]
-    out["dataset"] = {
-        "fingerprint": evaluation["dataset"]["fingerprint"],
-        "n_train": 0,
-        "n_val": evaluation["dataset"]["n"],
-        "class_names": evaluation["dataset"]["class_names"],
-    }
-    out["evaluation"] = {
-        "schema": EVALUATION_SCHEMA,
-        "checkpoint": evaluation["checkpoint"],
-        "split": evaluation["dataset"]["split"],
-        "split_note": evaluation["dataset"]["split_note"],
-        "same_as_training": evaluation["dataset"]["same_as_training"],
-        "trained_dataset": record.get("dataset"),
-        "trained_metrics": {k: (record.get("metrics") or {}).get(k) for k in ("val_accuracy", "f1_macro", "val_loss")},
-        "device": evaluation["device"],
-        "precision": evaluation["precision"],
-        "seconds": evaluation["seconds"],
-    }
-    return out
+    scored = evaluation["dataset"]
+    return record.evaluated(
+        Metrics(
+            val_loss=m["loss"],
+            val_accuracy=m["accuracy"],
+            f1_macro=m["f1_macro"],
+            per_class=m["per_class"],
+            confusion=m["confusion"],
+        ),
+        evaluation["robustness"],
+        DatasetInfo(scored["fingerprint"], tuple(scored["class_names"]), n_train=0, n_val=scored["n"]),
+        {
+            "schema": EVALUATION_SCHEMA,
+            "checkpoint": evaluation["checkpoint"],
+            "split": scored["split"],
+            "split_note": scored["split_note"],
+            "same_as_training": scored["same_as_training"],
+            "device": evaluation["device"],
+            "precision": evaluation["precision"],
+            "seconds": evaluation["seconds"],
+        },
+    )
 
 
 def _already_evaluated(
-    into: Any, record: dict[str, Any], data: PreparedData, split: str, robustness: bool
-) -> dict | None:
+    into: Any, record: RunRecord, data: PreparedData, split: str, robustness: bool
+) -> RunRecord | None:
     """The stored transferred record of ``record``'s run when it answers this very request."""
-    stored = into.get(record["run_id"])
-    if not stored or stored.get("status") != "finished" or "evaluation" not in stored:
+    stored = into.get(record.run_id)
+    if stored is None or not stored.is_finished or stored.evaluation is None:
         return None
-    if stored.get("finished_at") != record.get("finished_at"):
+    if stored.finished_at != record.finished_at:
         return None  # the run was trained again since (sweep --force): new weights
-    same_data = (stored.get("dataset") or {}).get("fingerprint") == data.fingerprint
-    same_split = split == "auto" or stored["evaluation"].get("split") == split
-    if same_data and same_split and (stored.get("robustness") or not robustness):
+    same_data = stored.fingerprint == data.fingerprint
+    same_split = split == "auto" or stored.evaluation.get("split") == split
+    if same_data and same_split and (stored.robustness or not robustness):
         return stored
     return None
 
@@ -266,8 +261,8 @@ def evaluate_runs(
     batch_size: int | None = None,
     robustness: bool = False,
     cache_hint: str = "",
-    on_run: Callable[[int, int, dict[str, Any], bool], None] | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
+    on_run: Callable[[int, int, RunRecord, bool], None] | None = None,
+) -> tuple[list[RunRecord], list[str]]:
     """Evaluate the finished runs of ``store`` whose weights were kept (``sweep --keep-weights``).
 
     Returns ``(records, missing)``: one :func:`transferred_record` per evaluated run, and the
@@ -282,7 +277,7 @@ def evaluate_runs(
             hint="give another folder, e.g. .fusioncli/results-<dataset>",
         )
     if into is not None:
-        trained_here = [r["run_id"] for r in into.records() if "evaluation" not in r]
+        trained_here = [r.run_id for r in into.records() if r.evaluation is None]
         if trained_here:
             raise BadInputError(
                 f"--into {into.root} holds {len(trained_here)} run(s) trained there (e.g. {trained_here[0]}), "
@@ -292,13 +287,13 @@ def evaluate_runs(
     wanted = None if run_ids is None else set(run_ids)
     records = [
         r for r in store.records()
-        if r.get("status") == "finished" and (wanted is None or r.get("run_id") in wanted)
+        if r.is_finished and (wanted is None or r.run_id in wanted)
     ]  # fmt: skip
-    with_weights = [r for r in records if store.has_weights(r["run_id"])]
-    missing = [r["run_id"] for r in records if not store.has_weights(r["run_id"])]
+    with_weights = [r for r in records if store.has_weights(r.run_id)]
+    missing = [r.run_id for r in records if not store.has_weights(r.run_id)]
     results = []
     for index, record in enumerate(with_weights, 1):
-        rid = record["run_id"]
+        rid = record.run_id
         reused = None if (into is None or force) else _already_evaluated(into, record, data, split, robustness)
         if reused is None:
             evaluation = evaluate_checkpoint(

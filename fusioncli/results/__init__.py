@@ -1,5 +1,10 @@
-"""Results: the per-run store, aggregation over seeds, report renderers and plots."""
+"""Results: the per-run store, aggregation over seeds, report renderers and plots.
 
-from fusioncli.results.store import CONFIG_FIELDS, RUN_SCHEMA, ResultsStore, flatten_record, open_store, runs_frame
+The run record and its flat row (``RUN_SCHEMA``) live in :mod:`fusioncli.record`.
+"""
 
-__all__ = ["CONFIG_FIELDS", "RUN_SCHEMA", "ResultsStore", "flatten_record", "open_store", "runs_frame"]
+from fusioncli.config import CONFIG_FIELDS
+from fusioncli.record import RUN_SCHEMA
+from fusioncli.results.store import ResultsStore, open_store, runs_frame
+
+__all__ = ["CONFIG_FIELDS", "RUN_SCHEMA", "ResultsStore", "open_store", "runs_frame"]

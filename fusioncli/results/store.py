@@ -2,9 +2,10 @@
 
 Layout of a results folder (default ``.fusioncli/results``)::
 
-    records/<run_id>.json     the full run record (config, metrics, history, env, ...)
+    records/<run_id>.json     the full run record (config, metrics, history, env, ...): RunRecord.to_json()
     records/.<run_id>.claim   while a sweep trains the run: who (pid, host, time); see claims below
-    runs/<run_id>.parquet     the same run as one flat row (fixed schema, see RUN_SCHEMA)
+    runs/<run_id>.parquet     the same run as one flat row: RunRecord.to_row() (fixed schema, RUN_SCHEMA;
+                              both in fusioncli.record)
     best/<fingerprint>/model.safetensors  weights of the best finished run on one dataset (+ model.json:
                               its info); one folder per dataset fingerprint, so an easy dataset's best
                               never hides a hard one's
@@ -41,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import socket
@@ -59,172 +59,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from fusioncli.atomic import atomic_directory, atomic_path, atomic_write_json
-from fusioncli.config import CONFIG_FIELDS, ROW_DEFAULTS, config_fields
+from fusioncli.config import ROW_DEFAULTS
 from fusioncli.errors import BadInputError, RunFailedError
-
-SCHEMA_VERSION = 1
-FINISHED = "finished"
-FAILED = "failed"
-
-# Columns flattened from record["robustness"] (null for runs evaluated without it).
-ROBUSTNESS_COLUMNS = ("robust_mean_auc", "robust_mean_relative_auc", "acc_rgb_missing", "acc_lidar_missing")
-
-_STR, _F64, _I64, _BOOL = pa.string(), pa.float64(), pa.int64(), pa.bool_()
-
-def _config_columns() -> list[tuple[str, pa.DataType]]:
-    """One column per RunConfig field, typed from its annotation (int / float / str)."""
-    columns = []
-    for f, _ in config_fields():
-        annotation = str(f.type)
-        columns.append((f.name, _F64 if "float" in annotation else _I64 if "int" in annotation else _STR))
-    return columns
-
-
-# One explicit schema for every row file, so files written with nulls in different columns
-# still read back as one table with stable types.
-RUN_SCHEMA = pa.schema(
-    [
-        ("run_id", _STR),
-        ("status", _STR),
-        ("error", _STR),
-        *_config_columns(),
-        ("dataset_fingerprint", _STR),
-        ("n_train", _I64),
-        ("n_val", _I64),
-        ("class_names", _STR),
-        ("val_accuracy", _F64),
-        ("f1_macro", _F64),
-        ("val_loss", _F64),
-        ("robust_mean_auc", _F64),
-        ("robust_mean_relative_auc", _F64),
-        ("acc_rgb_missing", _F64),
-        ("acc_lidar_missing", _F64),
-        ("trained_val_accuracy", _F64),
-        ("accuracy_change", _F64),
-        ("params_total", _I64),
-        ("params_trainable", _I64),
-        ("params_encoder", _I64),
-        ("params_fusion", _I64),
-        ("params_head", _I64),
-        ("flops_per_sample", _I64),
-        ("train_seconds", _F64),
-        ("samples_per_s", _F64),
-        ("samples_per_s_note", _STR),
-        ("epochs_completed", _I64),
-        ("peak_gpu_allocated_bytes", _I64),
-        ("peak_gpu_reserved_bytes", _I64),
-        ("peak_host_rss_bytes", _I64),
-        ("fusioncli_version", _STR),
-        ("torch_version", _STR),
-        ("cuda_version", _STR),
-        ("cudnn_version", _STR),
-        ("device_name", _STR),
-        ("cpu_count", _I64),
-        ("python_version", _STR),
-        ("platform", _STR),
-        ("git_commit", _STR),
-        ("git_dirty", _BOOL),
-        ("bf16", _BOOL),
-        ("started_at", _STR),
-        ("finished_at", _STR),
-        ("config_json", _STR),
-        ("per_class_json", _STR),
-        ("history_json", _STR),
-        ("robustness_json", _STR),
-    ]
-)
-
-
-def _get(mapping: Any, *keys: str) -> Any:
-    """``mapping[k1][k2]...`` or None when any level is missing or null."""
-    for key in keys:
-        if not isinstance(mapping, dict):
-            return None
-        mapping = mapping.get(key)
-    return mapping
-
-
-def _cast(value: Any, typ: pa.DataType) -> Any:
-    """Coerce a record value to the column type; None (and NaN for ints) stays null."""
-    if value is None:
-        return None
-    if typ == _STR:
-        return value if isinstance(value, str) else str(value)
-    if typ == _F64:
-        return float(value)
-    if typ == _I64:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return int(value)
-    if typ == _BOOL:
-        return bool(value)
-    return value
-
-
-def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The run record as one flat row matching :data:`RUN_SCHEMA` (missing parts are null)."""
-    config = record.get("config") or {}
-    env = record.get("env") or {}
-    history = record.get("history") or []
-    class_names = _get(record, "dataset", "class_names")
-    robustness = record.get("robustness")
-    accuracy = _get(record, "metrics", "val_accuracy")
-    trained_accuracy = _get(record, "evaluation", "trained_metrics", "val_accuracy")
-    row: dict[str, Any] = {
-        "run_id": record.get("run_id"),
-        "status": record.get("status"),
-        "error": record.get("error"),
-        **{name: config.get(name, ROW_DEFAULTS.get(name)) for name in CONFIG_FIELDS},
-        "dataset_fingerprint": _get(record, "dataset", "fingerprint"),
-        "n_train": _get(record, "dataset", "n_train"),
-        "n_val": _get(record, "dataset", "n_val"),
-        "class_names": ",".join(class_names) if class_names else None,
-        "val_accuracy": accuracy,
-        "f1_macro": _get(record, "metrics", "f1_macro"),
-        "val_loss": _get(record, "metrics", "val_loss"),
-        "robust_mean_auc": _get(robustness, "mean_auc"),
-        "robust_mean_relative_auc": _get(robustness, "mean_relative_auc"),
-        "acc_rgb_missing": _get(robustness, "missing", "rgb_missing", "accuracy"),
-        "acc_lidar_missing": _get(robustness, "missing", "lidar_missing", "accuracy"),
-        # Runs evaluated on another dataset (fusioncli evaluate --runs --into): the accuracy the
-        # run had on its own validation split, and the change from it to the accuracy here.
-        "trained_val_accuracy": trained_accuracy,
-        "accuracy_change": (
-            accuracy - trained_accuracy if accuracy is not None and trained_accuracy is not None else None
-        ),
-        **{f"params_{k}": _get(record, "params", k) for k in ("total", "trainable", "encoder", "fusion", "head")},
-        "flops_per_sample": record.get("flops_per_sample"),
-        "train_seconds": _get(record, "timing", "train_seconds"),
-        "samples_per_s": _get(record, "timing", "samples_per_s"),
-        "samples_per_s_note": _get(record, "timing", "samples_per_s_note"),
-        "epochs_completed": len(history),
-        "peak_gpu_allocated_bytes": _get(record, "memory", "peak_gpu_allocated_bytes"),
-        "peak_gpu_reserved_bytes": _get(record, "memory", "peak_gpu_reserved_bytes"),
-        "peak_host_rss_bytes": _get(record, "memory", "peak_host_rss_bytes"),
-        **{
-            k: env.get(k)
-            for k in (
-                "fusioncli_version",
-                "torch_version",
-                "cuda_version",
-                "cudnn_version",
-                "device_name",
-                "cpu_count",
-                "python_version",
-                "platform",
-                "git_commit",
-                "git_dirty",
-                "bf16",
-            )
-        },
-        "started_at": record.get("started_at"),
-        "finished_at": record.get("finished_at"),
-        "config_json": json.dumps(config, sort_keys=True),
-        "per_class_json": json.dumps(_get(record, "metrics", "per_class"), sort_keys=True),
-        "history_json": json.dumps(history),
-        "robustness_json": json.dumps(_jsonable(robustness), sort_keys=True) if robustness is not None else None,
-    }
-    return {field.name: _cast(row.get(field.name), field.type) for field in RUN_SCHEMA}
+from fusioncli.record import FAILED, FINISHED, RUN_SCHEMA, RunRecord
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -237,9 +74,9 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     """Records as the runs table, exactly as :meth:`ResultsStore.load_runs` would return them."""
-    rows = [flatten_record(r) for r in records]
+    rows = [r.to_row() for r in records]
     return _to_pandas(pa.Table.from_pylist(rows, schema=RUN_SCHEMA))
 
 
@@ -292,7 +129,7 @@ class BestCheckpoint:
 
     path: Path  # the weights file; its info is path.with_suffix(".json")
     fingerprint: str | None  # the dataset it was trained on (None: its info does not say)
-    record: dict[str, Any] | None  # the run record saved with it (None when its info is unreadable)
+    record: RunRecord | None  # the run record saved with it (None when its info is unreadable)
     problem: str | None = None  # why it cannot be used; None when it can
     legacy: bool = False  # best/model.safetensors of a store written before per-dataset bests
 
@@ -320,9 +157,9 @@ class Claim:
         return f"{who} since {when}"
 
 
-def record_fingerprint(record: dict[str, Any]) -> str:
+def record_fingerprint(record: RunRecord) -> str:
     """The dataset fingerprint a run record names (the key of its best checkpoint)."""
-    fingerprint = _get(record, "dataset", "fingerprint")
+    fingerprint = record.fingerprint
     return fingerprint if isinstance(fingerprint, str) and fingerprint else UNKNOWN_FINGERPRINT
 
 
@@ -382,20 +219,14 @@ def _row_problem(table: pa.Table, run_id: str) -> str | None:
     return None
 
 
-def _record_problem(record: Any, run_id: str) -> str | None:
-    if not isinstance(record, dict):
-        return f"is JSON but not a run record (a {type(record).__name__})"
-    if record.get("run_id") != run_id:
-        return f"holds run {record.get('run_id')!r}, not {run_id}"
-    if record.get("status") not in (FINISHED, FAILED):
-        return f"status {record.get('status')!r} is neither {FINISHED!r} nor {FAILED!r}"
-    objects = ("config", "metrics", "dataset", "env", "params", "timing", "memory", "evaluation", "robustness")
-    for key, kind in (*((k, dict) for k in objects), ("history", list)):
-        if record.get(key) is not None and not isinstance(record[key], kind):
-            return f"its {key} is not a JSON {'object' if kind is dict else 'list'}"
-    if not isinstance(record.get("config"), dict):
-        return "has no config"
-    return None
+def _record_problem(stored: Any, run_id: str) -> tuple[RunRecord | None, str | None]:
+    """``(record, None)`` for the JSON of a good record of ``run_id``, else ``(None, problem)``."""
+    if isinstance(stored, dict) and stored.get("run_id") != run_id:
+        return None, f"holds run {stored.get('run_id')!r}, not {run_id}"
+    try:
+        return RunRecord.from_json(stored), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _error_text(exc: BaseException, path: Path) -> str:
@@ -462,28 +293,28 @@ class ResultsStore:
         return best.path if best is not None else self.legacy_best_path
 
     # -- writing -------------------------------------------------------------------------
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: RunRecord) -> None:
         """Store ``record`` (keyed by its ``run_id``), replacing an earlier record of that run.
 
         Order matters for crash safety: the old row is removed first, then the JSON and the row
         are each renamed into place, so at every instant the row (if present) matches the JSON.
         Damaged files of the run are replaced the same way.
         """
-        run_id = record.get("run_id")
+        run_id = record.run_id
         if not run_id or not isinstance(run_id, str) or "/" in run_id or run_id.startswith("."):
             raise ValueError(f"a run record needs a plain run_id, got {run_id!r}")
-        if record.get("status") not in (FINISHED, FAILED):
-            raise ValueError(f"run {run_id}: status must be {FINISHED!r} or {FAILED!r}, got {record.get('status')!r}")
+        if record.status not in (FINISHED, FAILED):
+            raise ValueError(f"run {run_id}: status must be {FINISHED!r} or {FAILED!r}, got {record.status!r}")
         try:
             self.row_path(run_id).unlink(missing_ok=True)
-            atomic_write_json(self.record_path(run_id), _jsonable(record))
-            self._write_row(record)
+            atomic_write_json(self.record_path(run_id), record.to_json())
+            self._write_row(run_id, record)
         except OSError as exc:  # disk full, read-only folder: nothing the sweep can go on with
             raise RunFailedError(f"cannot write run {run_id} to the results store {self.root}: {exc}") from exc
 
-    def _write_row(self, record: dict[str, Any]) -> None:
-        table = pa.Table.from_pylist([flatten_record(record)], schema=RUN_SCHEMA)
-        with atomic_path(self.row_path(record["run_id"])) as tmp:
+    def _write_row(self, run_id: str, record: RunRecord) -> None:
+        table = pa.Table.from_pylist([record.to_row()], schema=RUN_SCHEMA)
+        with atomic_path(self.row_path(run_id)) as tmp:
             pq.write_table(table, tmp)
 
     def repair(self, *, stale_seconds: float = 3600.0) -> int:
@@ -497,11 +328,11 @@ class ResultsStore:
         """
         fixed = 0
         self.release_stale_claims()
-        for record in self._scan().rewrite:
-            claim = self.read_claim(record["run_id"])
+        for run_id, record in self._scan().rewrite:
+            claim = self.read_claim(run_id)
             if claim is not None and not self._claim_is_stale(claim, CLAIM_STALE_SECONDS):
                 continue  # its sweep is writing it right now
-            self._write_row(record)
+            self._write_row(run_id, record)
             fixed += 1
         self._restore_swapped_best()
         now = time.time()
@@ -554,14 +385,14 @@ class ResultsStore:
                 if not path.name.startswith("."):
                     yield path.stem
 
-    def read_record(self, run_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    def read_record(self, run_id: str) -> tuple[RunRecord | None, str | None]:
         """``(record, problem)``: the stored record of ``run_id``, or None with why it is unusable.
 
         ``(None, None)`` when there is no record at all.
         """
         path = self.record_path(run_id)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            stored = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None, None
         except UnicodeDecodeError:
@@ -570,20 +401,19 @@ class ResultsStore:
             return None, f"not valid JSON ({exc})"
         except OSError as exc:
             return None, f"cannot be read ({exc})"
-        problem = _record_problem(record, run_id)
-        return (None, problem) if problem else (record, None)
+        return _record_problem(stored, run_id)
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str) -> RunRecord | None:
         """The stored record of ``run_id``, or None if there is none (or it is damaged)."""
         return self.read_record(run_id)[0]
 
     def is_finished(self, run_id: str) -> bool:
         """True when a complete, finished record of ``run_id`` is stored (a damaged one is not)."""
         record = self.get(run_id)
-        return record is not None and record.get("status") == FINISHED
+        return record is not None and record.is_finished
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every stored record (full JSON form) that is not damaged, ordered by run id."""
+    def records(self) -> list[RunRecord]:
+        """Every stored record that is not damaged, ordered by run id."""
         found = (self.get(run_id) for run_id in self._record_ids())
         return [record for record in found if record is not None]
 
@@ -603,7 +433,7 @@ class ResultsStore:
         return RunsTable(frame, tuple(scan.damaged), tuple(scan.rebuilt))
 
     def _scan(self) -> _Scan:
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[str, RunRecord] = {}
         damaged: dict[str, Damage] = {}
         for run_id in self._record_ids():
             record, problem = self.read_record(run_id)
@@ -614,7 +444,8 @@ class ResultsStore:
         # A good row under a damaged record is left out too: the run does not count as finished.
         rows = {run_id: self.row_path(run_id) for run_id in self._row_ids() if run_id not in damaged}
         table, bad_rows = self._read_rows(rows)
-        rebuilt, rewrite = [], []
+        rebuilt: list[Damage] = []
+        rewrite: list[tuple[str, RunRecord]] = []
         for run_id, problem in bad_rows.items():
             if run_id in records:
                 rebuilt.append(Damage(run_id, rows[run_id], problem, rebuilt=True))
@@ -625,12 +456,12 @@ class ResultsStore:
             if run_id in rows and run_id not in bad_rows:
                 continue
             try:  # one table per record: a value the schema cannot hold costs only its own run
-                tables.append(pa.Table.from_pylist([flatten_record(record)], schema=RUN_SCHEMA))
+                tables.append(pa.Table.from_pylist([record.to_row()], schema=RUN_SCHEMA))
             except (*_ROW_ERRORS, AttributeError, OverflowError) as exc:
                 damaged[run_id] = Damage(run_id, self.record_path(run_id), f"cannot be tabled ({exc})")
                 rebuilt = [d for d in rebuilt if d.run_id != run_id]
                 continue
-            rewrite.append(record)
+            rewrite.append((run_id, record))
         return _Scan(
             table=pa.concat_tables(tables),
             damaged=[damaged[k] for k in sorted(damaged)],
@@ -683,17 +514,21 @@ class ResultsStore:
             spec = meta.get("model")
             if not isinstance(spec, dict) or any(spec.get(k) is None for k in ("strategy", "backbone", "num_classes")):
                 raise ValueError("it does not say which model the weights are for")
+            try:
+                record = RunRecord.from_json(info)
+            except ValueError as exc:
+                raise ValueError(f"its run info {exc}") from None
         except FileNotFoundError:
             return BestCheckpoint(path, folder_fp, None, f"{sidecar.name} is missing (half-written best)", legacy)
         except (OSError, ValueError) as exc:
             return BestCheckpoint(path, folder_fp, None, f"{sidecar.name} is not valid ({exc})", legacy)
-        fingerprint = _get(info, "dataset", "fingerprint")
+        fingerprint = record.fingerprint
         if not isinstance(fingerprint, str):
             fingerprint = folder_fp  # the folder's name, or for an older store's best: unknown
         problem = safetensors_problem(path)
         if problem is not None:
             problem = f"{path.name} is {problem}"
-        return BestCheckpoint(path, fingerprint, info, problem, legacy)
+        return BestCheckpoint(path, fingerprint, record, problem, legacy)
 
     def bests(self) -> list[BestCheckpoint]:
         """Every best checkpoint in the store, usable or not: one per dataset folder, then the
@@ -733,7 +568,7 @@ class ResultsStore:
             return None
         return max(usable, key=lambda b: b.path.with_suffix(".json").stat().st_mtime)
 
-    def best_record(self, fingerprint: str | None = None) -> dict[str, Any] | None:
+    def best_record(self, fingerprint: str | None = None) -> RunRecord | None:
         """The run record saved with the best checkpoint of dataset ``fingerprint``, or None.
 
         Without ``fingerprint``: that of :meth:`default_best`. A damaged checkpoint (weights cut
@@ -744,10 +579,10 @@ class ResultsStore:
 
     def update_best(
         self,
-        record: dict[str, Any],
+        record: RunRecord,
         write: Callable[[Path], None],
         *,
-        better: Callable[[dict[str, Any], dict[str, Any] | None], bool] | None = None,
+        better: Callable[[RunRecord, RunRecord | None], bool] | None = None,
     ) -> bool:
         """Make ``record``'s run the best of its dataset when ``better(record, current best)`` says so.
 
@@ -928,7 +763,7 @@ class _Scan:
     table: pa.Table
     damaged: list[Damage] = field(default_factory=list)
     rebuilt: list[Damage] = field(default_factory=list)
-    rewrite: list[dict[str, Any]] = field(default_factory=list)  # records whose rows are missing or bad
+    rewrite: list[tuple[str, RunRecord]] = field(default_factory=list)  # (run id, record) whose rows are missing or bad
 
 
 def open_store(root: Path, *, must_exist: bool = False) -> ResultsStore:
@@ -941,19 +776,3 @@ def open_store(root: Path, *, must_exist: bool = False) -> ResultsStore:
         )
     return store
 
-
-def _jsonable(obj: Any) -> Any:
-    """A copy of ``obj`` that json can write strictly: NaN/inf become None, tuples lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return _jsonable(obj.item())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    return str(obj)

@@ -194,14 +194,12 @@ def needs_training(store: ResultsStore, rid: str, *, force: bool, robustness: bo
     kept; training is deterministic, so the re-run reproduces the run and adds its robustness).
     Likewise ``keep_weights`` retrains a finished run whose weights were not kept.
     """
-    from fusioncli.record import FINISHED
-
     if force:
         return True
     record = store.get(rid)
-    if record is None or record.get("status") != FINISHED:
+    if record is None or not record.is_finished:
         return True
-    if robustness and not record.get("robustness"):
+    if robustness and not record.robustness:
         return True
     return bool(keep_weights and not store.has_weights(rid))
 
@@ -244,7 +242,7 @@ def plan_grid(spec: SweepSpec, fingerprint: str, store: ResultsStore, *, cache_d
         train = needs_training(
             store, rid, force=spec.force, robustness=spec.robustness, keep_weights=spec.keep_weights
         )
-        status = stored.get("status") if stored else None
+        status = stored.status if stored else None
         runs.append(PlannedRun(len(runs) + 1, rid, cfg, status, TRAIN if train else SKIP))
     device = resolved[0].device
     executor = choose_executor(device, spec.executor)

@@ -37,6 +37,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from fusioncli.config import RunConfig
 from fusioncli.errors import BadInputError
 from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, train_one
 from fusioncli.machine import free_device_memory
-from fusioncli.results.store import FAILED, FINISHED, ResultsStore
+from fusioncli.record import FAILED, FINISHED, RunRecord
+from fusioncli.results.store import ResultsStore
 from fusioncli.sweep.plan import (
     DEFAULT_MAX_GROUP,
     LOCAL_ADDRESSES,
@@ -62,9 +64,9 @@ from fusioncli.sweep.recorder import (
     describe_exception,
     failure_record,
     group_failure_note,
-    utc_now,
 )
 from fusioncli.sweep.tracking import Tracker
+from fusioncli.train.probes import utc_now
 
 RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"
 SHARED_CACHE_NOTE = "on Ray the cache folder must be on storage every node sees at the same path"
@@ -304,8 +306,8 @@ def _collect(
         outcomes = []
         for planned in batch:
             cfg, rid = planned.config, planned.run_id
-            record = failure_record(cfg, rid, error, dataset=dataset, started_at=submitted_at)
-            record["env"] = None  # the worker's machine is unknown here; the driver's would mislead
+            # The worker's machine is unknown here; the driver's would mislead.
+            record = failure_record(cfg, rid, error, dataset=dataset, started_at=submitted_at).without_env()
             outcomes.append(recorder.begin(planned.index, rid, cfg).failed(record))
         return outcomes
 
@@ -316,15 +318,15 @@ def _collect(
         for note in member.get("warnings", ()):
             if note not in recorder.warnings:
                 recorder.warnings.append(note)
-        record = member["record"]
+        record = RunRecord.from_json(member["record"])  # it crossed the process boundary as JSON
         run = recorder.begin(index, rid, cfg)
-        for row in record.get("history") or []:
+        for row in record.history:
             run.epoch(row)
             if on_epoch is not None:
                 on_epoch(cfg, dict(row))
         if member["status"] == FINISHED:
             weights = member.get("weights")
-            outcomes.append(run.finished(record, lambda record=record, weights=weights: model_from_weights(record, weights)))
+            outcomes.append(run.finished(record, partial(model_from_weights, record, weights)))
         else:
             outcomes.append(run.failed(record))
     return outcomes
@@ -338,7 +340,7 @@ def weights_to_bytes(model: Any) -> bytes:
     return save(state)
 
 
-def model_from_weights(record: dict[str, Any], weights: bytes | None) -> Any:
+def model_from_weights(record: RunRecord, weights: bytes | None) -> Any:
     """Rebuild the model of a finished ``record`` from :func:`weights_to_bytes` output."""
     from safetensors.torch import load
 
@@ -346,8 +348,10 @@ def model_from_weights(record: dict[str, Any], weights: bytes | None) -> Any:
 
     if weights is None:
         raise ValueError("the task sent no weights")
-    config = record["config"]
-    model = create_model(config["strategy"], config["backbone"], len(record["dataset"]["class_names"]))
+    class_names = record.dataset.class_names if record.dataset is not None else None
+    if not class_names:
+        raise ValueError("the record does not name its classes")
+    model = create_model(record.config["strategy"], record.config["backbone"], len(class_names))
     model.load_state_dict(load(weights), strict=True)
     model.eval()
     return model
@@ -366,8 +370,9 @@ def run_task(
 ) -> dict[str, Any]:
     """One run on a Ray worker: load the cache, train, return ``{"status", "record"[, "weights"]}``.
 
-    Plain data in and out (config and record dicts, weights as safetensors bytes). An exception
-    in the run comes back as a failed record built here, where the data and the traceback are.
+    Plain data in and out (the config dict, the record as :meth:`RunRecord.to_json`, weights as
+    safetensors bytes). An exception in the run comes back as a failed record built here, where
+    the data and the traceback are.
     """
     import torch
 
@@ -418,7 +423,7 @@ def _train_loaded(
 
 
 def _finished_payload(result: Any, send_weights: bool) -> dict[str, Any]:
-    payload: dict[str, Any] = {"status": FINISHED, "record": result.record}
+    payload: dict[str, Any] = {"status": FINISHED, "record": result.record.to_json()}
     if send_weights:
         payload["weights"] = weights_to_bytes(result.model)
     return payload
@@ -435,7 +440,7 @@ def _failed_payload(
     started_at: str,
 ) -> dict[str, Any]:
     record = failure_record(cfg, rid, error, data=data, dataset=dataset, history=history or [], started_at=started_at)
-    return {"status": FAILED, "record": record}
+    return {"status": FAILED, "record": record.to_json()}
 
 
 def group_task(

@@ -22,7 +22,8 @@ from typing import Any
 from fusioncli.config import RunConfig
 from fusioncli.data.dataset import PreparedData
 from fusioncli.jobs import error_message
-from fusioncli.results.store import FAILED, FINISHED, Claim, ResultsStore, record_fingerprint
+from fusioncli.record import FAILED, FINISHED, DatasetInfo, RunRecord
+from fusioncli.results.store import Claim, ResultsStore, record_fingerprint
 from fusioncli.sweep.plan import PlannedRun, needs_training
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.train.loop import failed_record
@@ -41,8 +42,8 @@ class RunOutcome:
     total: int
     run_id: str
     config: RunConfig  # resolved
-    status: str  # "finished" | "failed" | "skipped"
-    record: dict[str, Any] | None
+    status: str  # "finished" | "failed" | "skipped" | "claimed"
+    record: RunRecord | None  # the stored record (None: claimed by another sweep, or none stored)
     error: str | None = None
     new_best: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -56,7 +57,7 @@ class SweepSummary:
     total: int
     interrupted: bool
     seconds: float
-    best: dict[str, Any] | None  # the best record of the sweep's dataset after the sweep
+    best: RunRecord | None  # the best record of the sweep's dataset after the sweep
     warnings: list[str] = field(default_factory=list)
     best_checkpoint: Path | None = None  # its weights (best/<fingerprint>/model.safetensors)
 
@@ -102,18 +103,16 @@ def describe_exception(exc: BaseException) -> tuple[str, str]:
     return error_message(exc), "".join(traceback.format_exception(exc))[-TRACEBACK_CHARS:]
 
 
-def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
+def _is_better(record: RunRecord, best: RunRecord | None) -> bool:
     """Higher val accuracy wins; on a tie the lower val loss; a NaN never wins."""
-    metrics = record.get("metrics") or {}
-    acc, loss = metrics.get("val_accuracy"), metrics.get("val_loss")
+    acc, loss = record.val_accuracy, record.val_loss
     if acc is None or not math.isfinite(acc):
         return False
     if best is None:
         return True
-    if best.get("run_id") == record.get("run_id"):
+    if best.run_id == record.run_id:
         return True  # the best run recomputed (--force): its checkpoint must be the new weights
-    best_metrics = best.get("metrics") or {}
-    best_acc, best_loss = best_metrics.get("val_accuracy"), best_metrics.get("val_loss")
+    best_acc, best_loss = best.val_accuracy, best.val_loss
     if best_acc is None or not math.isfinite(best_acc) or acc > best_acc:
         return True
     if acc < best_acc:
@@ -123,7 +122,7 @@ def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return best_loss is None or not math.isfinite(best_loss) or loss < best_loss
 
 
-def save_best(store: ResultsStore, model: Any, record: dict[str, Any]) -> None:
+def save_best(store: ResultsStore, model: Any, record: RunRecord) -> None:
     """Replace the best of ``record``'s dataset (``<results>/best/<fingerprint>/``: weights + JSON
     info) with this run's, as one atomic swap (:meth:`ResultsStore.update_best`).
 
@@ -144,15 +143,13 @@ def _call_trackers(trackers: Sequence[Tracker], method: str, *args: Any, warning
             warnings.append(f"{tracker.name}: {method} failed: {error_message(exc)}")
 
 
-def _dataset_stub(data: PreparedData | None, dataset: dict[str, Any] | None) -> dict[str, Any] | None:
+def _dataset_stub(data: PreparedData | None, dataset: dict[str, Any] | None) -> DatasetInfo | None:
     """What a failed record says about data it never trained on (sizes unknown)."""
     if data is not None:
-        fingerprint, class_names = data.fingerprint, data.class_names
-    elif dataset is not None:
-        fingerprint, class_names = dataset.get("fingerprint"), dataset.get("class_names") or ()
-    else:
-        return None
-    return {"fingerprint": fingerprint, "n_train": None, "n_val": None, "class_names": list(class_names)}
+        return DatasetInfo(data.fingerprint, tuple(data.class_names))
+    if dataset is not None:
+        return DatasetInfo(dataset.get("fingerprint"), tuple(dataset.get("class_names") or ()))
+    return None
 
 
 def failure_record(
@@ -164,36 +161,35 @@ def failure_record(
     dataset: dict[str, Any] | None = None,
     history: Sequence[dict[str, Any]] = (),
     started_at: str,
-) -> dict[str, Any]:
+) -> RunRecord:
     """A failed run's record, the same shape wherever the run failed; never raises.
 
     ``error`` is ``(message, traceback)`` (:func:`describe_exception`). ``data`` is the full
     dataset when the run had it loaded; otherwise ``dataset`` (``fingerprint``,
-    ``class_names``) says what is known without it. ``history`` holds the epochs that did
-    finish (e.g. up to a NaN). A second failure while describing the first (out of memory
-    again) still gives a record, with ``record_error`` set.
+    ``class_names``: the plan's description of the data) says what is known without it.
+    ``history`` holds the epochs that did finish (e.g. up to a NaN). A second failure while
+    describing the first (out of memory again) still gives a record, with ``record_error`` set.
     """
     message, trace = error
     try:
-        record = failed_record(cfg, data, message, started_at=started_at)
+        known = failed_record(cfg, data, message, started_at=started_at)
+        config, found, env, record_error = known.config, known.dataset, known.env, None
+        started, finished = known.started_at, known.finished_at or utc_now()
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory again while describing the data
-        record = {
-            "schema": 1,
-            "status": FAILED,
-            "error": message,
-            "config": cfg.to_dict(),
-            "dataset": None,
-            "env": None,
-            "started_at": started_at,
-            "finished_at": utc_now(),
-            "record_error": error_message(exc),
-        }
-    if record.get("dataset") is None:
-        record["dataset"] = _dataset_stub(data, dataset)
-    record["run_id"] = rid
-    record["history"] = [dict(row) for row in history]
-    record["traceback"] = trace
-    return record
+        config, found, env, record_error = cfg.to_dict(), None, None, error_message(exc)
+        started, finished = started_at, utc_now()
+    return RunRecord.failed(
+        config,
+        rid,
+        message,
+        started_at=started,
+        finished_at=finished,
+        dataset=found if found is not None else _dataset_stub(data, dataset),
+        history=[dict(row) for row in history],
+        env=env,
+        traceback=trace,
+        record_error=record_error,
+    )
 
 
 class _Once:
@@ -348,13 +344,13 @@ class RunRecorder:
         self.history.append(dict(row))
         _call_trackers(self.sweep.trackers, "log_epoch", dict(row), warnings=self.warnings)
 
-    def finished(self, record: dict[str, Any], get_model: Callable[[], Any]) -> RunOutcome:
+    def finished(self, record: RunRecord, get_model: Callable[[], Any]) -> RunOutcome:
         """Store a finished run's record; ``get_model()`` is called (once) only when weights are saved."""
         store = self.sweep.store
-        record = dict(record)
+        if not record.is_finished:
+            raise ValueError(f"run {self.run_id}: a {record.status} record is not a finished run")
         # The key the store and the skip check use; train_run computes the same one.
-        record["run_id"] = self.run_id
-        record["status"] = FINISHED
+        record = record.with_run_id(self.run_id)
         model = _Once(get_model)
         # Weights before the record: if we die in between, the run is redone (and compared for
         # best again), rather than a finished record lacking the weights it should have.
@@ -379,13 +375,13 @@ class RunRecorder:
         store.write(record)
         return self._end(FINISHED, record, new_best=new_best)
 
-    def failed(self, record: dict[str, Any]) -> RunOutcome:
+    def failed(self, record: RunRecord) -> RunOutcome:
         """Store a failed run's record (built by :func:`failure_record`)."""
-        record = dict(record)
-        record["run_id"] = self.run_id
-        record["status"] = FAILED
+        if record.is_finished:
+            raise ValueError(f"run {self.run_id}: a finished record is not a failed run")
+        record = record.with_run_id(self.run_id)
         self.sweep.store.write(record)
-        return self._end(FAILED, record, error=record.get("error"))
+        return self._end(FAILED, record, error=record.error)
 
     def interrupted(self) -> None:
         """The run was stopped (Ctrl-C): trackers close it; nothing is stored."""
@@ -397,11 +393,10 @@ class RunRecorder:
             warnings=[],
         )
 
-    def _end(
-        self, status: str, record: dict[str, Any], *, new_best: bool = False, error: str | None = None
-    ) -> RunOutcome:
+    def _end(self, status: str, record: RunRecord, *, new_best: bool = False, error: str | None = None) -> RunOutcome:
         self.sweep.release(self.run_id)  # the record is stored: the run is no longer in flight
-        _call_trackers(self.sweep.trackers, "finish", record, warnings=self.warnings)
+        # Trackers get the record's JSON form: their API is plain dicts (see fusioncli.sweep.tracking).
+        _call_trackers(self.sweep.trackers, "finish", record.to_json(), warnings=self.warnings)
         self.sweep.warnings.extend(self.warnings)
         return RunOutcome(
             self.index,

@@ -4,6 +4,11 @@ Both are optional extras; asking for one that is not installed is a BadInputErro
 extra to install. A tracker has three calls per run: ``start(run_id, config)``,
 ``log_epoch(row)`` after each epoch, and ``finish(record)`` with the final record. The results
 store stays the source of truth; trackers only mirror it.
+
+Trackers take plain dicts: ``finish`` gets the record's JSON form
+(:meth:`fusioncli.record.RunRecord.to_json`, what W&B and MLflow are sent anyway), or for a run
+stopped by Ctrl-C just ``{"run_id", "status": "interrupted", "error"}`` -- so a tracker needs
+nothing from fusioncli beyond this protocol.
 """
 
 from __future__ import annotations

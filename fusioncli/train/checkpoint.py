@@ -1,7 +1,8 @@
 """Checkpoints: safetensors weights plus a JSON sidecar with the run's config and metrics.
 
 ``model.safetensors`` holds the state dict; ``model.json`` (same stem) says which strategy,
-backbone and number of classes rebuild the model, and carries the run record. Loading reads
+backbone and number of classes rebuild the model, and carries the run record (``info``: its
+:meth:`~fusioncli.record.RunRecord.to_json`). Loading reads
 JSON and safetensors only, so a checkpoint from anywhere can never execute code (no pickle).
 """
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from fusioncli.atomic import atomic_path, atomic_write_json
 from fusioncli.errors import BadInputError
+from fusioncli.record import RunRecord
 
 CHECKPOINT_SCHEMA = 1
 
@@ -39,30 +41,32 @@ def check_checkpoint_path(path: Path) -> None:
         raise BadInputError(f"--checkpoint {path} is a folder; give a file name such as {path / 'model.safetensors'}")
 
 
-def _model_spec(info: dict[str, Any]) -> dict[str, Any]:
-    config = info.get("config") or {}
-    dataset = info.get("dataset") or {}
-    num_classes = info.get("num_classes") or len(dataset.get("class_names") or []) or None
-    spec = {"strategy": config.get("strategy"), "backbone": config.get("backbone"), "num_classes": num_classes}
+def _model_spec(record: RunRecord) -> dict[str, Any]:
+    class_names = record.dataset.class_names if record.dataset is not None else None
+    spec = {
+        "strategy": record.config.get("strategy"),
+        "backbone": record.config.get("backbone"),
+        "num_classes": len(class_names) if class_names else None,
+    }
     missing = [k for k, v in spec.items() if v is None]
     if missing:
         raise ValueError(
-            f"checkpoint info needs config.strategy, config.backbone and dataset.class_names "
-            f"(or num_classes); missing: {', '.join(missing)}"
+            "checkpoint info needs config.strategy, config.backbone and dataset.class_names; "
+            f"missing: {', '.join(missing)}"
         )
     return spec
 
 
-def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
-    """Write ``model``'s weights to ``path`` (safetensors) and ``info`` to ``path.with_suffix('.json')``.
+def save_checkpoint(path: Path, model: nn.Module, record: RunRecord) -> None:
+    """Write ``model``'s weights to ``path`` (safetensors) and ``record`` to ``path.with_suffix('.json')``.
 
-    ``info`` is a run record (or any dict with ``config.strategy``, ``config.backbone`` and
-    ``dataset.class_names``). Both files are written atomically, weights first, so a sidecar
-    never describes weights that are not there yet.
+    The sidecar holds the model spec (strategy, backbone, number of classes, from the record)
+    and the record as ``info`` (:meth:`RunRecord.to_json`). Both files are written atomically,
+    weights first, so a sidecar never describes weights that are not there yet.
     """
     path = Path(path)
     check_checkpoint_path(path)
-    spec = _model_spec(info)
+    spec = _model_spec(record)
     # safetensors wants contiguous, unshared CPU tensors; channels_last weights become plain
     # NCHW here, which is also what a fresh model expects.
     state = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
@@ -71,12 +75,13 @@ def save_checkpoint(path: Path, model: nn.Module, info: dict[str, Any]) -> None:
         save_file(state, str(tmp), metadata=metadata)
     atomic_write_json(
         info_path(path),
-        {"checkpoint_schema": CHECKPOINT_SCHEMA, "weights": path.name, "model": spec, "info": info},
+        {"checkpoint_schema": CHECKPOINT_SCHEMA, "weights": path.name, "model": spec, "info": record.to_json()},
     )
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved at ``path`` (weights loaded, eval mode) and return it with its info.
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunRecord]:
+    """Rebuild the model saved at ``path`` (weights loaded, eval mode) and return it with the run
+    record saved with it.
 
     Reads only JSON and safetensors (never unpickles). A missing or damaged file raises
     :class:`BadInputError`.
@@ -91,9 +96,12 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         spec = meta["model"]
-        info = meta["info"]
         if meta.get("checkpoint_schema") != CHECKPOINT_SCHEMA:
             raise ValueError(f"unsupported checkpoint_schema {meta.get('checkpoint_schema')!r}")
+        try:
+            record = RunRecord.from_json(meta["info"])
+        except ValueError as exc:
+            raise ValueError(f"its run info {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise BadInputError(f"checkpoint info {sidecar} is not valid: {exc}") from None
     model = create_model(spec["strategy"], spec["backbone"], int(spec["num_classes"]))
@@ -107,4 +115,4 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
         raise BadInputError(f"checkpoint {path} does not fit {spec['strategy']}/{spec['backbone']}: {exc}") from None
     model.to(device)
     model.eval()
-    return model, info
+    return model, record

@@ -35,20 +35,19 @@ from torch import nn
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.config import RunConfig, run_id
+from fusioncli.record import DatasetInfo, Metrics, RunRecord
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock, environment_info, peak_memory, reset_peak_memory, utc_now
-
-RECORD_SCHEMA = 1
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class RunResult:
-    """What :func:`train_run` returns: the JSON-able run record and the trained model."""
+    """What :func:`train_run` returns: the run record and the trained model."""
 
-    record: dict[str, Any]
+    record: RunRecord
     model: nn.Module
 
 
@@ -112,46 +111,32 @@ def check_data(data: PreparedData) -> None:
         raise BadInputError(problems, hint="prepare the cache with a validation split (`fusioncli prepare`)")
 
 
-def _dataset_info(data: PreparedData, fingerprint: str) -> dict[str, Any]:
+def _dataset_info(data: PreparedData, fingerprint: str) -> DatasetInfo:
     n_val = int(data.is_val.sum())
-    return {
-        "fingerprint": fingerprint,
-        "n_train": len(data) - n_val,
-        "n_val": n_val,
-        "class_names": list(data.class_names),
-    }
+    return DatasetInfo(fingerprint, tuple(data.class_names), n_train=len(data) - n_val, n_val=n_val)
 
 
-def failed_record(config: RunConfig, data: PreparedData | None, error: str, *, started_at: str | None = None) -> dict:
+def failed_record(
+    config: RunConfig, data: PreparedData | None, error: str, *, started_at: str | None = None
+) -> RunRecord:
     """A run record with status ``failed`` and whatever is known without training.
 
     For callers (the sweep) that catch an exception from :func:`train_run` and still want a
-    record with the same keys: config (resolved when possible), dataset, env, error.
+    record: config (resolved when possible), dataset, env, error.
     """
     try:
         resolved = config if config.is_resolved else config.resolve()
     except BadInputError:
         resolved = config
-    record: dict[str, Any] = {
-        "schema": RECORD_SCHEMA,
-        "run_id": run_id(resolved, data.fingerprint) if data is not None and resolved.is_resolved else None,
-        "status": "failed",
-        "error": error,
-        "config": resolved.to_dict(),
-        "dataset": None,
-        "metrics": None,
-        "history": [],
-        "params": None,
-        "flops_per_sample": None,
-        "timing": None,
-        "memory": None,
-        "env": environment_info(resolved.device if resolved.is_resolved else "cpu"),
-        "started_at": started_at or utc_now(),
-        "finished_at": utc_now(),
-    }
-    if data is not None:
-        record["dataset"] = _dataset_info(run_data(resolved, data), data.fingerprint)
-    return record
+    return RunRecord.failed(
+        resolved.to_dict(),
+        run_id(resolved, data.fingerprint) if data is not None and resolved.is_resolved else None,
+        error,
+        started_at=started_at or utc_now(),
+        finished_at=utc_now(),
+        dataset=None if data is None else _dataset_info(run_data(resolved, data), data.fingerprint),
+        env=environment_info(resolved.device if resolved.is_resolved else "cpu"),
+    )
 
 
 def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback | None = None) -> RunResult:
@@ -300,7 +285,7 @@ def finished_record(
     started_at: str,
     memory: dict[str, Any] | None = None,
     timing_notes: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """The record of a finished run from what its training measured.
 
     Shared by every way of training (one model at a time, a stacked group), so a record has
@@ -309,7 +294,6 @@ def finished_record(
     defaults to the device's peaks now; ``timing_notes`` adds keys to ``timing`` (e.g. how a
     stacked group's time was shared out).
     """
-    rid = run_id(cfg, fingerprint)
     n_train = int((~work.is_val).sum())
     if cfg.epochs > 1:
         steady = train_phase_seconds[1:]
@@ -320,23 +304,20 @@ def finished_record(
     samples_per_s = n_train * len(steady) / sum(steady) if sum(steady) > 0 else float("nan")
 
     summary = classification_metrics(val_labels.cpu(), preds.cpu(), work.class_names)
-    record: dict[str, Any] = {
-        "schema": RECORD_SCHEMA,
-        "run_id": rid,
-        "status": "finished",
-        "error": None,
-        "config": cfg.to_dict(),
-        "dataset": _dataset_info(work, fingerprint),
-        "metrics": {
-            "val_loss": val_loss,
-            "val_accuracy": summary["accuracy"],
-            "f1_macro": summary["f1_macro"],
-            "per_class": summary["per_class"],
-        },
-        "history": history,
-        "params": params,
-        "flops_per_sample": int(flops),
-        "timing": {
+    return RunRecord.finished(
+        cfg,
+        run_id(cfg, fingerprint),
+        dataset=_dataset_info(work, fingerprint),
+        metrics=Metrics(
+            val_loss=val_loss,
+            val_accuracy=summary["accuracy"],
+            f1_macro=summary["f1_macro"],
+            per_class=summary["per_class"],
+        ),
+        history=history,
+        params=params,
+        flops_per_sample=int(flops),
+        timing={
             "train_seconds": train_seconds,
             "epoch_seconds": epoch_seconds,
             "train_epoch_seconds": train_phase_seconds,  # the training part of each epoch
@@ -345,10 +326,8 @@ def finished_record(
             "executor": "loop",  # a stacked group's timing_notes say "stacked"
             **(timing_notes or {}),
         },
-        "memory": memory if memory is not None else peak_memory(cfg.device),
-        "env": environment_info(cfg.device),
-        "started_at": started_at,
-        "finished_at": utc_now(),
-    }
-    return record
-
+        memory=memory if memory is not None else peak_memory(cfg.device),
+        env=environment_info(cfg.device),
+        started_at=started_at,
+        finished_at=utc_now(),
+    )

@@ -241,7 +241,7 @@ def _cut(path: Path) -> None:
 
 def _run_ids(results: Path, strategy: str) -> list[str]:
     store = ResultsStore(results)
-    return sorted(r["run_id"] for r in store.records() if r["config"]["strategy"] == strategy)
+    return sorted(r.run_id for r in store.records() if r.config["strategy"] == strategy)
 
 
 def test_a_truncated_row_is_reported_from_its_record(results: Path) -> None:
@@ -294,9 +294,9 @@ def test_nothing_readable_is_an_error_naming_each_damaged_file(tmp_path: Path) -
     cfg = RunConfig(strategy="late", epochs=1, device="cpu", precision="fp32")
     record = fake_record(cfg)
     store.write(record)
-    _cut(store.record_path(record["run_id"]))
+    _cut(store.record_path(record.run_id))
     result = _report(store.root)
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert f"error: damaged run {record['run_id']}: {store.record_path(record['run_id'])}" in result.stderr
+    assert f"error: damaged run {record.run_id}: {store.record_path(record.run_id)}" in result.stderr
     assert "no readable run" in result.stderr and "Traceback" not in result.output

@@ -353,10 +353,10 @@ def test_training_set_sizes_sweep_into_a_learning_curve(cache_dir: Path, tmp_pat
     assert "early lr=1e-3 constant train=6/class seed=51" in result.stderr
     from fusioncli.results.store import ResultsStore
 
-    records = {r["config"]["train_per_class"]: r for r in ResultsStore(results).records()}
+    records = {r.config["train_per_class"]: r for r in ResultsStore(results).records()}
     assert set(records) == {6, None}
-    assert records[6]["dataset"]["n_train"] == 12 and records[None]["dataset"]["n_train"] == 72
-    assert records[6]["dataset"]["n_val"] == records[None]["dataset"]["n_val"] == 24
+    assert records[6].dataset.n_train == 12 and records[None].dataset.n_train == 72
+    assert records[6].dataset.n_val == records[None].dataset.n_val == 24
     report = runner.invoke(app, ["report", "--results-dir", str(results), "-f", "json"])
     rows = {row["train_per_class"]: row for row in json.loads(report.stdout)}
     assert set(rows) == {6, None}  # one configuration per training-set size

@@ -49,7 +49,7 @@ def test_checkpoint_option_writes_weights_and_info(cache_dir: Path, tmp_path: Pa
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     model, info = load_checkpoint(target)
-    assert info == record
+    assert info.to_json() == record
     assert "checkpoint written" in result.stderr
 
 

@@ -20,6 +20,7 @@ from fusioncli.eval.robustness import (
     trapezoid_auc,
 )
 from fusioncli.config import RunConfig
+from fusioncli.record import RunRecord
 from fusioncli.train.loop import RunResult, train_run
 
 pytestmark = pytest.mark.numeric
@@ -207,11 +208,11 @@ def test_summary_rows() -> None:
 def test_trained_model_smoke(prepared: PreparedData) -> None:
     cfg = cpu_fp32(strategy="early", lr=1e-3, epochs=1, limit_per_class=8)
     result = train_run(cfg, prepared)
-    rob = add_robustness(result, prepared)
-    record = result.record
-    assert record["robustness"] is rob
-    assert record["timing"]["robustness_seconds"] > 0
-    assert rob["clean_accuracy"] == record["metrics"]["val_accuracy"]  # same split, same model
+    record = add_robustness(result, prepared)  # a new record: the trained one is left as it was
+    rob = record.robustness
+    assert rob is not None and result.record.robustness is None
+    assert record.timing["robustness_seconds"] > 0 and "robustness_seconds" not in result.record.timing
+    assert rob["clean_accuracy"] == record.val_accuracy  # same split, same model
     for curve in rob["curves"].values():
         assert all(0.0 <= a <= 1.0 for a in curve["accuracy"])
         assert 0.0 <= curve["auc"] <= 1.0
@@ -220,7 +221,8 @@ def test_trained_model_smoke(prepared: PreparedData) -> None:
 
 
 def test_add_robustness_refuses_failed_runs() -> None:
-    result = RunResult(record={"status": "failed", "config": cpu_fp32().to_dict()}, model=BrightnessOracle())
+    failed = RunRecord.failed(cpu_fp32().to_dict(), None, "boom", started_at=None, finished_at="t")
+    result = RunResult(record=failed, model=BrightnessOracle())
     with pytest.raises(ValueError, match="finished runs"):
         add_robustness(result, labelled_by_brightness())
 
@@ -234,6 +236,6 @@ def test_registry_is_restored_between_tests() -> None:
 def test_on_cuda(prepared: PreparedData) -> None:
     cfg = RunConfig(strategy="early", device="cuda", precision="fp32", epochs=1, limit_per_class=8)
     result = train_run(cfg, prepared)
-    rob = add_robustness(result, prepared)
-    assert rob["clean_accuracy"] == result.record["metrics"]["val_accuracy"]
+    rob = add_robustness(result, prepared).robustness
+    assert rob["clean_accuracy"] == result.record.val_accuracy
     assert evaluate_robustness(result.model, prepared.limit_per_class(8), cfg.resolve()) == rob

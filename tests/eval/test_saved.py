@@ -11,6 +11,7 @@ import torch
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.saved import checkpoint_file, choose_split, evaluate_checkpoint
+from fusioncli.record import RunRecord
 from fusioncli.train.checkpoint import save_checkpoint
 from fusioncli.config import RunConfig
 from fusioncli.train.loop import train_run
@@ -45,14 +46,14 @@ def test_on_its_own_dataset_it_reproduces_the_runs_validation_figures(trained, p
     e = evaluate_checkpoint(path, prepared, **CPU)
     assert e["dataset"]["same_as_training"] is True
     assert e["dataset"]["split"] == "val" and e["dataset"]["split_note"].startswith("auto: val")
-    assert e["dataset"]["n"] == record["dataset"]["n_val"] == int(prepared.is_val.sum())
+    assert e["dataset"]["n"] == record.dataset.n_val == int(prepared.is_val.sum())
     # Same weights, same validation samples, fp32: the figures the run recorded.
-    assert e["metrics"]["accuracy"] == pytest.approx(record["metrics"]["val_accuracy"], abs=1e-12)
-    assert e["metrics"]["f1_macro"] == pytest.approx(record["metrics"]["f1_macro"], abs=1e-12)
-    assert e["metrics"]["loss"] == pytest.approx(record["metrics"]["val_loss"], rel=1e-5)
-    assert e["metrics"]["per_class"] == record["metrics"]["per_class"]
-    assert e["trained"]["val_accuracy"] == record["metrics"]["val_accuracy"]
-    assert e["run_id"] == record["run_id"] and e["model"]["strategy"] == "early"
+    assert e["metrics"]["accuracy"] == pytest.approx(record.val_accuracy, abs=1e-12)
+    assert e["metrics"]["f1_macro"] == pytest.approx(record.f1_macro, abs=1e-12)
+    assert e["metrics"]["loss"] == pytest.approx(record.val_loss, rel=1e-5)
+    assert e["metrics"]["per_class"] == record.metrics.per_class
+    assert e["trained"]["val_accuracy"] == record.val_accuracy
+    assert e["run_id"] == record.run_id and e["model"]["strategy"] == "early"
     confusion = torch.tensor(e["metrics"]["confusion"])
     assert int(confusion.sum()) == e["dataset"]["n"]
     assert float(confusion.diagonal().sum()) / e["dataset"]["n"] == pytest.approx(e["metrics"]["accuracy"])
@@ -159,23 +160,23 @@ def test_evaluate_runs_gives_run_records_with_the_new_figures(swept, other: Prep
     seen = []
     records, missing = evaluate_runs(swept, other, into=into, on_run=lambda *a: seen.append(a), **CPU)
     assert len(records) == 2 and len(missing) == 1
-    assert swept.get(missing[0])["config"]["seed"] == 3
+    assert swept.get(missing[0]).config["seed"] == 3
     for r in records:
-        trained = swept.get(r["run_id"])
-        direct = evaluate_checkpoint(swept.weights_path(r["run_id"]), other, **CPU)
-        assert r["metrics"]["val_accuracy"] == direct["metrics"]["accuracy"]
-        assert r["dataset"]["fingerprint"] == other.fingerprint and r["dataset"]["n_val"] == len(other)
-        assert r["config"] == trained["config"] and r["params"] == trained["params"]
-        assert r["evaluation"]["trained_metrics"]["val_accuracy"] == trained["metrics"]["val_accuracy"]
-        assert r["evaluation"]["split"] == "all" and into.get(r["run_id"]) == json_roundtrip(r)
+        trained = swept.get(r.run_id)
+        direct = evaluate_checkpoint(swept.weights_path(r.run_id), other, **CPU)
+        assert r.val_accuracy == direct["metrics"]["accuracy"]
+        assert r.fingerprint == other.fingerprint and r.dataset.n_val == len(other)
+        assert r.config == trained.config and r.params == trained.params
+        assert r.evaluation["trained_metrics"]["val_accuracy"] == trained.val_accuracy
+        assert r.evaluation["split"] == "all" and into.get(r.run_id) == json_roundtrip(r)
     assert [s[3] for s in seen] == [False, False]
     # The stored records report like any sweep: one configuration, 2 seeds.
     report = build_report(runs_frame(into.records()))
     assert report.table["n"].tolist() == [2]
-    expected = 100 * sum(r["metrics"]["val_accuracy"] for r in records) / 2
+    expected = 100 * sum(r.val_accuracy for r in records) / 2
     assert report.table["accuracy_pct_mean"].iloc[0] == pytest.approx(expected)
     # ... with the runs' own validation accuracy and the change from it, per run then averaged
-    own = 100 * sum(swept.get(r["run_id"])["metrics"]["val_accuracy"] for r in records) / 2
+    own = 100 * sum(swept.get(r.run_id).val_accuracy for r in records) / 2
     assert report.table["own_accuracy_pct_mean"].iloc[0] == pytest.approx(own)
     assert report.table["accuracy_change_pts_mean"].iloc[0] == pytest.approx(expected - own)
     plain = build_report(runs_frame(swept.records()))  # ordinary runs: no such figures
@@ -188,36 +189,34 @@ def test_evaluate_runs_gives_run_records_with_the_new_figures(swept, other: Prep
     evaluate_runs(swept, other, into=into, force=True, on_run=lambda *a: seen.append(a), **CPU)
     assert [s[3] for s in seen] == [False, False]
     records, _ = evaluate_runs(swept, other, into=into, robustness=True, **CPU)
-    assert all(into.get(r["run_id"])["robustness"] is not None for r in records)
+    assert all(into.get(r.run_id).robustness is not None for r in records)
     # A run trained again since (sweep --force) has new weights: evaluated again.
-    original = swept.get(records[0]["run_id"])
-    retrained = dict(original, finished_at="2099-01-01T00:00:00+00:00")
+    original = swept.get(records[0].run_id)
+    retrained = RunRecord.from_json({**original.to_json(), "finished_at": "2099-01-01T00:00:00+00:00"})
     swept.write(retrained)
     try:
         seen.clear()
         evaluate_runs(swept, other, into=into, robustness=True, on_run=lambda *a: seen.append(a), **CPU)
         assert sorted(s[3] for s in seen) == [False, True]
-        assert into.get(retrained["run_id"])["finished_at"] == retrained["finished_at"]
+        assert into.get(retrained.run_id).finished_at == retrained.finished_at
     finally:
         swept.write(original)  # the fixture is shared by the module's other tests
 
 
-def json_roundtrip(obj):
+def json_roundtrip(record: RunRecord) -> RunRecord:
     import json
 
-    from fusioncli.results.store import _jsonable
-
-    return json.loads(json.dumps(_jsonable(obj)))
+    return RunRecord.from_json(json.loads(json.dumps(record.to_json())))
 
 
 def test_evaluate_runs_never_writes_into_the_store_it_reads(swept, other: PreparedData) -> None:
     from fusioncli.eval.saved import evaluate_runs
     from fusioncli.results.store import ResultsStore
 
-    before = {r["run_id"]: r for r in swept.records()}
+    before = {r.run_id: r for r in swept.records()}
     with pytest.raises(BadInputError, match="is the results store being evaluated"):
         evaluate_runs(swept, other, into=ResultsStore(swept.root / ".." / swept.root.name), **CPU)
-    assert {r["run_id"]: r for r in swept.records()} == before
+    assert {r.run_id: r for r in swept.records()} == before
 
 
 def test_evaluate_runs_never_writes_over_a_training_store(swept, other: PreparedData, tmp_path: Path) -> None:
@@ -237,9 +236,9 @@ def test_evaluate_runs_never_writes_over_a_training_store(swept, other: Prepared
 def test_evaluate_runs_selects_run_ids(swept, other: PreparedData) -> None:
     from fusioncli.eval.saved import evaluate_runs
 
-    first = sorted(r["run_id"] for r in swept.records() if swept.has_weights(r["run_id"]))[0]
+    first = sorted(r.run_id for r in swept.records() if swept.has_weights(r.run_id))[0]
     records, missing = evaluate_runs(swept, other, run_ids=[first], **CPU)
-    assert [r["run_id"] for r in records] == [first] and missing == []
+    assert [r.run_id for r in records] == [first] and missing == []
 
 
 @pytest.mark.gpu
@@ -265,8 +264,8 @@ def test_weights_kept_from_a_stacked_group_score_as_the_group_did(prepared: Prep
     assert summary.exit_code == 0
     for outcome in summary.finished:
         record = store.get(outcome.run_id)
-        assert record["timing"]["executor"] == "stacked"
+        assert record.timing["executor"] == "stacked"
         e = evaluate_checkpoint(store.weights_path(outcome.run_id), prepared, **CPU)
         assert e["dataset"]["split"] == "val"
-        assert e["metrics"]["accuracy"] == pytest.approx(record["metrics"]["val_accuracy"], abs=1e-12)
-        assert e["metrics"]["loss"] == pytest.approx(record["metrics"]["val_loss"], rel=1e-4)
+        assert e["metrics"]["accuracy"] == pytest.approx(record.val_accuracy, abs=1e-12)
+        assert e["metrics"]["loss"] == pytest.approx(record.val_loss, rel=1e-4)

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
 from sweep_fakes import fake_record  # noqa: E402
 
 from fusioncli.config import RunConfig  # noqa: E402
+from fusioncli.record import RunRecord  # noqa: E402
 
 SEVERITIES = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -64,15 +65,15 @@ def record(
     robust: dict[str, Any] | None = None,
     fingerprint: str = "fake-fingerprint-0001",
     **kwargs: Any,
-) -> dict[str, Any]:
-    """A finished record; ``modality_dropout`` is written into the config (and the run id)
-    directly, so these tests do not depend on RunConfig having that field yet."""
-    cfg = RunConfig(strategy=strategy, seed=seed, lr=lr, epochs=1, device="cpu", precision="fp32")
+) -> RunRecord:
+    """A finished record (``status="failed"`` in ``kwargs``: a failed one); with
+    ``modality_dropout`` the run id is a hash of the config and the fingerprint of its own."""
+    extra = {} if modality_dropout is None else {"modality_dropout": modality_dropout}
+    cfg = RunConfig(strategy=strategy, seed=seed, lr=lr, epochs=1, device="cpu", precision="fp32", **extra)
     rec = fake_record(cfg, fingerprint, accuracy=accuracy, **kwargs)
     if modality_dropout is not None:
-        rec["config"]["modality_dropout"] = modality_dropout
-        payload = json.dumps({"config": rec["config"], "dataset": fingerprint}, sort_keys=True)
-        rec["run_id"] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        payload = json.dumps({"config": rec.config, "dataset": fingerprint}, sort_keys=True)
+        rec = rec.with_run_id(hashlib.sha256(payload.encode()).hexdigest()[:16])
     if robust is not None:
-        rec["robustness"] = robust
+        rec = rec.with_robustness(robust, seconds=1.0)
     return rec

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
-from sweep_fakes import fake_record  # noqa: E402
+from sweep_fakes import fake_record, stored_as  # noqa: E402
 
 from fusioncli.errors import BadInputError  # noqa: E402
 from fusioncli.results.aggregate import (  # noqa: E402
@@ -251,8 +251,9 @@ def test_robustness_metrics_are_aggregated() -> None:
 
 def test_modality_dropout_groups_filters_and_defaults() -> None:
     records = [_record(seed=s, modality_dropout=p) for p in (0.0, 0.3) for s in (0, 1)]
-    old = _record(seed=2)
-    old["config"].pop("modality_dropout", None)  # written before the field: counts as 0.0
+    new = _record(seed=2)
+    # written before the field: counts as 0.0
+    old = stored_as(new, config={k: v for k, v in new.config.items() if k != "modality_dropout"})
     table = aggregate(runs_frame([*records, old]))
     assert sorted(zip(table["modality_dropout"], table["n"])) == [(0.0, 3), (0.3, 2)]
     assert len(filter_runs(runs_frame(records), parse_filters(["modality_dropout=0.3"]))) == 2

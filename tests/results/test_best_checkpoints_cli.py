@@ -15,6 +15,7 @@ from sweep_fakes import fake_record  # noqa: E402
 
 from fusioncli.cli import app  # noqa: E402
 from fusioncli.config import RunConfig  # noqa: E402
+from fusioncli.record import RunRecord  # noqa: E402
 from fusioncli.results.store import ResultsStore  # noqa: E402
 
 runner = CliRunner()
@@ -25,7 +26,7 @@ def _fingerprint(cache_dir: Path) -> str:
     return json.loads((cache_dir / "manifest.json").read_text())["fingerprint"]
 
 
-def _best(store: ResultsStore, fingerprint: str, *, strategy: str = "late", legacy: bool = False) -> dict:
+def _best(store: ResultsStore, fingerprint: str, *, strategy: str = "late", legacy: bool = False) -> RunRecord:
     """A best checkpoint of an (untrained) real model for runs on dataset ``fingerprint``."""
     from fusioncli.models import create_model
     from fusioncli.train.checkpoint import save_checkpoint
@@ -52,7 +53,7 @@ def test_the_default_is_the_best_of_the_caches_dataset(cache_dir: Path, tmp_path
     result = _evaluate(store, cache_dir)
     assert result.exit_code == 0, result.output
     [evaluation] = json.loads(result.stdout)
-    assert evaluation["run_id"] == own["run_id"]
+    assert evaluation["run_id"] == own.run_id
     assert evaluation["checkpoint"] == str(store.best_checkpoint_for(_fingerprint(cache_dir)))
     assert evaluation["dataset"]["same_as_training"] is True
 
@@ -63,7 +64,7 @@ def test_the_only_best_of_another_dataset_is_scored_on_all_of_the_cache(cache_di
     result = _evaluate(store, cache_dir)
     assert result.exit_code == 0, result.output
     [evaluation] = json.loads(result.stdout)
-    assert evaluation["run_id"] == other["run_id"] and evaluation["dataset"]["split"] == "all"
+    assert evaluation["run_id"] == other.run_id and evaluation["dataset"]["split"] == "all"
     # The best/ folder as an argument: its one dataset folder's checkpoint.
     result = _evaluate(store, cache_dir, str(store.best_dir))
     assert result.exit_code == 0, result.output
@@ -88,7 +89,7 @@ def test_an_old_stores_best_is_still_the_default(cache_dir: Path, tmp_path: Path
     result = _evaluate(store, cache_dir)
     assert result.exit_code == 0, result.output
     [evaluation] = json.loads(result.stdout)
-    assert evaluation["run_id"] == old["run_id"] and evaluation["checkpoint"] == str(store.legacy_best_path)
+    assert evaluation["run_id"] == old.run_id and evaluation["checkpoint"] == str(store.legacy_best_path)
 
 
 @pytest.mark.parametrize("damage", ["weights cut short", "info missing", "info broken"])

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
-from sweep_fakes import fake_record  # noqa: E402
+from sweep_fakes import fake_record, stored_as  # noqa: E402
 
 from fusioncli.errors import BadInputError  # noqa: E402
 from fusioncli.results.aggregate import build_report  # noqa: E402
 from fusioncli.results.plots import PLOT_FILES, config_labels, write_plots  # noqa: E402
+from fusioncli.record import RunRecord  # noqa: E402
 from fusioncli.results.store import runs_frame  # noqa: E402
 from fusioncli.config import RunConfig  # noqa: E402
 
@@ -60,11 +61,11 @@ def test_missing_matplotlib_names_the_extra(tmp_path: Path, monkeypatch: pytest.
 def test_learning_curve_only_with_several_training_sizes(tmp_path: Path) -> None:
     from fusioncli.results.plots import LEARNING_CURVE_PLOT, learning_curve_points, write_learning_curve
 
-    def record(strategy: str, size: int | None, seed: int, epochs: int) -> dict:
+    def record(strategy: str, size: int | None, seed: int, epochs: int) -> RunRecord:
         cfg = RunConfig(strategy=strategy, seed=seed, epochs=epochs, train_per_class=size, device="cpu", precision="fp32")
         rec = fake_record(cfg)
-        rec["dataset"] = {**rec["dataset"], "n_train": 2 * (size or 40), "class_names": ["cubes", "spheres"]}
-        return rec
+        dataset = rec.to_json()["dataset"]
+        return stored_as(rec, dataset={**dataset, "n_train": 2 * (size or 40), "class_names": ["cubes", "spheres"]})
 
     # --equal-steps: each size has its own epochs; still one curve per strategy
     records = [record(s, size, seed, {10: 8, None: 2}[size]) for s in ("late", "gmu") for size in (10, None) for seed in (0, 1)]
@@ -76,6 +77,6 @@ def test_learning_curve_only_with_several_training_sizes(tmp_path: Path) -> None
     path = write_learning_curve(runs_frame(records), tmp_path)
     assert path is not None and path.name == LEARNING_CURVE_PLOT and path.read_bytes().startswith(PNG_MAGIC)
     # one size only: no curve
-    one = [r for r in records if r["config"]["train_per_class"] is None]
+    one = [r for r in records if r.config["train_per_class"] is None]
     assert write_learning_curve(runs_frame(one), tmp_path / "none") is None
     assert not (tmp_path / "none").exists()

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
-from sweep_fakes import fake_record  # noqa: E402
+from sweep_fakes import fake_record, stored_as  # noqa: E402
 
 from fusioncli.results.aggregate import build_report  # noqa: E402
 from fusioncli.results.render import (  # noqa: E402
@@ -24,7 +24,8 @@ from fusioncli.results.render import (  # noqa: E402
     latex_escape,
     render,
 )
-from fusioncli.results.store import CONFIG_FIELDS, runs_frame  # noqa: E402
+from fusioncli.config import CONFIG_FIELDS  # noqa: E402
+from fusioncli.results.store import runs_frame  # noqa: E402
 from fusioncli.config import RunConfig  # noqa: E402
 
 
@@ -175,8 +176,7 @@ def test_host_rss_is_never_marked_best() -> None:
     records = []
     for strategy, rss in (("late", 100), ("intermediate-add", 900)):
         record = fake_record(_cfg(strategy=strategy))
-        record["memory"]["peak_host_rss_bytes"] = rss * 2**20
-        records.append(record)
+        records.append(stored_as(record, memory={**(record.memory or {}), "peak_host_rss_bytes": rss * 2**20}))
     display = build_display(build_report(runs_frame(records)).table, list(CONFIG_FIELDS))
     rss = display.headers.index("peak host RSS (MiB)")
     assert not any(row[rss] for row in display.best)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -12,11 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
-from sweep_fakes import FINGERPRINT, fake_record  # noqa: E402
+from sweep_fakes import FINGERPRINT, fake_record, stored_as  # noqa: E402
 
 from fusioncli.errors import BadInputError  # noqa: E402
-from fusioncli.results.store import CONFIG_FIELDS, RUN_SCHEMA, ResultsStore, flatten_record, open_store  # noqa: E402
-from fusioncli.config import RunConfig  # noqa: E402
+from fusioncli.config import CONFIG_FIELDS, RunConfig  # noqa: E402
+from fusioncli.record import RUN_SCHEMA, RunRecord  # noqa: E402
+from fusioncli.results.store import ResultsStore, open_store  # noqa: E402
 
 
 def _config(**kw) -> RunConfig:
@@ -27,11 +29,11 @@ def test_write_then_read_back(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     record = fake_record(_config(), accuracy=0.9)
     store.write(record)
-    assert store.get(record["run_id"]) == record
-    assert store.is_finished(record["run_id"])
+    assert store.get(record.run_id) == record
+    assert store.is_finished(record.run_id)
     assert store.records() == [record]
-    assert sorted(p.name for p in store.records_dir.iterdir()) == [f"{record['run_id']}.json"]
-    assert sorted(p.name for p in store.runs_dir.iterdir()) == [f"{record['run_id']}.parquet"]
+    assert sorted(p.name for p in store.records_dir.iterdir()) == [f"{record.run_id}.json"]
+    assert sorted(p.name for p in store.runs_dir.iterdir()) == [f"{record.run_id}.parquet"]
 
 
 def test_plain_pandas_reads_the_runs_folder(tmp_path: Path) -> None:
@@ -49,8 +51,8 @@ def test_plain_pandas_reads_the_runs_folder(tmp_path: Path) -> None:
     assert row["peak_gpu_allocated_bytes"] == 2**30
     assert row["dataset_fingerprint"] == FINGERPRINT
     assert row["class_names"] == "cubes,spheres"
-    assert json.loads(row["history_json"]) == finished["history"]
-    assert json.loads(row["config_json"]) == finished["config"]
+    assert json.loads(row["history_json"]) == list(finished.history)
+    assert json.loads(row["config_json"]) == finished.config
     assert math.isnan(runs.iloc[0]["val_accuracy"])
     assert runs.iloc[0]["error"] == "RuntimeError: x"
 
@@ -87,7 +89,7 @@ def test_rewriting_a_run_replaces_it_whole(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     failed = fake_record(_config(), status="failed", error="boom")
     store.write(failed)
-    assert not store.is_finished(failed["run_id"])
+    assert not store.is_finished(failed.run_id)
     store.write(fake_record(_config(), accuracy=0.8))
     runs = store.load_runs()
     assert len(runs) == 1 and runs.loc[0, "status"] == "finished" and runs.loc[0, "val_accuracy"] == 0.8
@@ -98,11 +100,11 @@ def test_killed_between_json_and_row_is_repaired(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     record = fake_record(_config())
     store.write(record)
-    store.row_path(record["run_id"]).unlink()  # as if killed right after the JSON rename
-    assert store.is_finished(record["run_id"])
-    assert list(store.load_runs()["run_id"]) == [record["run_id"]]
+    store.row_path(record.run_id).unlink()  # as if killed right after the JSON rename
+    assert store.is_finished(record.run_id)
+    assert list(store.load_runs()["run_id"]) == [record.run_id]
     assert store.repair() == 1
-    assert list(pd.read_parquet(store.runs_dir)["run_id"]) == [record["run_id"]]
+    assert list(pd.read_parquet(store.runs_dir)["run_id"]) == [record.run_id]
     assert store.repair() == 0
 
 
@@ -135,7 +137,7 @@ def test_nan_metrics_are_stored_as_null(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     record = fake_record(_config(), val_loss=float("nan"))
     store.write(record)
-    text = store.record_path(record["run_id"]).read_text()
+    text = store.record_path(record.run_id).read_text()
     assert "NaN" not in text
     assert json.loads(text)["metrics"]["val_loss"] is None
 
@@ -143,26 +145,18 @@ def test_nan_metrics_are_stored_as_null(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", [None, "", "../x", ".hidden"])
 def test_write_rejects_unusable_run_ids(tmp_path: Path, bad) -> None:
     record = fake_record(_config())
-    record["run_id"] = bad
+    record = record.with_run_id(bad)
     with pytest.raises(ValueError):
         ResultsStore(tmp_path).write(record)
 
 
 def test_write_rejects_unknown_status(tmp_path: Path) -> None:
-    record = fake_record(_config())
-    record["status"] = "running"
+    record = dataclasses.replace(fake_record(_config()), status="running")  # no constructor makes one
     with pytest.raises(ValueError, match="status"):
         ResultsStore(tmp_path).write(record)
 
 
-def test_flatten_tolerates_a_minimal_failed_record() -> None:
-    row = flatten_record({"run_id": "abc", "status": "failed", "error": "x", "config": {"strategy": "late"}})
-    assert row["run_id"] == "abc" and row["strategy"] == "late"
-    assert row["val_accuracy"] is None and row["epochs_completed"] == 0
-    assert set(row) == set(RUN_SCHEMA.names)
-
-
-# -- modality_dropout and robustness columns (session 2) ----------------------------------------
+# -- modality_dropout and robustness columns (session 2; the row itself: tests/test_record_row.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_fakes import record as _record  # noqa: E402
@@ -181,49 +175,28 @@ _NEW_COLUMNS = (
 )
 
 
-def test_robustness_is_flattened() -> None:
-    rob = _robustness(0.9)
-    row = flatten_record(_record(robust=rob, modality_dropout=0.3))
-    assert row["modality_dropout"] == 0.3
-    assert row["robust_mean_auc"] == pytest.approx(rob["mean_auc"])
-    assert row["robust_mean_relative_auc"] == pytest.approx(rob["mean_relative_auc"])
-    assert row["acc_rgb_missing"] == pytest.approx(0.45) and row["acc_lidar_missing"] == pytest.approx(0.63)
-    assert json.loads(row["robustness_json"]) == rob
-
-
-def test_without_robustness_the_columns_are_null_and_dropout_is_zero() -> None:
-    rec = _record()
-    rec["config"].pop("modality_dropout", None)  # a record written before the field existed
-    row = flatten_record(rec)
-    assert row["modality_dropout"] == 0.0
-    assert all(row[c] is None for c in _NEW_COLUMNS[1:])
-    partial = _robustness(0.8, missing=False)  # no missing-modality part
-    row = flatten_record(_record(robust=partial))
-    assert row["robust_mean_auc"] is not None and row["acc_rgb_missing"] is None
-
-
 def test_rows_written_by_the_old_schema_still_load(tmp_path: Path) -> None:
     """A row file from before modality_dropout / robustness existed reads with defaults and nulls."""
     import pyarrow as pa
 
     store = ResultsStore(tmp_path)
-    old_rec = _record(seed=0, accuracy=0.8)
-    old_rec["config"].pop("modality_dropout", None)
+    new = _record(seed=0, accuracy=0.8)
+    old_rec = stored_as(new, config={k: v for k, v in new.config.items() if k != "modality_dropout"})
     store.write(old_rec)
     old_schema = pa.schema([f for f in RUN_SCHEMA if f.name not in _NEW_COLUMNS])
-    old_row = {k: v for k, v in flatten_record(old_rec).items() if k in old_schema.names}
-    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), store.row_path(old_rec["run_id"]))
-    assert "modality_dropout" not in pq.read_schema(store.row_path(old_rec["run_id"])).names
+    old_row = {k: v for k, v in old_rec.to_row().items() if k in old_schema.names}
+    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), store.row_path(old_rec.run_id))
+    assert "modality_dropout" not in pq.read_schema(store.row_path(old_rec.run_id)).names
     new_rec = _record(seed=1, accuracy=0.9, modality_dropout=0.25, robust=_robustness(0.9))
     store.write(new_rec)
     runs = store.load_runs().set_index("run_id")
     assert list(runs.columns) == RUN_SCHEMA.names[1:]
-    assert runs.loc[old_rec["run_id"], "modality_dropout"] == 0.0
-    assert math.isnan(runs.loc[old_rec["run_id"], "robust_mean_auc"])
-    assert pd.isna(runs.loc[old_rec["run_id"], "robustness_json"])
-    assert runs.loc[old_rec["run_id"], "val_accuracy"] == 0.8
-    assert runs.loc[new_rec["run_id"], "modality_dropout"] == 0.25
-    assert runs.loc[new_rec["run_id"], "acc_lidar_missing"] == pytest.approx(0.63)
+    assert runs.loc[old_rec.run_id, "modality_dropout"] == 0.0
+    assert math.isnan(runs.loc[old_rec.run_id, "robust_mean_auc"])
+    assert pd.isna(runs.loc[old_rec.run_id, "robustness_json"])
+    assert runs.loc[old_rec.run_id, "val_accuracy"] == 0.8
+    assert runs.loc[new_rec.run_id, "modality_dropout"] == 0.25
+    assert runs.loc[new_rec.run_id, "acc_lidar_missing"] == pytest.approx(0.63)
 
 
 def test_modality_dropout_is_a_config_field() -> None:
@@ -257,7 +230,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-def _garbage_rows(store: ResultsStore, record: dict, other: dict) -> dict[str, bytes]:
+def _garbage_rows(store: ResultsStore, record: RunRecord, other: RunRecord) -> dict[str, bytes]:
     """What a damaged row file can hold, each as bytes."""
     import io
 
@@ -266,14 +239,14 @@ def _garbage_rows(store: ResultsStore, record: dict, other: dict) -> dict[str, b
         pq.write_table(pa.Table.from_pylist(rows, schema=RUN_SCHEMA), sink)
         return sink.getvalue()
 
-    good = store.row_path(record["run_id"]).read_bytes()
+    good = store.row_path(record.run_id).read_bytes()
     return {
         "empty": b"",
         "garbage": b"this is not parquet at all",
         "truncated": good[: len(good) // 2],
-        "two rows": parquet([flatten_record(record), flatten_record(record)]),
-        "another run": parquet([flatten_record(other)]),
-        "bad status": parquet([{**flatten_record(record), "status": "running"}]),
+        "two rows": parquet([record.to_row(), record.to_row()]),
+        "another run": parquet([other.to_row()]),
+        "bad status": parquet([{**record.to_row(), "status": "running"}]),
     }
 
 
@@ -281,19 +254,19 @@ def _garbage_rows(store: ResultsStore, record: dict, other: dict) -> dict[str, b
 def test_a_damaged_row_is_read_from_its_record_and_repair_rewrites_it(tmp_path: Path, kind: str) -> None:
     store, records = _three_runs(tmp_path)
     damaged = records[1]
-    path = store.row_path(damaged["run_id"])
+    path = store.row_path(damaged.run_id)
     path.write_bytes(_garbage_rows(store, damaged, records[0])[kind])
     table = store.read_runs()
-    assert list(table.frame["run_id"]) == sorted(r["run_id"] for r in records)
-    assert table.frame.set_index("run_id").loc[damaged["run_id"], "val_accuracy"] == pytest.approx(0.8)
+    assert list(table.frame["run_id"]) == sorted(r.run_id for r in records)
+    assert table.frame.set_index("run_id").loc[damaged.run_id, "val_accuracy"] == pytest.approx(0.8)
     assert table.damaged == ()
     [note] = table.rebuilt
-    assert note.run_id == damaged["run_id"] and note.path == path and note.rebuilt and note.problem
+    assert note.run_id == damaged.run_id and note.path == path and note.rebuilt and note.problem
     assert str(path) in str(note)
-    assert store.is_finished(damaged["run_id"])
+    assert store.is_finished(damaged.run_id)
     assert list(store.load_runs()["run_id"]) == list(table.frame["run_id"])
     assert store.repair() == 1
-    assert sorted(pd.read_parquet(store.runs_dir)["run_id"]) == sorted(r["run_id"] for r in records)
+    assert sorted(pd.read_parquet(store.runs_dir)["run_id"]) == sorted(r.run_id for r in records)
     assert store.read_runs().rebuilt == () and store.repair() == 0
 
 
@@ -310,37 +283,37 @@ def test_a_damaged_row_is_read_from_its_record_and_repair_rewrites_it(tmp_path: 
 def test_a_broken_record_is_a_damaged_run_that_is_not_finished(tmp_path: Path, content, problem: str) -> None:
     store, records = _three_runs(tmp_path)
     broken = records[0]
-    path = store.record_path(broken["run_id"])
+    path = store.record_path(broken.run_id)
     if content is None:
-        content = json.dumps({**broken, "status": "running"}).encode()
+        content = json.dumps({**broken.to_json(), "status": "running"}).encode()
     path.write_bytes(content)
-    assert store.get(broken["run_id"]) is None and not store.is_finished(broken["run_id"])
-    assert [r["run_id"] for r in store.records()] == [r["run_id"] for r in records[1:]]
+    assert store.get(broken.run_id) is None and not store.is_finished(broken.run_id)
+    assert [r.run_id for r in store.records()] == [r.run_id for r in records[1:]]
     table = store.read_runs()
     # The row is fine, but the record decides: the run is left out (and a sweep trains it again).
-    assert list(table.frame["run_id"]) == sorted(r["run_id"] for r in records[1:])
+    assert list(table.frame["run_id"]) == sorted(r.run_id for r in records[1:])
     [damage] = table.damaged
-    assert damage.run_id == broken["run_id"] and damage.path == path and problem in damage.problem
+    assert damage.run_id == broken.run_id and damage.path == path and problem in damage.problem
     assert store.repair() == 0 and path.read_bytes() == content  # left for the sweep to replace
     store.write(broken)  # what the sweep does when it has trained the run again
-    assert store.is_finished(broken["run_id"]) and store.read_runs().damaged == ()
+    assert store.is_finished(broken.run_id) and store.read_runs().damaged == ()
 
 
 def test_a_bad_row_without_a_record_is_a_damaged_run(tmp_path: Path) -> None:
     store, records = _three_runs(tmp_path)
     lost = records[2]
-    store.record_path(lost["run_id"]).unlink()
-    _truncate(store.row_path(lost["run_id"]))
+    store.record_path(lost.run_id).unlink()
+    _truncate(store.row_path(lost.run_id))
     table = store.read_runs()
     assert len(table.frame) == 2
     [damage] = table.damaged
-    assert damage.path == store.row_path(lost["run_id"]) and "no record" in damage.problem
-    assert not store.is_finished(lost["run_id"])
+    assert damage.path == store.row_path(lost.run_id) and "no record" in damage.problem
+    assert not store.is_finished(lost.run_id)
 
 
 def test_a_record_and_row_both_broken_are_one_damaged_run(tmp_path: Path) -> None:
     store, records = _three_runs(tmp_path)
-    rid = records[1]["run_id"]
+    rid = records[1].run_id
     _truncate(store.record_path(rid))
     _truncate(store.row_path(rid))
     table = store.read_runs()
@@ -364,7 +337,7 @@ def test_every_row_is_read_in_one_pass_when_all_are_fine(tmp_path: Path, monkeyp
     assert calls == [20] + [1] * 20  # the fast read failed: then file by file
 
 
-def _save_best(store: ResultsStore, record: dict, *, better=None) -> bool:
+def _save_best(store: ResultsStore, record: RunRecord, *, better=None) -> bool:
     import torch
 
     from fusioncli.train.checkpoint import save_checkpoint
@@ -373,8 +346,8 @@ def _save_best(store: ResultsStore, record: dict, *, better=None) -> bool:
     return store.update_best(record, lambda path: save_checkpoint(path, model, record), better=better)
 
 
-def _higher_accuracy(record: dict, best: dict | None) -> bool:
-    return best is None or record["metrics"]["val_accuracy"] > best["metrics"]["val_accuracy"]
+def _higher_accuracy(record: RunRecord, best: RunRecord | None) -> bool:
+    return best is None or record.val_accuracy > best.val_accuracy
 
 
 def test_the_best_is_kept_per_dataset(tmp_path: Path) -> None:
@@ -383,17 +356,17 @@ def test_the_best_is_kept_per_dataset(tmp_path: Path) -> None:
     hard = fake_record(_config(), "hard-dataset", accuracy=0.61)
     assert _save_best(store, easy, better=_higher_accuracy)
     assert _save_best(store, hard, better=_higher_accuracy)  # not hidden by the easy dataset's 0.99
-    assert store.best_record("easy-dataset")["run_id"] == easy["run_id"]
-    assert store.best_record("hard-dataset")["run_id"] == hard["run_id"]
+    assert store.best_record("easy-dataset").run_id == easy.run_id
+    assert store.best_record("hard-dataset").run_id == hard.run_id
     assert store.best_checkpoint_for("hard-dataset") == store.best_dir / "hard-dataset" / "model.safetensors"
     assert store.best_checkpoint_for("hard-dataset").is_file()
     assert {b.fingerprint for b in store.bests()} == {"easy-dataset", "hard-dataset"}
     worse = fake_record(_config(seed=9), "hard-dataset", accuracy=0.5)
     assert not _save_best(store, worse, better=_higher_accuracy)
-    assert store.best_record("hard-dataset")["run_id"] == hard["run_id"]
+    assert store.best_record("hard-dataset").run_id == hard.run_id
     assert store.best_record("never-seen") is None
     # Without a dataset: the best written last (here the hard dataset's).
-    assert store.best_record()["run_id"] == hard["run_id"]
+    assert store.best_record().run_id == hard.run_id
     assert store.best_checkpoint_path == store.best_checkpoint_for("hard-dataset")
     assert not list(store.best_dir.glob(".*"))  # no lock or staging folder left behind
 
@@ -406,7 +379,7 @@ def test_unusual_fingerprints_make_plain_folder_names(tmp_path: Path) -> None:
     assert store.best_folder("abc:limit100") != store.best_folder("abc")
 
 
-def _legacy_best(store: ResultsStore, record: dict) -> None:
+def _legacy_best(store: ResultsStore, record: RunRecord) -> None:
     """best/ as the previous version wrote it: one model.safetensors + model.json for the store."""
     import torch
 
@@ -421,19 +394,19 @@ def test_an_old_stores_best_belongs_to_the_dataset_its_info_names(tmp_path: Path
     _legacy_best(store, old)
     [best] = store.bests()
     assert best.legacy and best.usable and best.fingerprint == FINGERPRINT and best.path == store.legacy_best_path
-    assert store.best_record(FINGERPRINT)["run_id"] == old["run_id"]
-    assert store.best_record()["run_id"] == old["run_id"]
+    assert store.best_record(FINGERPRINT).run_id == old.run_id
+    assert store.best_record().run_id == old.run_id
     assert store.best_checkpoint_path == store.legacy_best_path
     assert store.best_record("another-dataset") is None
     # Another dataset gets its own best; the old one stays for its dataset.
     assert _save_best(store, fake_record(_config(), "another-dataset", accuracy=0.5), better=_higher_accuracy)
-    assert store.best_record(FINGERPRINT)["run_id"] == old["run_id"] and store.legacy_best_path.is_file()
+    assert store.best_record(FINGERPRINT).run_id == old.run_id and store.legacy_best_path.is_file()
     # A worse run on its dataset leaves it; a better one replaces it, and the old pair goes.
     assert not _save_best(store, fake_record(_config(seed=1), accuracy=0.8), better=_higher_accuracy)
     assert store.legacy_best_path.is_file()
     better = fake_record(_config(seed=2), accuracy=0.95)
     assert _save_best(store, better, better=_higher_accuracy)
-    assert store.best_record(FINGERPRINT)["run_id"] == better["run_id"]
+    assert store.best_record(FINGERPRINT).run_id == better.run_id
     assert not store.legacy_best_path.exists() and not store.legacy_best_path.with_suffix(".json").exists()
     assert {b.fingerprint for b in store.bests()} == {FINGERPRINT, "another-dataset"}
 
@@ -464,7 +437,7 @@ def test_a_damaged_best_counts_as_none_and_the_next_run_replaces_it(tmp_path: Pa
     assert found.path == weights and found.fingerprint == FINGERPRINT
     worse = fake_record(_config(seed=1), accuracy=0.6)  # worse than the damaged one claimed
     assert _save_best(store, worse, better=_higher_accuracy)
-    assert store.best_record(FINGERPRINT)["run_id"] == worse["run_id"]
+    assert store.best_record(FINGERPRINT).run_id == worse.run_id
     assert all(b.usable for b in store.bests())
 
 
@@ -599,7 +572,7 @@ def test_releasing_never_removes_a_claim_taken_over_since(tmp_path: Path) -> Non
 
 def test_repair_leaves_a_run_claimed_by_a_live_sweep_alone(tmp_path: Path) -> None:
     store, records = _three_runs(tmp_path)
-    rid = records[0]["run_id"]
+    rid = records[0].run_id
     store.row_path(rid).unlink()  # that sweep is between its JSON and its row
     claim = store.claim_run(rid)
     assert store.repair() == 0 and not store.row_path(rid).exists()
@@ -614,12 +587,12 @@ def test_repair_leaves_a_run_claimed_by_a_live_sweep_alone(tmp_path: Path) -> No
 def test_a_record_the_table_cannot_hold_is_a_damaged_run(tmp_path: Path, field: str, value, problem: str) -> None:
     store, records = _three_runs(tmp_path)
     odd = records[0]
-    store.row_path(odd["run_id"]).unlink()  # so the run has to be tabled from its record
-    text = json.loads(store.record_path(odd["run_id"]).read_text())
+    store.row_path(odd.run_id).unlink()  # so the run has to be tabled from its record
+    text = json.loads(store.record_path(odd.run_id).read_text())
     text[field] = value
-    store.record_path(odd["run_id"]).write_text(json.dumps(text))
+    store.record_path(odd.run_id).write_text(json.dumps(text))
     table = store.read_runs()
     assert len(table.frame) == 2
     [damage] = table.damaged
-    assert damage.path == store.record_path(odd["run_id"]) and problem in damage.problem
+    assert damage.path == store.record_path(odd.run_id) and problem in damage.problem
     assert store.repair() == 0

@@ -18,6 +18,7 @@ from torch import nn
 
 from fusioncli.data.dataset import PreparedData
 from fusioncli.config import RunConfig, run_id
+from fusioncli.record import DatasetInfo, Metrics, RunRecord
 
 FINGERPRINT = "fake-fingerprint-0001"
 CLASS_NAMES = ("cubes", "spheres")
@@ -57,11 +58,32 @@ def fake_record(
     status: str = "finished",
     error: str | None = None,
     gpu_bytes: int | None = None,
-) -> dict[str, Any]:
-    """A well-formed run record (the INTERFACES.md shape) for ``config``."""
+) -> RunRecord:
+    """A well-formed run record for ``config``, built by the record's own constructors."""
     cfg = config.resolve()
     acc = fake_accuracy(cfg) if accuracy is None else accuracy
-    finished = status == "finished"
+    rid = run_id(cfg, fingerprint)
+    dataset = DatasetInfo(fingerprint, CLASS_NAMES, n_train=6, n_val=2)
+    env = {
+        "fusioncli_version": "0.1.0",
+        "torch_version": torch.__version__,
+        "cuda_version": None,
+        "cudnn_version": None,
+        "device_name": "fake cpu",
+        "cpu_count": 2,
+        "python_version": "3.11",
+        "platform": "test",
+        "git_commit": "0" * 40,
+        "git_dirty": False,
+        "bf16": False,
+    }
+    started_at, finished_at = "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:10+00:00"
+    if status != "finished":
+        assert error is not None, "a failed fake record needs its error"
+        return RunRecord.failed(
+            cfg.to_dict(), rid, error, started_at=started_at, finished_at=finished_at, dataset=dataset, env=env
+        )
+    assert error is None, "a finished record has no error"
     history = [
         {
             "epoch": e,
@@ -73,59 +95,40 @@ def fake_record(
         }
         for e in range(1, cfg.epochs + 1)
     ]
-    return {
-        "schema": 1,
-        "run_id": run_id(cfg, fingerprint),
-        "status": status,
-        "error": error,
-        "config": cfg.to_dict(),
-        "dataset": {"fingerprint": fingerprint, "n_train": 6, "n_val": 2, "class_names": list(CLASS_NAMES)},
-        "metrics": (
-            {
-                "val_loss": (1.0 - acc) if val_loss is None else val_loss,
-                "val_accuracy": acc,
-                "f1_macro": (acc - 0.01) if f1 is None else f1,
-                "per_class": {c: {"precision": acc, "recall": acc, "f1": acc, "support": 1} for c in CLASS_NAMES},
-            }
-            if finished
-            else None
+    return RunRecord.finished(
+        cfg,
+        rid,
+        dataset=dataset,
+        metrics=Metrics(
+            val_loss=(1.0 - acc) if val_loss is None else val_loss,
+            val_accuracy=acc,
+            f1_macro=(acc - 0.01) if f1 is None else f1,
+            per_class={c: {"precision": acc, "recall": acc, "f1": acc, "support": 1} for c in CLASS_NAMES},
         ),
-        "history": history if finished else [],
-        "params": {"total": 1_000_000, "trainable": 1_000_000, "encoder": 800_000, "fusion": 0, "head": 200_000}
-        if finished
-        else None,
-        "flops_per_sample": 5_000_000 if finished else None,
-        "timing": {
+        history=history,
+        params={"total": 1_000_000, "trainable": 1_000_000, "encoder": 800_000, "fusion": 0, "head": 200_000},
+        flops_per_sample=5_000_000,
+        timing={
             "train_seconds": train_seconds,
             "epoch_seconds": [train_seconds / cfg.epochs] * cfg.epochs,
             "samples_per_s": 600.0 / train_seconds,
             "samples_per_s_note": "fake",
-        }
-        if finished
-        else None,
-        "memory": {
+        },
+        memory={
             "peak_gpu_allocated_bytes": gpu_bytes,
             "peak_gpu_reserved_bytes": gpu_bytes,
             "peak_host_rss_bytes": 300 * 2**20,
-        }
-        if finished
-        else None,
-        "env": {
-            "fusioncli_version": "0.1.0",
-            "torch_version": torch.__version__,
-            "cuda_version": None,
-            "cudnn_version": None,
-            "device_name": "fake cpu",
-            "cpu_count": 2,
-            "python_version": "3.11",
-            "platform": "test",
-            "git_commit": "0" * 40,
-            "git_dirty": False,
-            "bf16": False,
         },
-        "started_at": "2024-01-01T00:00:00+00:00",
-        "finished_at": "2024-01-01T00:00:10+00:00",
-    }
+        env=env,
+        started_at=started_at,
+        finished_at=finished_at,
+    )
+
+
+def stored_as(record: RunRecord, **keys: Any) -> RunRecord:
+    """``record`` as read back from a JSON file in which top-level ``keys`` hold other values
+    (e.g. a record an older version wrote, or one edited by hand)."""
+    return RunRecord.from_json({**record.to_json(), **keys})
 
 
 class FakeTrainer:
@@ -154,7 +157,7 @@ class FakeTrainer:
         if self.sleep:
             time.sleep(self.sleep)
         record = fake_record(config, data.fingerprint)
-        for row in record["history"]:
+        for row in record.history:
             if on_epoch is not None:
                 on_epoch(dict(row))
         if self.fail is not None:

@@ -158,25 +158,25 @@ def test_matches_the_local_backend_then_resumes(ray_instance, cache_dir: Path, t
     assert [o.status for o in summary.outcomes] == ["finished", "finished", "failed"]
     assert summary.exit_code == local.exit_code == 1
     for theirs, ours in zip(local.outcomes[:2], summary.outcomes[:2]):
-        mine, ref = ours.record["metrics"], theirs.record["metrics"]
-        assert mine["val_accuracy"] == ref["val_accuracy"]
-        assert mine["val_loss"] == pytest.approx(ref["val_loss"], abs=1e-6)
-        train_loss = theirs.record["history"][0]["train_loss"]
-        assert ours.record["history"][0]["train_loss"] == pytest.approx(train_loss, abs=1e-6)
-        assert store.get(ours.run_id)["status"] == "finished"
+        mine, ref = ours.record.metrics, theirs.record.metrics
+        assert mine.val_accuracy == ref.val_accuracy
+        assert mine.val_loss == pytest.approx(ref.val_loss, abs=1e-6)
+        train_loss = theirs.record.history[0]["train_loss"]
+        assert ours.record.history[0]["train_loss"] == pytest.approx(train_loss, abs=1e-6)
+        assert store.get(ours.run_id).status == "finished"
 
     failed = store.get(summary.outcomes[2].run_id)
     local_failed = ResultsStore(tmp_path / "local").get(local.outcomes[2].run_id)
-    assert failed["error"] == local_failed["error"] and "loss became non-finite" in failed["error"]
-    assert set(failed) == set(local_failed)  # same record format as a local failure
-    assert "RunFailedError" in failed["traceback"]
-    assert failed["dataset"] == local_failed["dataset"] and failed["env"]["torch_version"] == torch.__version__
+    assert failed.error == local_failed.error and "loss became non-finite" in failed.error
+    assert set(failed.to_json()) == set(local_failed.to_json())  # same record format as a local failure
+    assert "RunFailedError" in failed.traceback
+    assert failed.dataset == local_failed.dataset and failed.env["torch_version"] == torch.__version__
 
     assert sorted(store.load_runs()["status"]) == ["failed", "finished", "finished"]
     from fusioncli.train.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(store.best_checkpoint_path)
-    assert info["run_id"] == summary.best["run_id"] == local.best["run_id"]
+    assert info.run_id == summary.best.run_id == local.best.run_id
     assert isinstance(model, torch.nn.Module)
 
     again = run_sweep_ray(configs, cache_dir, store)
@@ -209,10 +209,10 @@ def test_a_dead_worker_gives_a_failed_record(
     assert [o.status for o in summary.outcomes] == ["failed", "finished"]
     assert summary.exit_code == 1
     record = store.get(summary.outcomes[0].run_id)
-    assert record["status"] == "failed" and record["error"].startswith("WorkerCrashedError: The worker died")
-    assert record["env"] is None  # built on the driver: the worker's machine is unknown
-    assert record["dataset"]["fingerprint"] == _fingerprint(cache_dir)
-    assert record["run_id"] == run_id(configs[0], _fingerprint(cache_dir))
+    assert record.status == "failed" and record.error.startswith("WorkerCrashedError: The worker died")
+    assert record.env is None  # built on the driver: the worker's machine is unknown
+    assert record.fingerprint == _fingerprint(cache_dir)
+    assert record.run_id == run_id(configs[0], _fingerprint(cache_dir))
 
 
 def _sleep_on(strategy: str, seconds: float):
@@ -246,7 +246,7 @@ def test_ctrl_c_cancels_outstanding_tasks(ray_instance, cache_dir: Path, tmp_pat
     assert time.perf_counter() - started < 120  # did not wait for the sleeping run
     assert summary.interrupted and summary.exit_code == 130
     assert [o.status for o in summary.outcomes] == ["finished"] and summary.not_run == 1
-    assert [r["config"]["strategy"] for r in store.records()] == ["late"]
+    assert [r.config["strategy"] for r in store.records()] == ["late"]
 
 
 @needs_ray
@@ -258,9 +258,9 @@ def test_robustness_is_evaluated_on_the_worker(ray_instance, cache_dir: Path, tm
         grid(strategies=["late"], **QUICK), cache_dir, store, robustness=True, keep_best=False, keep_weights=True
     )
     assert summary.exit_code == 0, [o.error for o in summary.failed]
-    robustness = store.get(summary.outcomes[0].run_id)["robustness"]
+    robustness = store.get(summary.outcomes[0].run_id).robustness
     assert robustness["version"] == 1
-    assert robustness["clean_accuracy"] == summary.outcomes[0].record["metrics"]["val_accuracy"]
+    assert robustness["clean_accuracy"] == summary.outcomes[0].record.val_accuracy
     # --keep-weights: the weights came back from the worker even without a best checkpoint.
     assert store.has_weights(summary.outcomes[0].run_id) and not store.best_checkpoint_path.exists()
 
@@ -280,10 +280,10 @@ def test_stacked_groups_are_one_task_each_and_match_the_local_stacked_executor(
     assert [o.run_id for o in summary.outcomes] == [o.run_id for o in local.outcomes]
     for theirs, ours in zip(local.outcomes, summary.outcomes):
         stored = store.get(ours.run_id)
-        assert stored["timing"]["executor"] == "stacked" and stored["timing"]["stacked_group_size"] == 2
-        assert stored["metrics"]["val_accuracy"] == theirs.record["metrics"]["val_accuracy"]
-        assert stored["metrics"]["val_loss"] == pytest.approx(theirs.record["metrics"]["val_loss"], abs=1e-5)
-        assert stored["robustness"]["clean_accuracy"] == stored["metrics"]["val_accuracy"]  # evaluated on the worker
+        assert stored.timing["executor"] == "stacked" and stored.timing["stacked_group_size"] == 2
+        assert stored.val_accuracy == theirs.record.val_accuracy
+        assert stored.val_loss == pytest.approx(theirs.record.val_loss, abs=1e-5)
+        assert stored.robustness["clean_accuracy"] == stored.val_accuracy  # evaluated on the worker
     assert store.best_checkpoint_path.exists()
 
 
@@ -297,4 +297,4 @@ def test_a_failing_stacked_group_is_rerun_one_run_at_a_time_on_the_worker(
     assert [o.status for o in summary.outcomes] == ["finished", "failed"]
     assert any("stacked group of 2 failed" in w for w in summary.warnings), summary.warnings
     assert "loss became non-finite" in summary.outcomes[1].error
-    assert summary.outcomes[0].record["timing"]["executor"] == "loop"  # the re-run, one at a time
+    assert summary.outcomes[0].record.timing["executor"] == "loop"  # the re-run, one at a time

@@ -39,7 +39,7 @@ def test_runs_every_grid_point_and_stores_each(store: ResultsStore) -> None:
     assert sorted(runs["run_id"]) == sorted(o.run_id for o in summary.outcomes)
     for outcome in summary.outcomes:
         assert outcome.run_id == run_id(outcome.config, FINGERPRINT)
-        assert store.get(outcome.run_id)["status"] == "finished"
+        assert store.get(outcome.run_id).status == "finished"
 
 
 def test_rerun_skips_finished_runs_and_force_recomputes(store: ResultsStore) -> None:
@@ -48,7 +48,7 @@ def test_rerun_skips_finished_runs_and_force_recomputes(store: ResultsStore) -> 
     summary = run_sweep(grid(), tiny_data(), store, train_fn=again)
     assert again.calls == []
     assert [o.status for o in summary.outcomes] == ["skipped"] * 4
-    assert all(o.record["status"] == "finished" for o in summary.outcomes)
+    assert all(o.record.status == "finished" for o in summary.outcomes)
     forced = FakeTrainer()
     summary = run_sweep(grid(), tiny_data(), store, train_fn=forced, force=True)
     assert len(forced.calls) == 4
@@ -80,13 +80,13 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(store: ResultsStore) -> No
     assert errors[1] == "run x: loss became non-finite at epoch 1"
     for outcome in summary.failed:
         record = store.get(outcome.run_id)
-        assert record["status"] == "failed"
-        assert record["error"] == outcome.error
-        assert "Traceback" in record["traceback"]
-        assert record["config"]["strategy"] == outcome.config.strategy
-        assert record["dataset"]["fingerprint"] == FINGERPRINT
-        assert record["env"]["torch_version"] == torch.__version__
-        assert len(record["history"]) == 1  # the epoch that finished before the failure
+        assert record.status == "failed"
+        assert record.error == outcome.error
+        assert "Traceback" in record.traceback
+        assert record.config["strategy"] == outcome.config.strategy
+        assert record.fingerprint == FINGERPRINT
+        assert record.env["torch_version"] == torch.__version__
+        assert len(record.history) == 1  # the epoch that finished before the failure
     runs = pd.read_parquet(store.runs_dir)
     assert (runs["status"] == "failed").sum() == 2
     assert runs.loc[runs["status"] == "failed", "val_accuracy"].isna().all()
@@ -120,18 +120,18 @@ def test_best_checkpoint_follows_the_best_accuracy(store: ResultsStore) -> None:
     data = tiny_data()
     summary = run_sweep(grid(strategies=["intermediate-add"]), data, store, train_fn=FakeTrainer())
     best = store.best_record()
-    assert best is not None and best["config"]["strategy"] == "intermediate-add"
-    assert best["config"]["lr"] == 1e-3  # fake accuracy grows with lr
+    assert best is not None and best.config["strategy"] == "intermediate-add"
+    assert best.config["lr"] == 1e-3  # fake accuracy grows with lr
     assert [o.new_best for o in summary.outcomes] == [True, False]
     assert store.best_checkpoint_path.is_file()
     info = json.loads(store.best_checkpoint_path.with_suffix(".json").read_text())
-    assert info["info"]["run_id"] == best["run_id"]
+    assert info["info"]["run_id"] == best.run_id
     # late is better than intermediate-add in the fake: it takes over the checkpoint
     run_sweep(grid(strategies=["late"], lrs=[1e-4]), data, store, train_fn=FakeTrainer())
-    assert store.best_record()["config"]["strategy"] == "late"
+    assert store.best_record().config["strategy"] == "late"
     # a worse run does not
     run_sweep(grid(strategies=["intermediate-multiply"]), data, store, train_fn=FakeTrainer())
-    assert store.best_record()["config"]["strategy"] == "late"
+    assert store.best_record().config["strategy"] == "late"
 
 
 def test_best_ties_are_broken_by_lower_val_loss(store: ResultsStore) -> None:
@@ -142,7 +142,7 @@ def test_best_ties_are_broken_by_lower_val_loss(store: ResultsStore) -> None:
         return SimpleNamespace(record=record, model=torch.nn.Linear(2, 2))
 
     run_sweep(grid(strategies=["late"]), tiny_data(), store, train_fn=train)
-    assert store.best_record()["config"]["lr"] == 1e-4
+    assert store.best_record().config["lr"] == 1e-4
 
 
 def test_no_best_checkpoint_when_disabled(store: ResultsStore) -> None:
@@ -208,7 +208,7 @@ class RecordingTracker:
         self._log("epoch", row["epoch"])
 
     def finish(self, record):
-        self._log("finish", record["status"])
+        self._log("finish", record["status"])  # trackers get the record's JSON form
 
 
 def test_trackers_get_start_epochs_finish(store: ResultsStore) -> None:
@@ -248,11 +248,11 @@ def test_real_training_integration(prepared, tmp_path: Path) -> None:
     assert summary.exit_code == 0, [o.error for o in summary.failed]
     for outcome in summary.outcomes:
         record = store.get(outcome.run_id)
-        assert record["run_id"] == run_id(outcome.config, prepared.fingerprint)
-        assert record["dataset"]["n_train"] == 32 and record["dataset"]["n_val"] == 24
-        assert 0.0 <= record["metrics"]["val_accuracy"] <= 1.0
+        assert record.run_id == run_id(outcome.config, prepared.fingerprint)
+        assert record.dataset.n_train == 32 and record.dataset.n_val == 24
+        assert 0.0 <= record.val_accuracy <= 1.0
     model, info = load_checkpoint(store.best_checkpoint_path)
-    assert info["run_id"] == store.best_record()["run_id"]
+    assert info.run_id == store.best_record().run_id
     assert isinstance(model, torch.nn.Module)
     again = run_sweep(configs, prepared, store)
     assert [o.status for o in again.outcomes] == ["skipped", "skipped"]
@@ -272,8 +272,8 @@ def test_failure_while_describing_a_failure_is_still_recorded(
         train_fn=FakeTrainer(fail=lambda c: RuntimeError("first")),
     )
     record = store.get(summary.outcomes[0].run_id)
-    assert record["status"] == "failed" and record["error"] == "RuntimeError: first"
-    assert record["record_error"] == "OutOfMemoryError: again"
+    assert record.status == "failed" and record.error == "RuntimeError: first"
+    assert record.record_error == "OutOfMemoryError: again"
     assert len(store.load_runs()) == 1
 
 
@@ -312,9 +312,8 @@ def _fake_robustness_module(monkeypatch: pytest.MonkeyPatch, calls: list, fail: 
     def add_robustness(result, data, *, seed=0):
         if fail:
             raise ValueError("no validation samples")
-        calls.append((result.record["run_id"], len(data)))
-        result.record["robustness"] = {"version": 1, "mean_auc": 0.5}
-        return result.record["robustness"]
+        calls.append((result.record.run_id, len(data)))
+        return result.record.with_robustness({"version": 1, "mean_auc": 0.5}, seconds=0.0)
 
     module.add_robustness = add_robustness
     monkeypatch.setitem(sys.modules, "fusioncli.eval.robustness", module)
@@ -329,7 +328,7 @@ def test_robustness_is_added_to_each_finished_record(store: ResultsStore, monkey
     assert sorted(c[0] for c in calls) == sorted(o.run_id for o in summary.outcomes)
     assert all(n == len(data) for _, n in calls)  # the full data: add_robustness applies the limit
     for outcome in summary.outcomes:
-        assert store.get(outcome.run_id)["robustness"] == {"version": 1, "mean_auc": 0.5}
+        assert store.get(outcome.run_id).robustness == {"version": 1, "mean_auc": 0.5}
     calls.clear()
     run_sweep(grid(strategies=["late"]), data, ResultsStore(store.root / "plain"), train_fn=FakeTrainer())
     assert calls == []  # only when asked for
@@ -341,8 +340,8 @@ def test_failing_robustness_fails_the_run(store: ResultsStore, monkeypatch: pyte
     summary = run_sweep(configs, tiny_data(), store, train_fn=FakeTrainer(), robustness=True)
     assert summary.exit_code == 1
     record = store.get(summary.outcomes[0].run_id)
-    assert record["error"] == "robustness evaluation failed: ValueError: no validation samples"
-    assert len(record["history"]) == 1  # training itself finished
+    assert record.error == "robustness evaluation failed: ValueError: no validation samples"
+    assert len(record.history) == 1  # training itself finished
 
 
 def test_recorder_builds_the_model_only_for_a_new_best(store: ResultsStore) -> None:
@@ -366,10 +365,10 @@ def test_recorder_builds_the_model_only_for_a_new_best(store: ResultsStore) -> N
         outcomes.append(outcome)
     for outcome in reversed(outcomes):  # e.g. Ray: in the order the runs came back
         recorder.ended(outcome)
-    assert len(built) == 1 and store.best_record()["config"]["lr"] == 1e-3
+    assert len(built) == 1 and store.best_record().config["lr"] == 1e-3
     assert recorder.skipped(1, run_id(configs[0], FINGERPRINT), configs[0]).status == "skipped"
     summary = recorder.summary(interrupted=False, started=0.0)
-    assert summary.best["run_id"] == run_id(configs[0], FINGERPRINT)
+    assert summary.best.run_id == run_id(configs[0], FINGERPRINT)
     assert [o.index for o in told] == [2, 1]  # as they ended
     assert [o.index for o in summary.outcomes] == [1, 2]  # grid order
 
@@ -385,16 +384,16 @@ def test_failure_record_without_the_data_says_what_is_known() -> None:
         dataset={"fingerprint": FINGERPRINT, "class_names": ["cubes", "spheres"]},
         started_at="2024-01-01T00:00:00+00:00",
     )
-    assert record["status"] == "failed" and record["run_id"] == "abc"
-    assert record["error"] == "WorkerCrashedError: died" and record["traceback"] == "remote traceback"
-    assert record["dataset"] == {
+    assert record.status == "failed" and record.run_id == "abc"
+    assert record.error == "WorkerCrashedError: died" and record.traceback == "remote traceback"
+    assert record.dataset.to_json() == {
         "fingerprint": FINGERPRINT,
         "n_train": None,
         "n_val": None,
         "class_names": ["cubes", "spheres"],
     }
-    assert record["history"] == [] and record["config"] == cfg.to_dict()
-    assert set(record) >= {"metrics", "params", "timing", "memory", "env", "started_at", "finished_at"}
+    assert list(record.history) == [] and record.config == cfg.to_dict()
+    assert set(record.to_json()) >= {"metrics", "params", "timing", "memory", "env", "started_at", "finished_at"}
 
 
 def test_sweep_from_cache_picks_the_backend(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -428,12 +427,12 @@ def test_robustness_sweep_retrains_finished_runs_stored_without_it(
     data = tiny_data()
     first = run_sweep(configs, data, store, train_fn=FakeTrainer())
     assert [o.status for o in first.outcomes] == ["finished"]
-    assert "robustness" not in store.get(first.outcomes[0].run_id)
+    assert store.get(first.outcomes[0].run_id).robustness is None
 
     # asked for robustness: the stored run lacks it, so it is trained again (not skipped)
     second = run_sweep(configs, data, store, train_fn=FakeTrainer(), robustness=True)
     assert [o.status for o in second.outcomes] == ["finished"]
-    assert store.get(second.outcomes[0].run_id)["robustness"] == {"version": 1, "mean_auc": 0.5}
+    assert store.get(second.outcomes[0].run_id).robustness == {"version": 1, "mean_auc": 0.5}
 
     # now it has robustness: skipped, with or without the flag
     assert [o.status for o in run_sweep(configs, data, store, train_fn=FakeTrainer(), robustness=True).outcomes] == [
@@ -460,11 +459,11 @@ def test_stacked_executor_stores_the_same_runs_as_the_loop(prepared, tmp_path: P
     assert len(epochs_seen) == 2 * len(configs)
     for outcome in looped.outcomes:
         a, b = loop_store.get(outcome.run_id), stacked_store.get(outcome.run_id)
-        assert b["timing"]["executor"] == "stacked"
-        assert b["metrics"]["val_accuracy"] == a["metrics"]["val_accuracy"]
-        assert b["metrics"]["val_loss"] == pytest.approx(a["metrics"]["val_loss"], rel=1e-4)
-        assert [r["lr"] for r in b["history"]] == [r["lr"] for r in a["history"]]
-    assert stacked_store.best_record()["run_id"] == loop_store.best_record()["run_id"]
+        assert b.timing["executor"] == "stacked"
+        assert b.val_accuracy == a.val_accuracy
+        assert b.val_loss == pytest.approx(a.val_loss, rel=1e-4)
+        assert [r["lr"] for r in b.history] == [r["lr"] for r in a.history]
+    assert stacked_store.best_record().run_id == loop_store.best_record().run_id
     # a stored run is skipped whichever executor stored it
     assert {o.status for o in run_sweep(configs, prepared, stacked_store, executor="loop").outcomes} == {"skipped"}
 
@@ -477,9 +476,9 @@ def test_a_failing_stacked_group_is_rerun_one_at_a_time(prepared, tmp_path: Path
     assert summary.exit_code == 1
     status = {o.config.lr: o.status for o in summary.outcomes}
     assert status == {1e-3: "finished", 1e30: "failed"}
-    assert "non-finite" in store.get(summary.failed[0].run_id)["error"]
+    assert "non-finite" in store.get(summary.failed[0].run_id).error
     assert any("stacked group of 2 failed" in w for w in summary.warnings)
-    assert store.get(summary.finished[0].run_id)["timing"].get("executor") != "stacked"  # retrained by the loop
+    assert store.get(summary.finished[0].run_id).timing.get("executor") != "stacked"  # retrained by the loop
 
 
 def test_bad_max_group_is_a_usage_error(store: ResultsStore) -> None:
@@ -538,13 +537,13 @@ def test_compile_is_once_per_architecture_across_the_grids_groups(
     assert summary.exit_code == 0 and len(summary.finished) == 8
     # 4 groups of 2 (two per strategy), 2 architectures: compiled twice, statically shaped
     assert compiled == [{"dynamic": False}, {"dynamic": False}]
-    assert {len(store.get(o.run_id)["timing"]["stacked_run_ids"]) for o in summary.finished} == {2}
-    assert all(store.get(o.run_id)["timing"]["compile"].startswith("compiled") for o in summary.finished)
+    assert {len(store.get(o.run_id).timing["stacked_run_ids"]) for o in summary.finished} == {2}
+    assert all(store.get(o.run_id).timing["compile"].startswith("compiled") for o in summary.finished)
     # without --compile nothing is compiled
     plain = ResultsStore(tmp_path / "plain")
     summary = run_sweep(configs, prepared, plain, executor="stacked", max_group=2)
     assert len(compiled) == 2
-    assert {plain.get(o.run_id)["timing"]["compile"] for o in summary.finished} == {"off"}
+    assert {plain.get(o.run_id).timing["compile"] for o in summary.finished} == {"off"}
 
 
 # -- a store that survives damage; one trainer per run (issue 12 part 6) ---------------------------
@@ -585,13 +584,13 @@ def test_the_best_is_kept_per_dataset_and_the_summary_shows_the_sweeps(store: Re
     summary = run_sweep(grid(strategies=["intermediate-multiply"]), hard, store, train_fn=FakeTrainer())  # ~0.77
     # Before per-dataset bests the easy dataset's late run hid every run on the hard one.
     assert [o.new_best for o in summary.outcomes] == [True, False]
-    assert summary.best["config"]["strategy"] == "intermediate-multiply"
-    assert summary.best["dataset"]["fingerprint"] == "hard-data"
+    assert summary.best.config["strategy"] == "intermediate-multiply"
+    assert summary.best.fingerprint == "hard-data"
     assert summary.best_checkpoint == store.best_checkpoint_for("hard-data") and summary.best_checkpoint.is_file()
-    assert store.best_record("easy-data")["config"]["strategy"] == "late"
-    assert store.best_record("hard-data")["config"]["lr"] == 1e-3
+    assert store.best_record("easy-data").config["strategy"] == "late"
+    assert store.best_record("hard-data").config["lr"] == 1e-3
     again = run_sweep(grid(strategies=["late"]), easy, store, train_fn=FakeTrainer())
-    assert again.best["dataset"]["fingerprint"] == "easy-data"  # skipped runs: still this dataset's best
+    assert again.best.fingerprint == "easy-data"  # skipped runs: still this dataset's best
     assert again.best_checkpoint == store.best_checkpoint_for("easy-data")
 
 
@@ -603,18 +602,18 @@ def test_an_old_stores_best_stays_until_a_better_run_on_its_dataset(store: Resul
     save_checkpoint(store.best_dir / "model.safetensors", torch.nn.Linear(2, 2), old)
     summary = run_sweep(grid(strategies=["intermediate-add"]), tiny_data(), store, train_fn=FakeTrainer())
     assert not any(o.new_best for o in summary.outcomes)
-    assert summary.best["run_id"] == old["run_id"] and summary.best_checkpoint == store.legacy_best_path
+    assert summary.best.run_id == old.run_id and summary.best_checkpoint == store.legacy_best_path
     assert store.best_checkpoint_path == store.legacy_best_path
     # Another dataset: its own best, the old one stays for its dataset.
     other = run_sweep(grid(strategies=["intermediate-add"]), tiny_data(fingerprint="other"), store, train_fn=FakeTrainer())
     assert other.outcomes[0].new_best and store.legacy_best_path.is_file()
-    assert store.best_record(FINGERPRINT)["run_id"] == old["run_id"]
+    assert store.best_record(FINGERPRINT).run_id == old.run_id
 
     def better(config, data, *, on_epoch=None):
         return SimpleNamespace(record=fake_record(config, data.fingerprint, accuracy=0.99), model=torch.nn.Linear(2, 2))
 
     won = run_sweep(grid(strategies=["late"], lrs=[1e-4]), tiny_data(), store, train_fn=better)
-    assert won.outcomes[0].new_best and won.best["run_id"] == won.outcomes[0].run_id
+    assert won.outcomes[0].new_best and won.best.run_id == won.outcomes[0].run_id
     assert not store.legacy_best_path.exists()
     info = json.loads(store.best_checkpoint_for(FINGERPRINT).with_suffix(".json").read_text())["info"]
     assert info["run_id"] == won.outcomes[0].run_id
@@ -625,7 +624,7 @@ def test_a_damaged_best_is_replaced_by_the_next_finished_run(store: ResultsStore
     _cut(store.best_checkpoint_for(FINGERPRINT))  # e.g. the disk filled up while copying the store
     assert store.best_record(FINGERPRINT) is None
     worse = run_sweep(grid(strategies=["intermediate-add"], lrs=[1e-4]), tiny_data(), store, train_fn=FakeTrainer())
-    assert worse.outcomes[0].new_best and worse.best["config"]["strategy"] == "intermediate-add"
+    assert worse.outcomes[0].new_best and worse.best.config["strategy"] == "intermediate-add"
     assert all(b.usable for b in store.bests())
 
 

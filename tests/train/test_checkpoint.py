@@ -13,6 +13,7 @@ import torch
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.models import create_model
+from fusioncli.record import DatasetInfo, RunRecord
 from fusioncli.train.checkpoint import load_checkpoint, save_checkpoint
 from fusioncli.config import RunConfig
 from fusioncli.train.loop import train_run
@@ -32,12 +33,16 @@ def tiny_data(n: int = 20) -> PreparedData:
     )
 
 
-def info_for(strategy: str, backbone: str = "seed") -> dict:
-    return {
-        "config": RunConfig(strategy=strategy, backbone=backbone).to_dict(),
-        "dataset": {"class_names": ["cubes", "spheres"]},
-        "metrics": {"val_accuracy": 0.5},
-    }
+def info_for(strategy: str, backbone: str = "seed") -> RunRecord:
+    """The least record a checkpoint needs: the config and the class names (a failed run's record)."""
+    return RunRecord.failed(
+        RunConfig(strategy=strategy, backbone=backbone).to_dict(),
+        None,
+        "not trained",
+        started_at=None,
+        finished_at="2024-01-01T00:00:00+00:00",
+        dataset=DatasetInfo(None, ("cubes", "spheres")),
+    )
 
 
 def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +71,7 @@ def test_round_trip_of_a_trained_channels_last_model(tmp_path: Path) -> None:
     path = tmp_path / "run.safetensors"
     save_checkpoint(path, result.model, result.record)
     loaded, info = load_checkpoint(path)
-    assert info["run_id"] == result.record["run_id"]
+    assert info.run_id == result.record.run_id
     assert json.loads(path.with_suffix(".json").read_text())["model"] == {
         "strategy": "early",
         "backbone": "seed",

@@ -15,6 +15,7 @@ from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.models import register_strategy, unregister_strategy
 from fusioncli.config import RunConfig, run_id
 from fusioncli.machine import cpu_bf16_supported
+from fusioncli.record import RunRecord
 from fusioncli.train.loop import failed_record, train_run
 
 pytestmark = pytest.mark.numeric
@@ -102,17 +103,17 @@ def float64(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_learning_happens_on_an_easy_set() -> None:
     result = train_run(cpu_fp32(strategy="early", lr=1e-3, epochs=3), easy_data())
-    metrics = result.record["metrics"]
-    assert metrics["val_accuracy"] >= 0.8, result.record["history"]
-    assert metrics["f1_macro"] >= 0.8
-    assert result.record["history"][-1]["train_loss"] < result.record["history"][0]["train_loss"]
+    metrics = result.record.metrics
+    assert metrics.val_accuracy >= 0.8, result.record.history
+    assert metrics.f1_macro >= 0.8
+    assert result.record.history[-1]["train_loss"] < result.record.history[0]["train_loss"]
 
 
 def test_record_has_the_documented_shape(prepared: PreparedData) -> None:
     seen: list[dict] = []
     cfg = cpu_fp32(strategy="early", epochs=2)
     result = train_run(cfg, prepared, on_epoch=seen.append)
-    rec = result.record
+    rec = result.record.to_json()  # the documented shape is the record's JSON form
     assert set(rec) == RECORD_KEYS
     assert rec["status"] == "finished" and rec["error"] is None and rec["schema"] == 1
     assert rec["run_id"] == run_id(cfg, prepared.fingerprint)
@@ -150,21 +151,21 @@ def test_record_has_the_documented_shape(prepared: PreparedData) -> None:
 @pytest.mark.usefixtures("tiny_strategies")
 def test_cosine_schedule_is_stepped_per_epoch() -> None:
     rec = train_run(cpu_fp32(strategy="test-tiny", lr=0.1, epochs=4), easy_data(8, 2)).record
-    lrs = [row["lr"] for row in rec["history"]]
+    lrs = [row["lr"] for row in rec.history]
     assert lrs == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
 
 
 @pytest.mark.usefixtures("tiny_strategies")
 def test_constant_schedule_and_single_epoch_note() -> None:
     rec = train_run(cpu_fp32(strategy="test-tiny", lr=0.1, epochs=1, scheduler="constant"), easy_data(8, 2)).record
-    assert [row["lr"] for row in rec["history"]] == [0.1]
-    assert "includes warm-up" in rec["timing"]["samples_per_s_note"]
+    assert [row["lr"] for row in rec.history] == [0.1]
+    assert "includes warm-up" in rec.timing["samples_per_s_note"]
 
 
 @pytest.mark.usefixtures("tiny_strategies")
 def test_callback_time_is_not_training_time() -> None:
     rec = train_run(cpu_fp32(strategy="test-tiny", epochs=2), easy_data(8, 2), on_epoch=lambda row: time.sleep(0.5)).record
-    t = rec["timing"]
+    t = rec.timing
     assert t["train_seconds"] < sum(t["epoch_seconds"]) + 0.4  # two 0.5 s sleeps would exceed this
     assert all(s < 0.5 for s in t["epoch_seconds"])
 
@@ -181,10 +182,10 @@ def test_same_seed_same_metrics(prepared: PreparedData) -> None:
     a = train_run(cfg, prepared).record
     b = train_run(cfg, prepared).record
 
-    def strip(rec: dict) -> list[dict]:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in rec["history"]]
+    def strip(rec: RunRecord) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rec.history]
 
-    assert a["metrics"] == b["metrics"]
+    assert a.metrics == b.metrics
     assert strip(a) == strip(b)
     other = train_run(cpu_fp32(strategy="early", epochs=2, limit_per_class=16, seed=52), prepared).record
     assert strip(other) != strip(a)  # the seed matters, so the equality above means something
@@ -192,9 +193,9 @@ def test_same_seed_same_metrics(prepared: PreparedData) -> None:
 
 def test_limit_per_class(prepared: PreparedData) -> None:
     rec = train_run(cpu_fp32(strategy="early", epochs=1, limit_per_class=5), prepared).record
-    assert rec["dataset"]["n_train"] == 10 and rec["dataset"]["n_val"] == 10
-    assert rec["dataset"]["fingerprint"] == prepared.fingerprint
-    assert rec["config"]["limit_per_class"] == 5
+    assert rec.dataset.n_train == 10 and rec.dataset.n_val == 10
+    assert rec.fingerprint == prepared.fingerprint
+    assert rec.config["limit_per_class"] == 5
 
 
 @pytest.mark.usefixtures("tiny_strategies")
@@ -214,7 +215,7 @@ def test_missing_validation_split_is_bad_input() -> None:
 
 def test_failed_record_has_the_known_keys() -> None:
     data = easy_data(8, 2)
-    rec = failed_record(cpu_fp32(strategy="early"), data, "boom")
+    rec = failed_record(cpu_fp32(strategy="early"), data, "boom").to_json()
     assert set(rec) == RECORD_KEYS
     assert rec["status"] == "failed" and rec["error"] == "boom"
     assert rec["run_id"] == run_id(cpu_fp32(strategy="early"), data.fingerprint)
@@ -224,27 +225,27 @@ def test_failed_record_has_the_known_keys() -> None:
 @pytest.mark.skipif(not cpu_bf16_supported(), reason="CPU without native bf16")
 def test_bf16_autocast_on_cpu() -> None:
     rec = train_run(RunConfig(strategy="early", device="cpu", precision="auto", lr=1e-3, epochs=3), easy_data()).record
-    assert rec["config"]["precision"] == "bf16"
-    assert rec["env"]["bf16"] is True
-    assert rec["metrics"]["val_accuracy"] >= 0.8
+    assert rec.config["precision"] == "bf16"
+    assert rec.env["bf16"] is True
+    assert rec.val_accuracy >= 0.8
 
 
 @pytest.mark.gpu
 def test_cuda_run_measures_gpu_memory(prepared: PreparedData) -> None:
     rec = train_run(RunConfig(strategy="early", device="cuda", lr=1e-3, epochs=2), prepared).record
-    assert rec["config"]["device"] == "cuda:0"
-    assert rec["memory"]["peak_gpu_allocated_bytes"] > 0
-    assert rec["memory"]["peak_gpu_reserved_bytes"] >= rec["memory"]["peak_gpu_allocated_bytes"]
-    assert rec["env"]["device_name"] == torch.cuda.get_device_name(0)
-    assert rec["env"]["cuda_version"] is not None
+    assert rec.config["device"] == "cuda:0"
+    assert rec.memory["peak_gpu_allocated_bytes"] > 0
+    assert rec.memory["peak_gpu_reserved_bytes"] >= rec.memory["peak_gpu_allocated_bytes"]
+    assert rec.env["device_name"] == torch.cuda.get_device_name(0)
+    assert rec.env["cuda_version"] is not None
 
 
 @pytest.mark.gpu
 def test_cuda_fp32_is_deterministic(prepared: PreparedData) -> None:
     cfg = RunConfig(strategy="early", device="cuda", precision="fp32", epochs=2)
     a, b = train_run(cfg, prepared).record, train_run(cfg, prepared).record
-    assert a["metrics"]["val_accuracy"] == b["metrics"]["val_accuracy"]
-    assert a["metrics"]["val_loss"] == pytest.approx(b["metrics"]["val_loss"], rel=1e-4)
+    assert a.val_accuracy == b.val_accuracy
+    assert a.val_loss == pytest.approx(b.val_loss, rel=1e-4)
 
 
 # --- modality dropout -------------------------------------------------------------------------
@@ -301,12 +302,12 @@ def test_modality_dropout_zero_trains_exactly_as_before(monkeypatch: pytest.Monk
     # epoch, plus Adam's 10 per weight and step (derived in test_stacked.float64_bounds;
     # losses are sums of positive terms). So the two differ by at most 2 gamma(N): 1.8e-7 here,
     # a worst case (AVX-512, AVX2 and scalar kernels give values 3e-16 apart).
-    ds = rec["dataset"]
-    steps = config.epochs * math.ceil(ds["n_train"] / config.batch_size)
-    n = config.epochs * (4 * ds["n_train"] + 2 * ds["n_val"]) * rec["flops_per_sample"]
-    n += 10 * steps * rec["params"]["total"]
+    ds = rec.dataset
+    steps = config.epochs * math.ceil(ds.n_train / config.batch_size)
+    n = config.epochs * (4 * ds.n_train + 2 * ds.n_val) * rec.flops_per_sample
+    n += 10 * steps * rec.params["total"]
     rel = 2 * n * U64 / (1 - n * U64)
-    got = [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in rec["history"]]
+    got = [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in rec.history]
     assert got == [pytest.approx(e, rel=rel, abs=0) for e in expected]
 
 
@@ -355,17 +356,17 @@ def test_modality_dropout_is_seeded() -> None:
     b = train_run(cfg, easy_data(16, 4)).record
     plain = train_run(cpu_fp32(strategy="test-tiny", lr=1e-2, epochs=2, batch_size=8), easy_data(16, 4)).record
 
-    def strip(rec: dict) -> list[dict]:
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in rec["history"]]
+    def strip(rec: RunRecord) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rec.history]
 
-    assert strip(a) == strip(b) and a["metrics"] == b["metrics"]
+    assert strip(a) == strip(b) and a.metrics == b.metrics
     assert strip(a) != strip(plain)  # dropout did something
-    assert a["config"]["modality_dropout"] == 0.4 and a["run_id"] != plain["run_id"]
+    assert a.config["modality_dropout"] == 0.4 and a.run_id != plain.run_id
 
 
 @pytest.mark.gpu
 def test_modality_dropout_on_cuda(prepared: PreparedData) -> None:
     cfg = RunConfig(strategy="early", device="cuda", precision="fp32", epochs=2, modality_dropout=0.5)
     a, b = train_run(cfg, prepared).record, train_run(cfg, prepared).record
-    assert a["metrics"]["val_accuracy"] == b["metrics"]["val_accuracy"]
-    assert a["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"], rel=1e-4)
+    assert a.val_accuracy == b.val_accuracy
+    assert a.history[0]["train_loss"] == pytest.approx(b.history[0]["train_loss"], rel=1e-4)

@@ -20,6 +20,7 @@ from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.models import create_model, register_strategy, strategy_names, unregister_strategy
 from fusioncli.models.blocks import TwoStreamModel
 from fusioncli.models.fusion import ConcatFusion
+from fusioncli.record import RunRecord
 from fusioncli.train import engine, loop
 from fusioncli.machine import cpu_bf16_supported
 from fusioncli.train.stacked import (
@@ -173,7 +174,7 @@ def float32_weight_bound(config: RunConfig, n_train: int, max_weight: float, u: 
     return 2 * travel + 2 * len(adam_steps(config, n_train)) * u * (max_weight + travel)
 
 
-def float64_bounds(config: RunConfig, record: dict, max_weight: float) -> tuple[float, float]:
+def float64_bounds(config: RunConfig, record: RunRecord, max_weight: float) -> tuple[float, float]:
     """(weight tolerance, relative loss tolerance) for two float64 runs of ``config``.
 
     N bounds the roundings behind any number of the run, counted as one chain through all of
@@ -190,12 +191,12 @@ def float64_bounds(config: RunConfig, record: dict, max_weight: float) -> tuple[
     that (see above); in float64 it needs a cancellation to about 1e-9, which random data and
     weights do not produce.
     """
-    ds = record["dataset"]
-    steps = adam_steps(config, ds["n_train"])
-    n = config.epochs * (4 * ds["n_train"] + 2 * ds["n_val"]) * record["flops_per_sample"]
-    n += 10 * len(steps) * record["params"]["total"]
+    ds = record.dataset
+    steps = adam_steps(config, ds.n_train)
+    n = config.epochs * (4 * ds.n_train + 2 * ds.n_val) * record.flops_per_sample
+    n += 10 * len(steps) * record.params["total"]
     g = gamma(n, U64)
-    travel = adam_travel(config, ds["n_train"], U64)
+    travel = adam_travel(config, ds.n_train, U64)
     return 4 * g * travel + 2 * len(steps) * U64 * (max_weight + travel), 2 * g
 
 
@@ -310,25 +311,25 @@ def test_stacked_equals_separate_training_in_float64(
         alone = loop.train_run(config, prepared)
         got, want = result.record, alone.record
         # 16 training samples in batches of 5: the last partial batch is kept, as in train_run
-        assert got["dataset"] == want["dataset"] and got["dataset"]["n_train"] == 16
-        assert got["run_id"] == want["run_id"]
-        assert got["config"] == want["config"]
-        assert set(got) == set(want)
-        assert set(want["timing"]) <= set(got["timing"])
-        assert len(got["history"]) == 2
-        assert got["params"] == want["params"] and got["flops_per_sample"] == want["flops_per_sample"]
+        assert got.dataset == want.dataset and got.dataset.n_train == 16
+        assert got.run_id == want.run_id
+        assert got.config == want.config
+        assert set(got.to_json()) == set(want.to_json())
+        assert set(want.timing) <= set(got.timing)
+        assert len(got.history) == 2
+        assert got.params == want.params and got.flops_per_sample == want.flops_per_sample
         weight_tol, loss_rel = float64_bounds(config, want, max_abs_weight(alone.model))
         # float64-sized bounds: one value passing through float32 (6e-8) would exceed them
         assert weight_tol < 1e-8 and loss_rel < 1e-8
-        for g, w in zip(got["history"], want["history"], strict=True):
+        for g, w in zip(got.history, want.history, strict=True):
             assert g["epoch"] == w["epoch"]
             assert g["lr"] == w["lr"]  # bit-identical schedules
             assert g["train_loss"] == pytest.approx(w["train_loss"], rel=loss_rel, abs=0)
             assert g["val_loss"] == pytest.approx(w["val_loss"], rel=loss_rel, abs=0)
             # equal predictions: a flip needs a validation margin below loss_rel of the logits
             assert g["val_accuracy"] == w["val_accuracy"]
-        assert got["metrics"]["val_accuracy"] == want["metrics"]["val_accuracy"]
-        assert got["metrics"]["f1_macro"] == want["metrics"]["f1_macro"]
+        assert got.val_accuracy == want.val_accuracy
+        assert got.f1_macro == want.f1_macro
         assert max_weight_diff(result.model, alone.model) <= weight_tol
         assert not result.model.training
         # and training did move the weights (the comparison is not between two initialisations)
@@ -355,18 +356,18 @@ def test_stacked_real_strategy_matches_the_loop_in_float32(prepared: PreparedDat
     for config, result in zip(configs, train_stacked(configs, prepared), strict=True):
         alone = loop.train_run(config, prepared)
         got, want = result.record, alone.record
-        assert [r["lr"] for r in got["history"]] == [r["lr"] for r in want["history"]]
+        assert [r["lr"] for r in got.history] == [r["lr"] for r in want.history]
         # One step per epoch: epoch 1's training loss is a forward pass of the shared initial
         # weights (both executors seed and build them alike) on the same samples.
-        assert want["dataset"]["n_train"] == train_idx.numel() == config.batch_size
+        assert want.dataset.n_train == train_idx.numel() == config.batch_size
         torch.manual_seed(config.seed)
         init = create_model(config.strategy, config.backbone, work.num_classes)
         tol = 2 * mean_ce_error_bound(init, *engine.batch_inputs(work, train_idx), work.labels[train_idx], U32)
-        assert abs(got["history"][0]["train_loss"] - want["history"][0]["train_loss"]) <= tol
+        assert abs(got.history[0]["train_loss"] - want.history[0]["train_loss"]) <= tol
         # The record's validation loss (the stacked evaluation) against the loop's evaluation
         # of the same trained weights.
         tol = 2 * mean_ce_error_bound(result.model, *engine.batch_inputs(work, val_idx), work.labels[val_idx], U32)
-        assert abs(got["metrics"]["val_loss"] - plain_val_loss(result.model, work, config)) <= tol
+        assert abs(got.val_loss - plain_val_loss(result.model, work, config)) <= tol
         # Trained weights: Adam's envelope (2 steps; see "error bounds").
         bound = float32_weight_bound(config, train_idx.numel(), max_abs_weight(alone.model))
         assert max_weight_diff(result.model, alone.model) <= bound
@@ -445,8 +446,8 @@ def test_lr_schedule_is_torchs_cosine_or_constant() -> None:
 def test_members_follow_their_own_schedule(small_strategies: None, prepared: PreparedData) -> None:
     configs = [cfg(lr=1e-2, scheduler="cosine", epochs=3), cfg(lr=1e-3, scheduler="constant", epochs=3)]
     a, b = train_stacked(configs, prepared)
-    assert [row["lr"] for row in a.record["history"]] == lr_schedule(configs[0])
-    assert [row["lr"] for row in b.record["history"]] == [1e-3] * 3
+    assert [row["lr"] for row in a.record.history] == lr_schedule(configs[0])
+    assert [row["lr"] for row in b.record.history] == [1e-3] * 3
 
 
 # --------------------------------------------------------------------------- records and callbacks
@@ -459,17 +460,17 @@ def test_records_callbacks_and_shared_measurements(small_strategies: None, prepa
     assert seen == [(configs[0], 1), (configs[1], 1), (configs[0], 2), (configs[1], 2)]
     assert all(c is configs[i] for (c, _), i in zip(seen, [0, 1, 0, 1]))  # the configs as passed in
     a, b = (r.record for r in results)
-    assert a["status"] == b["status"] == "finished"
-    assert a["run_id"] != b["run_id"]
+    assert a.status == b.status == "finished"
+    assert a.run_id != b.run_id
     # the group's wall time and shared peak, said so in the record
-    assert a["timing"]["train_seconds"] == b["timing"]["train_seconds"] > 0
-    assert a["timing"]["stacked_group_size"] == 2
-    assert a["timing"]["stacked_amortized_train_seconds"] == pytest.approx(a["timing"]["train_seconds"] / 2)
-    assert a["timing"]["stacked_run_ids"] == [a["run_id"], b["run_id"]]
-    assert "stacked group of 2" in a["timing"]["samples_per_s_note"]
-    assert a["timing"]["cuda_graph"] == "off" and a["timing"]["compile"] == "off"
-    assert a["memory"]["stacked_group_size"] == 2 and "shared" in a["memory"]["peak_note"]
-    assert len(a["timing"]["epoch_seconds"]) == 2
+    assert a.timing["train_seconds"] == b.timing["train_seconds"] > 0
+    assert a.timing["stacked_group_size"] == 2
+    assert a.timing["stacked_amortized_train_seconds"] == pytest.approx(a.timing["train_seconds"] / 2)
+    assert a.timing["stacked_run_ids"] == [a.run_id, b.run_id]
+    assert "stacked group of 2" in a.timing["samples_per_s_note"]
+    assert a.timing["cuda_graph"] == "off" and a.timing["compile"] == "off"
+    assert a.memory["stacked_group_size"] == 2 and "shared" in a.memory["peak_note"]
+    assert len(a.timing["epoch_seconds"]) == 2
 
 
 def test_non_finite_loss_fails_the_group_naming_the_run(small_strategies: None, prepared: PreparedData) -> None:
@@ -485,7 +486,7 @@ def test_bf16_autocast_path_runs(small_strategies: None, prepared: PreparedData)
     val_idx = work.val_indices
     for config, result in zip(configs, train_stacked(configs, prepared), strict=True):
         alone = loop.train_run(config, prepared)
-        assert result.record["config"]["precision"] == "bf16"
+        assert result.record.config["precision"] == "bf16"
         # bf16 kernels accumulate in float32 and store bf16 outputs (u_out), from operands that
         # autocast rounds to bf16 alike in both executors: the stacked evaluation and the
         # loop's, of the same weights, differ by at most twice the first-order bound.
@@ -495,7 +496,7 @@ def test_bf16_autocast_path_runs(small_strategies: None, prepared: PreparedData)
             for t in rounded.parameters():
                 t.copy_(t.to(torch.bfloat16).float())
         tol = 2 * mean_ce_error_bound(rounded, *cast, work.labels[val_idx], U32, u_out=UBF16)
-        assert abs(result.record["metrics"]["val_loss"] - plain_val_loss(result.model, work, config)) <= tol
+        assert abs(result.record.val_loss - plain_val_loss(result.model, work, config)) <= tol
         # Trained weights (float32 master weights, float32 Adam): Adam's envelope.
         bound = float32_weight_bound(config, work.train_indices.numel(), max_abs_weight(alone.model))
         assert max_weight_diff(result.model, alone.model) <= bound
@@ -546,8 +547,8 @@ def test_train_stacked_hands_a_lone_unstackable_config_to_the_loop(
     rows = []
     (result,) = train_stacked([dropped], prepared, on_epoch=lambda c, row: rows.append((c, row)))
     want = loop.train_run(dropped, prepared).record
-    assert result.record["history"][0]["train_loss"] == want["history"][0]["train_loss"]
-    assert "stacked_group_size" not in result.record["timing"]
+    assert result.record.history[0]["train_loss"] == want.history[0]["train_loss"]
+    assert "stacked_group_size" not in result.record.timing
     assert rows and rows[0][0] is dropped
     with pytest.raises(BadInputError, match="modality-dropout"):
         train_stacked([dropped, cfg(lr=1e-3)], prepared)
@@ -574,7 +575,7 @@ def cuda_cfg(**kwargs) -> RunConfig:
 def test_cuda_graph_step_matches_the_loop_in_fp32(small_strategies: None, prepared: PreparedData) -> None:
     configs = [cuda_cfg(lr=1e-2, seed=1, batch_size=4, epochs=2), cuda_cfg(lr=1e-3, seed=2, batch_size=4, epochs=2)]
     results = train_stacked(configs, prepared)  # 6 full batches per epoch: 3 warm-up, then captured
-    assert results[0].record["timing"]["cuda_graph"].startswith("captured")
+    assert results[0].record.timing["cuda_graph"].startswith("captured")
     eager = train_stacked(configs, prepared, cuda_graphs=False)
     work = loop.run_data(configs[0], prepared).to("cuda:0")
     val_idx = work.val_indices
@@ -589,8 +590,8 @@ def test_cuda_graph_step_matches_the_loop_in_fp32(small_strategies: None, prepar
         # significant bits: 2 * U_TF32 per product), accumulating in float32.
         inputs = engine.batch_inputs(work, val_idx)
         tol = 2 * mean_ce_error_bound(graphed.model, *inputs, work.labels[val_idx], U32, u_out=2 * U_TF32)
-        assert abs(graphed.record["metrics"]["val_loss"] - plain_val_loss(graphed.model, work, config)) <= tol
-        assert graphed.record["memory"]["peak_gpu_allocated_bytes"] > 0
+        assert abs(graphed.record.val_loss - plain_val_loss(graphed.model, work, config)) <= tol
+        assert graphed.record.memory["peak_gpu_allocated_bytes"] > 0
         assert next(graphed.model.parameters()).is_cuda
 
 
@@ -601,10 +602,10 @@ def test_cuda_bf16_and_compiled_forward_run(small_strategies: None, prepared: Pr
     configs = [cuda_cfg(lr=lr, seed=1, precision="bf16", batch_size=4) for lr in (1e-2, 1e-3)]
     for compile_forward in (False, True):
         results = train_stacked(configs, prepared, compile=compile_forward)
-        timing = results[0].record["timing"]
+        timing = results[0].record.timing
         assert timing["cuda_graph"].startswith("captured"), timing["cuda_graph"]
         assert timing["compile"].startswith("compiled" if compile_forward else "off"), timing["compile"]
-        assert all(math.isfinite(r.record["metrics"]["val_loss"]) for r in results)
+        assert all(math.isfinite(r.record.val_loss) for r in results)
 
 
 def test_training_set_size_splits_stacked_groups(small_strategies: None) -> None:
