@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusioncli.config import RunConfig
 from fusioncli.data.cache import load_cache, prepare
 from fusioncli.data.synth import LIDAR, RGB, difficulty_params, sample_scene, write_dataset
-from fusioncli.config import RunConfig
 from fusioncli.train.loop import train_run
 
 UNIMODAL = ("rgb-only", "lidar-only")

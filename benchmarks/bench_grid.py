@@ -39,7 +39,9 @@ from typing import Any
 
 import torch
 
+from fusioncli.config import SCHEDULERS
 from fusioncli.data.cache import SEED_VAL_PER_CLASS
+from fusioncli.machine import cpu_model_name, device_name
 from fusioncli.results.store import ResultsStore
 from fusioncli.sweep.grid import (
     DEFAULT_LRS,
@@ -52,10 +54,8 @@ from fusioncli.sweep.grid import (
     parse_ints,
     split_list,
 )
-from fusioncli.sweep.runner import SweepSummary, run_sweep
-from fusioncli.config import SCHEDULERS
-from fusioncli.machine import cpu_model_name, device_name
 from fusioncli.sweep.plan import choose_executor
+from fusioncli.sweep.runner import SweepSummary, run_sweep
 
 TARGET_SECONDS = 60.0  # issue 6: the seed's full grid on one H100
 
@@ -218,11 +218,17 @@ def main() -> int:
         )
     print()
     if grid.get("runs"):
-        print(f"grid wall: {grid['wall_seconds']:.1f} s for {grid['runs']} runs (target for the seed grid on one H100: "
-              f"<= {TARGET_SECONDS:.0f} s); failed runs: {grid['failed']}; mean val accuracy {grid['mean_val_accuracy']:.4f}")
+        print(
+            f"grid wall: {grid['wall_seconds']:.1f} s for {grid['runs']} runs (target for the seed grid on one H100: "
+            f"<= {TARGET_SECONDS:.0f} s); failed runs: {grid['failed']}; "
+            f"mean val accuracy {grid['mean_val_accuracy']:.4f}"
+        )
         if base_rate:
             loop_grid = len(configs) * results["baseline"]["per_run_wall_seconds"]
-            print(f"one at a time, extrapolated from {results['baseline']['runs']} run(s): ~{loop_grid:.0f} s for the grid")
+            print(
+                f"one at a time, extrapolated from {results['baseline']['runs']} run(s): "
+                f"~{loop_grid:.0f} s for the grid"
+            )
         for g in grid["groups"][:8]:
             print(
                 f"  group of {g['runs']}: train {g['train_seconds']:.1f} s, peak GPU allocated "

@@ -133,7 +133,9 @@ def bench_formats(cache: Path, repeats: int) -> None:
 
     def map_npy():  # type: ignore[no-untyped-def]
         # what load_cache does; the pages are faulted in later, when used (here: by the check)
-        return _map_tensor(out / "rgb.npy", rgb.dtype, rgb.shape), _map_tensor(out / "depth.npy", depth.dtype, depth.shape)
+        return _map_tensor(out / "rgb.npy", rgb.dtype, rgb.shape), _map_tensor(
+            out / "depth.npy", depth.dtype, depth.shape
+        )
 
     def map_touch_npy():  # type: ignore[no-untyped-def]
         tensors = map_npy()
@@ -151,9 +153,7 @@ def bench_formats(cache: Path, repeats: int) -> None:
         def write():  # type: ignore[no-untyped-def]
             table = pa.table(
                 {
-                    "rgb": pa.FixedSizeBinaryArray.from_buffers(
-                        pa.binary(rgb[0].nbytes), n, [None, pa.py_buffer(rgb)]
-                    ),
+                    "rgb": pa.FixedSizeBinaryArray.from_buffers(pa.binary(rgb[0].nbytes), n, [None, pa.py_buffer(rgb)]),
                     "depth": pa.FixedSizeBinaryArray.from_buffers(
                         pa.binary(depth[0].nbytes), n, [None, pa.py_buffer(depth)]
                     ),
@@ -272,7 +272,9 @@ def main() -> None:
         f"  CPU per sample    : seed-style {base_cpu_per:.0f} us, prepare {ours_cpu_per:.0f} us (all processes)"
         f" -> {base_cpu_per / ours_cpu_per:.1f}x less CPU"
     )
-    print(f"  full build        : {min(ours):.2f} s best, {statistics.mean(ours):.2f} s mean  (target <= 10 s on 2 cores)")
+    print(
+        f"  full build        : {min(ours):.2f} s best, {statistics.mean(ours):.2f} s mean  (target <= 10 s on 2 cores)"
+    )
     print("\ncache hit (prepare again):")
     print(f"  stats unchanged   : {_fmt(hits)}")
     print(f"  one file touched  : {_fmt(touched)}  (content hashed)")
@@ -280,8 +282,10 @@ def main() -> None:
     print(f"  total             : {_fmt(loads)}")
     print(f"  read shards       : {_fmt(reads)}")
     print(f"  project XYZA      : {_fmt(projs)}  (CPU: only the direction grid; each batch projects its own)")
-    print(f"  XYZA of a batch of 32, projected when drawn: {min(per_batch) * 1e6:.0f} us best, "
-          f"{statistics.median(per_batch) * 1e6:.0f} us median")
+    print(
+        f"  XYZA of a batch of 32, projected when drawn: {min(per_batch) * 1e6:.0f} us best, "
+        f"{statistics.median(per_batch) * 1e6:.0f} us median"
+    )
     if hasattr(os, "getloadavg"):
         print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

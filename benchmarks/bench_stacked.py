@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from fusioncli.data.dataset import PreparedData
 from fusioncli.config import RunConfig
+from fusioncli.data.dataset import PreparedData
 from fusioncli.machine import cpu_model_name, device_name
 from fusioncli.train.loop import train_run
 from fusioncli.train.stacked import train_stacked

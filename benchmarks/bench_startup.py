@@ -94,15 +94,20 @@ def main() -> None:
                 "--val-fraction", "0.25",
             ],
         }  # fmt: skip
-        print(f"# start-up, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"load {os.getloadavg()[0]:.1f}, python {platform.python_version()}, repeat {args.repeat}")
+        print(
+            f"# start-up, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"load {os.getloadavg()[0]:.1f}, python {platform.python_version()}, repeat {args.repeat}"
+        )
         print(f"{'command':<30} {'min s':>7} {'median s':>9} {'x bare python':>14}  torch imported")
         base = None
         for name, cmd in cases.items():
             times, torch_loaded = timed(cmd, args.repeat, env)
             median = statistics.median(times)
             base = base or median
-            print(f"{name:<30} {min(times):>7.3f} {median:>9.3f} {median / base:>14.1f}  {'yes' if torch_loaded else 'no'}")
+            print(
+                f"{name:<30} {min(times):>7.3f} {median:>9.3f} {median / base:>14.1f}  "
+                f"{'yes' if torch_loaded else 'no'}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from fusioncli.data.dataset import PreparedData
-from fusioncli.models import create_model
 from fusioncli.config import RunConfig
+from fusioncli.data.dataset import PreparedData
 from fusioncli.machine import cpu_model_name, device_name
+from fusioncli.models import create_model
 from fusioncli.train.loop import train_run
 from fusioncli.train.probes import clock
 
@@ -225,7 +225,9 @@ def prepare_cache(args: argparse.Namespace, workdir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--per-class", type=int, default=1000, help="synth samples per class (no --data-dir/--cache-dir)")
+    parser.add_argument(
+        "--per-class", type=int, default=1000, help="synth samples per class (no --data-dir/--cache-dir)"
+    )
     parser.add_argument("--epochs", type=int, default=4, help="epochs for both loops (>= 2 to exclude warm-up)")
     parser.add_argument("--strategy", default="late")
     parser.add_argument("--backbone", default="seed")
@@ -237,7 +239,9 @@ def main() -> None:
     parser.add_argument("--limit-per-class", type=int, default=None, help="subsample a big cache")
     parser.add_argument("--data-dir", type=Path, default=None, help="raw dataset to prepare (else synthesised)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="prepared cache to use as is")
-    parser.add_argument("--repeats", type=int, default=1, help="run this many seed-style/ours pairs; median ratio reported")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run this many seed-style/ours pairs; median ratio reported"
+    )
     parser.add_argument("--also-fp32", action="store_true", help="also pair the seed-style loop with ours in fp32")
     parser.add_argument("--same-process", action="store_true", help="run both loops in this process (shared allocator)")
     args = parser.parse_args()
@@ -250,7 +254,9 @@ def main() -> None:
         data = _load(cache_dir, args.limit_per_class, ours_cfg.device)
         print("machine:")
         print(f"  device      {ours_cfg.device} ({device_name(ours_cfg.device)})")
-        print(f"  cpu         {cpu_model_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}")
+        print(
+            f"  cpu         {cpu_model_name()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+        )
         print(f"  software    torch {torch.__version__}, python {platform.python_version()}")
         print(f"  bf16        {'on' if ours_cfg.precision == 'bf16' else 'off'} (our loop, --precision auto)")
         n_train, n_val = int((~data.is_val).sum()), int(data.is_val.sum())

@@ -107,7 +107,7 @@ def _positive_number(flag: str, value: Any) -> tuple[str | None, Any]:
 def _probability_below_one(flag: str, value: Any) -> tuple[str | None, Any]:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return f"{flag} must be a number in [0, 1) (got {value!r})", value
-    if not 0 <= value < 1:  # also false for NaN
+    if not 0 <= value < 1:  # type: ignore[operator]  # typeshed's numbers.Real has only < and <=. Also false for NaN
         return f"{flag} must be >= 0 and < 1 (got {value:g})", value
     return None, float(value)  # 0 and 0.0 must hash to the same run id
 
@@ -174,7 +174,9 @@ class RunConfig:
             grid_default="51", axis="seeds",
         ),
     )  # fmt: skip
-    device: str = _meta("auto", FieldInfo("--device", "auto, cpu, cuda or cuda:N (all runs on this one device).", _device))
+    device: str = _meta(
+        "auto", FieldInfo("--device", "auto, cpu, cuda or cuda:N (all runs on this one device).", _device)
+    )
     precision: str = _meta(
         "auto",
         FieldInfo(

@@ -6,7 +6,7 @@ problem and an exit code by :func:`fusioncli.cli._common.report_errors`.
 """
 
 import os
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,12 +36,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = None,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
 ) -> None:
     """Benchmark multimodal fusion strategies (see `fusioncli COMMAND --help`)."""
     if debug:

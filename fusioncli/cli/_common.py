@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,7 +28,8 @@ from fusioncli.errors import FusionError
 out = Console(soft_wrap=True)  # data: tables, markdown, csv, json
 err = Console(stderr=True)  # humans: progress, summaries, errors
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class OutputFormat(str, Enum):
@@ -43,14 +44,14 @@ def debug_enabled() -> bool:
     return os.environ.get("FUSIONCLI_DEBUG", "") not in ("", "0")
 
 
-def report_errors(func: F) -> F:
+def report_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn :class:`FusionError` into ``error: ...`` lines on stderr and its exit code.
 
     Ctrl-C exits 130 with one line, as shells expect.
     """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except FusionError as exc:
@@ -68,7 +69,7 @@ def report_errors(func: F) -> F:
             err.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def progress_enabled() -> bool:

@@ -10,7 +10,7 @@ import functools
 import inspect
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -45,8 +45,13 @@ def _python_type(annotation: str) -> Any:
     if "float" in annotation:
         return float
     if "int" in annotation:
-        return Optional[int] if "None" in annotation else int
+        return int | None if "None" in annotation else int
     return str
+
+
+def _choices_enum(name: str, choices: Sequence[str]) -> Any:
+    """A str Enum with one member per choice, which Typer offers as the option's choices."""
+    return Enum(name.title().replace("_", ""), {c: c for c in choices}, type=str)
 
 
 def _option(field: Any, info: FieldInfo, *, grid: bool) -> inspect.Parameter:
@@ -58,10 +63,10 @@ def _option(field: Any, info: FieldInfo, *, grid: bool) -> inspect.Parameter:
         ]
         default: Any = info.grid_default
     else:
-        kind = _python_type(str(field.type))
+        kind: Any = _python_type(str(field.type))
         default = field.default
         if info.choices is not None:
-            kind = Enum(field.name.title().replace("_", ""), {c: c for c in info.choices}, type=str)  # type: ignore[misc]
+            kind = _choices_enum(field.name, info.choices)
             default = kind(field.default)
         decls = [info.flag, *([info.short] if info.short else [])]
         annotation = Annotated[
@@ -103,7 +108,7 @@ def run_config_options(*, grid: bool = False, exclude: Sequence[str] = ()) -> Ca
                 run_options[f.name] = value.value if isinstance(value, Enum) else value
             return command(run_options=run_options, **kwargs)
 
-        wrapper.__signature__ = signature.replace(parameters=[*generated, *own])  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        wrapper.__signature__ = signature.replace(parameters=[*generated, *own])  # type: ignore[attr-defined]  # read by inspect.signature (Typer); undeclared on functions
+        return wrapper  # type: ignore[return-value]  # the command, called by Typer with the generated options
 
     return decorate

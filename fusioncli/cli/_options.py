@@ -2,7 +2,7 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,17 +17,17 @@ PrecisionOption = Annotated[
     Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
 ]
 LimitPerClassOption = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
 ]
 CacheDirOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--cache-dir", help="Prepared cache (default .fusioncli/cache or $FUSIONCLI_CACHE_DIR).", show_default=False
     ),
 ]
 ResultsDirOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--results-dir",
         help="Results store (default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",

@@ -1,6 +1,6 @@
 """Rich tables that more than one command prints."""
 
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -20,7 +20,7 @@ def robustness_table(robustness: dict[str, Any], where: str = "validation") -> T
     for col in ("condition", "accuracy", "relative", "AUC", "relative AUC"):
         table.add_column(col, justify="left" if col == "condition" else "right")
 
-    def cell(value: Optional[float]) -> str:
+    def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     for row in summary_rows(robustness):

@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 MAX_LISTED = 20  # skipped files printed; the manifest lists all of them
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -45,7 +45,8 @@ def _print_summary(s: "PrepareSummary") -> None:
             err.print(f"  {escape(str(p))}", highlight=False, soft_wrap=True)
         if len(s.skipped) > MAX_LISTED:
             err.print(
-                f"  ... and {len(s.skipped) - MAX_LISTED} more (all listed in {escape(str(s.cache_dir / 'manifest.json'))})",
+                f"  ... and {len(s.skipped) - MAX_LISTED} more"
+                f" (all listed in {escape(str(s.cache_dir / 'manifest.json'))})",
                 highlight=False,
             )
     for note in s.notes:
@@ -55,24 +56,32 @@ def _print_summary(s: "PrepareSummary") -> None:
 @report_errors
 def prepare(
     data_dir: Annotated[
-        Optional[Path],
-        typer.Option("--data-dir", help="Raw data folder in the NVIDIA layout (default: data/assessment, or $FUSIONCLI_DATA_DIR)."),
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Raw data folder in the NVIDIA layout (default: data/assessment, or $FUSIONCLI_DATA_DIR).",
+        ),
     ] = None,
     cache_dir: Annotated[
-        Optional[Path],
-        typer.Option("--cache-dir", help="Where the prepared cache goes (default: .fusioncli/cache, or $FUSIONCLI_CACHE_DIR)."),
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Where the prepared cache goes (default: .fusioncli/cache, or $FUSIONCLI_CACHE_DIR)."
+        ),
     ] = None,
     val_fraction: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--val-fraction",
-            help="Validation share per class, chosen by a seeded hash (stratified). Default: the seed's split, the last 320 samples of each class.",
+            help="Validation share per class, chosen by a seeded hash (stratified)."
+            " Default: the seed's split, the last 320 samples of each class.",
         ),
     ] = None,
     split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the --val-fraction split.")] = 0,
     skip_invalid: Annotated[
         bool,
-        typer.Option("--skip-invalid", help="Leave bad files out (listed, and recorded in the manifest) instead of failing."),
+        typer.Option(
+            "--skip-invalid", help="Leave bad files out (listed, and recorded in the manifest) instead of failing."
+        ),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the cache is current.")] = False,
     fmt: Annotated[

@@ -2,14 +2,17 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fusioncli.cli._options import ResultsDirOption
 from fusioncli.cli._common import err, out, report_errors
+from fusioncli.cli._options import ResultsDirOption
 from fusioncli.cli._tables import print_table
 from fusioncli.paths import default_results_dir
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 class ReportFormat(str, Enum):
@@ -28,7 +31,7 @@ def report(
         typer.Option("--format", "-f", help="table (rich), markdown, latex for people; csv, json for machines."),
     ] = ReportFormat.table,
     group_by: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--group-by",
             help="Comma list of config fields to group by (default: every config field except seed).",
@@ -44,7 +47,7 @@ def report(
         ),
     ] = "accuracy",
     filter: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--filter",
             help="KEY=VALUE on a config field (or status); repeat for AND, comma-list values for OR, "
@@ -56,7 +59,7 @@ def report(
         bool, typer.Option("--runs", help="One row per run (with status and error) instead of per group.")
     ] = False,
     plot: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--plot",
             help="Also write PNG charts (accuracy, train time, accuracy vs params / time, and accuracy vs "
@@ -66,7 +69,7 @@ def report(
         ),
     ] = None,
     compare: Annotated[
-        Optional[tuple[str, str]],
+        tuple[str, str] | None,
         typer.Option(
             "--compare",
             help="Paired t-test of A vs B over shared seeds: each a strategy name or a comma list of KEY=VALUE "
@@ -76,7 +79,7 @@ def report(
         ),
     ] = None,
     metric: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--metric",
             help="Metric for --compare: accuracy (default), f1, loss, time, throughput, robust, rgb_missing, ...",
@@ -147,6 +150,7 @@ def report(
     frame = _read_runs(store)
     filters = filter or []
     notes_from = None
+    rendered: str | Table | list[Table]
     if compare is not None:
         from fusioncli.results.compare import build_comparison, render_comparison
 
@@ -204,7 +208,8 @@ def _read_runs(store: Any) -> Any:
         )
     if table.damaged and table.frame.empty:
         raise BadInputError(
-            [f"damaged run {d.run_id}: {d}" for d in table.damaged] + [f"no readable run in the results store {store.root}"],
+            [f"damaged run {d.run_id}: {d}" for d in table.damaged]
+            + [f"no readable run in the results store {store.root}"],
             hint="re-run the sweep that wrote these runs (damaged runs are trained again), or remove the damaged files",
         )
     for damage in table.damaged:

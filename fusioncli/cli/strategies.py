@@ -12,7 +12,7 @@ from fusioncli.cli._common import OutputFormat, out, report_errors
 from fusioncli.models import BACKBONES
 
 # Choices come from the backbone presets, plus "all".
-BackboneChoice = Enum("BackboneChoice", {name: name for name in (*BACKBONES, "all")}, type=str)  # type: ignore[misc]
+BackboneChoice = Enum("BackboneChoice", {name: name for name in (*BACKBONES, "all")}, type=str)  # type: ignore[misc]  # members known at run time only
 
 
 def _human(n: int) -> str:
@@ -60,9 +60,9 @@ def _table(rows: list[dict[str, Any]], *, with_description: bool) -> Table:
 @report_errors
 def strategies(
     backbone: Annotated[
-        BackboneChoice,  # type: ignore[valid-type]
+        BackboneChoice,
         typer.Option("--backbone", "-b", help="Backbone preset to size the strategies on, or 'all'."),
-    ] = BackboneChoice("seed"),  # type: ignore[assignment]
+    ] = BackboneChoice["seed"],
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table (rich) or json (a list of objects) on stdout.")
     ] = OutputFormat.table,

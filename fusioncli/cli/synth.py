@@ -3,7 +3,7 @@
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ class Difficulty(str, Enum):
 @report_errors
 def synth(
     out_dir: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(
             help="Output folder (default: data/assessment, or $FUSIONCLI_DATA_DIR).",
             show_default=False,
@@ -57,42 +57,53 @@ def synth(
         ),
     ] = Difficulty.easy,
     depth_noise: Annotated[
-        Optional[float],
-        typer.Option("--depth-noise", help="LiDAR: std of Gaussian noise on each return, in metres (>= 0).",
-                     show_default=False),
+        float | None,
+        typer.Option(
+            "--depth-noise", help="LiDAR: std of Gaussian noise on each return, in metres (>= 0).", show_default=False
+        ),
     ] = None,
     beam_dropout: Annotated[
-        Optional[float],
-        typer.Option("--beam-dropout", help="LiDAR: fraction of returns lost (written as 50.0), in [0, 1).",
-                     show_default=False),
+        float | None,
+        typer.Option(
+            "--beam-dropout", help="LiDAR: fraction of returns lost (written as 50.0), in [0, 1).", show_default=False
+        ),
     ] = None,
     exposure: Annotated[
-        Optional[float],
-        typer.Option("--exposure", help="Camera: light/exposure scale; 1 = normal, < 1 = low light.",
-                     show_default=False),
+        float | None,
+        typer.Option(
+            "--exposure", help="Camera: light/exposure scale; 1 = normal, < 1 = low light.", show_default=False
+        ),
     ] = None,
     rgb_noise: Annotated[
-        Optional[float],
-        typer.Option("--rgb-noise", help="Camera: std of Gaussian noise per channel, as a fraction of full scale.",
-                     show_default=False),
+        float | None,
+        typer.Option(
+            "--rgb-noise",
+            help="Camera: std of Gaussian noise per channel, as a fraction of full scale.",
+            show_default=False,
+        ),
     ] = None,
     size_range: Annotated[
-        Optional[tuple[float, float]],
-        typer.Option("--size-range", help="Cube edge range LOW HIGH in metres (spheres: x1.38 diameter).",
-                     show_default=False),
+        tuple[float, float] | None,
+        typer.Option(
+            "--size-range", help="Cube edge range LOW HIGH in metres (spheres: x1.38 diameter).", show_default=False
+        ),
     ] = None,
     distance_range: Annotated[
-        Optional[tuple[float, float]],
-        typer.Option("--distance-range", help="Object distance range LOW HIGH from the LiDAR, in metres.",
-                     show_default=False),
+        tuple[float, float] | None,
+        typer.Option(
+            "--distance-range", help="Object distance range LOW HIGH from the LiDAR, in metres.", show_default=False
+        ),
     ] = None,
     clutter: Annotated[
-        Optional[int],
-        typer.Option("--clutter", help=f"Distractors per scene (elongated boxes, ellipsoids), 0-{MAX_CLUTTER}.",
-                     show_default=False),
+        int | None,
+        typer.Option(
+            "--clutter",
+            help=f"Distractors per scene (elongated boxes, ellipsoids), 0-{MAX_CLUTTER}.",
+            show_default=False,
+        ),
     ] = None,
     corruption: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--corruption",
             help=(

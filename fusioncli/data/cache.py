@@ -204,8 +204,8 @@ def split_mask(
             if n < 2:
                 problems.append(f"class {name} has {n} sample(s); a train/validation split needs at least 2")
                 continue
-            n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
-            keys = np.array([_split_key(split_seed, name, stems[r]) for r in rows], dtype=np.uint64)
+            n_val = min(max(int(round(val_fraction * n)), 1), n - 1)  # noqa: RUF046 - numpy < 2 rounds a numpy float to a float
+            keys = np.array([_split_key(split_seed, name, stems[r]) for r in rows.tolist()], dtype=np.uint64)
             is_val[rows[np.argsort(keys, kind="stable")[:n_val]]] = True
     if problems:
         hint = "use a stratified split instead, e.g. --val-fraction 0.2" if val_fraction is None else None
@@ -233,9 +233,7 @@ def _logical(sample: Sample) -> tuple[str, str]:
     return f"{sample.class_name}/rgb/{sample.stem}.png", f"{sample.class_name}/lidar/{sample.stem}.npy"
 
 
-def _fingerprint(
-    layout: Layout, options: dict[str, Any], sample_digests: Sequence[tuple[bytes, bytes]]
-) -> str:
+def _fingerprint(layout: Layout, options: dict[str, Any], sample_digests: Sequence[tuple[bytes, bytes]]) -> str:
     """The content fingerprint: what the cache's tensors depend on, and nothing else."""
     items: list[tuple[str, bytes]] = []
     for sample, (png_d, npy_d) in zip(layout.samples, sample_digests, strict=True):
@@ -297,7 +295,7 @@ def _read_file(path: str) -> bytes:
 def _pwrite_all(path: Path, arr: np.ndarray, offset: int) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
-        view = memoryview(np.ascontiguousarray(arr)).cast("B")
+        view = memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]  # numpy's stubs: a buffer on Python >= 3.12 only
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
@@ -690,7 +688,10 @@ def _build(
     n = len(samples)
 
     with _staging(cache_dir) as staging:
-        for name, dtype, shape in ((RGB_FILE, np.uint8, (n, CHANNELS, SIZE, SIZE)), (DEPTH_FILE, np.float32, (n, SIZE, SIZE))):
+        for name, dtype, shape in (
+            (RGB_FILE, np.uint8, (n, CHANNELS, SIZE, SIZE)),
+            (DEPTH_FILE, np.float32, (n, SIZE, SIZE)),
+        ):
             mm = np.lib.format.open_memmap(staging / name, mode="w+", dtype=dtype, shape=shape)
             del mm
         file_problems, bad_rows, digests = _decode_all(layout, staging, progress, workers)
@@ -712,7 +713,9 @@ def _build(
             _compact(staging, keep)
         names = [c.name for c in layout.classes if any(s.class_name == c.name for s in kept)]
         if len(names) < 2:
-            raise BadInputError(f"after skipping invalid files, {len(names)} class(es) with samples remain; need at least 2")
+            raise BadInputError(
+                f"after skipping invalid files, {len(names)} class(es) with samples remain; need at least 2"
+            )
         # Labels stay contiguous if a class lost every sample.
         label_of = {name: i for i, name in enumerate(names)}
         labels = np.array([label_of[s.class_name] for s in kept], dtype=np.int64)
@@ -850,7 +853,8 @@ def load_cache(
     manifest = read_manifest(cache_dir)
     if manifest is None:
         raise BadInputError(
-            f"{manifest_path} is unreadable or from another cache format (this fusioncli reads version {FORMAT_VERSION})",
+            f"{manifest_path} is unreadable or from another cache format"
+            f" (this fusioncli reads version {FORMAT_VERSION})",
             hint=f"{PREPARE_HINT} --force",
         )
     problems = _shard_problems(cache_dir, manifest)

@@ -47,6 +47,7 @@ class PreparedData:
             return self.xyza[idx]
         from fusioncli.data.projection import xyza_from_directions
 
+        assert self.directions is not None  # __post_init__: no xyza means directions
         depth = self.depth[idx]
         out = torch.empty(
             (depth.shape[0], 4, *depth.shape[-2:]), dtype=depth.dtype, device=depth.device,

@@ -151,13 +151,13 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _scan(folder: Path, suffix: str) -> tuple[dict[str, os.DirEntry], list[str], list[str]]:
+def _scan(folder: Path, suffix: str) -> tuple[dict[str, os.DirEntry[str]], list[str], list[str]]:
     """Files with ``suffix`` (by stem), other file names, and subfolder names of ``folder``.
 
     Hidden entries are ignored: macOS copies leave ``._0001.png`` AppleDouble files and
     ``.DS_Store`` next to the data.
     """
-    files: dict[str, os.DirEntry] = {}
+    files: dict[str, os.DirEntry[str]] = {}
     others: list[str] = []
     subdirs: list[str] = []
     dot_suffix = "." + suffix
@@ -184,14 +184,13 @@ def _move_up_command(folder: Path) -> str:
     tmp = folder.with_name(folder.name + ".tmp")
     q = shlex.quote
     return (
-        f"mv {q(str(folder))} {q(str(tmp))} && mv {q(str(tmp / folder.name))} {q(str(folder))}"
-        f" && rmdir {q(str(tmp))}"
+        f"mv {q(str(folder))} {q(str(tmp))} && mv {q(str(tmp / folder.name))} {q(str(folder))} && rmdir {q(str(tmp))}"
     )
 
 
 def _modality_files(
     root: Path, folder: Path, suffix: str, notes: list[str], problems: list[Problem]
-) -> tuple[Path, dict[str, os.DirEntry]]:
+) -> tuple[Path, dict[str, os.DirEntry[str]]]:
     """The files of one modality folder, following the known one-level-too-deep quirk."""
     files, others, subdirs = _scan(folder, suffix)
     if not files and subdirs == [folder.name]:
@@ -206,9 +205,7 @@ def _modality_files(
             folder = nested
     if others:
         examples = ", ".join(sorted(others)[:3])
-        notes.append(
-            f"ignored {len(others)} file(s) in {_rel(folder, root)}/ that are not .{suffix} ({examples})"
-        )
+        notes.append(f"ignored {len(others)} file(s) in {_rel(folder, root)}/ that are not .{suffix} ({examples})")
     if not files:
         hint = f" (it holds only the folders {', '.join(subdirs)})" if subdirs else ""
         problems.append(Problem(_rel(folder, root) + "/", f"holds no .{suffix} files{hint}"))
@@ -288,9 +285,9 @@ def discover(data_dir: Path) -> Layout:
         for stem in sorted(npys.keys() - pngs.keys(), key=stem_key):
             orphans.append(Problem(f"{lidar_rel}/{npys[stem].name}", "no rgb partner (skipped)"))
         for rel_dir, entries in ((rgb_rel, pngs), (lidar_rel, npys)):
-            for entry in entries.values():
-                st = entry.stat()  # one syscall per file: most of the cache-hit time
-                stats.append((f"{rel_dir}/{entry.name}", st.st_size, st.st_mtime_ns))
+            for file_entry in entries.values():
+                st = file_entry.stat()  # one syscall per file: most of the cache-hit time
+                stats.append((f"{rel_dir}/{file_entry.name}", st.st_size, st.st_mtime_ns))
         for angle in ANGLE_FILES:
             path = class_dir / angle
             if path.is_file():
@@ -338,7 +335,7 @@ def _npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], bool, int]:
         start = 12
     else:
         raise InvalidFile(f"unsupported .npy format version {major}")
-    raw = data[:start + hlen]
+    raw = data[: start + hlen]
     if len(raw) < start + hlen:
         raise InvalidFile("truncated .npy header")
     cached = _header_cache.get(raw)
@@ -430,19 +427,17 @@ def decode_png(data: bytes) -> np.ndarray:
     try:
         # The PNG plugin directly: skips format sniffing, and a JPEG named .png is refused.
         im = PngImagePlugin.PngImageFile(io.BytesIO(data))
-    except Exception as exc:  # PIL raises SyntaxError, OSError, struct.error, ... on garbage
+    except Exception as exc:  # noqa: BLE001 - PIL raises SyntaxError, OSError, struct.error, ... on garbage
         raise InvalidFile(f"not a readable PNG ({_short(exc)})") from None
     w, h = im.size
     if (w, h) != (SIZE, SIZE):
         raise InvalidFile(f"size {w}x{h}; expected {SIZE}x{SIZE}")
     if im.mode != "RGBA":
         n = len(im.getbands())
-        raise InvalidFile(
-            f"{n} channel{'s' if n > 1 else ''} (mode {im.mode}); expected 4 (RGBA) as in the real set"
-        )
+        raise InvalidFile(f"{n} channel{'s' if n > 1 else ''} (mode {im.mode}); expected 4 (RGBA) as in the real set")
     try:
         pixels = im.tobytes()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above: any decoder error means corrupt data
         raise InvalidFile(f"truncated or corrupt PNG data ({_short(exc)})") from None
     # Defence in depth: if some library set ImageFile.LOAD_TRUNCATED_IMAGES, PIL pads a cut-off
     # file with zeros instead of failing; a complete PNG always ends with an IEND chunk.

@@ -159,7 +159,7 @@ class SceneParams:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 problems.append(f"{_name(name)} must be a number ({what}), got {value!r}")
                 continue
-            above = value > high if closed else value >= high
+            above = value > high if closed else value >= high  # type: ignore[operator]  # typeshed's numbers.Real has only < and <=
             below = value <= low if name == "exposure" else value < low
             if below or above:
                 opening = "(" if name == "exposure" else "["
@@ -363,9 +363,7 @@ def scene_uniforms(label: int, indices: np.ndarray, seed: int = 0) -> np.ndarray
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def sample_scenes(
-    label: int, start: int, stop: int, seed: int = 0, params: SceneParams | None = None
-) -> list[Scene]:
+def sample_scenes(label: int, start: int, stop: int, seed: int = 0, params: SceneParams | None = None) -> list[Scene]:
     """Scenes of samples [start, stop) of class ``label`` (each a function of seed, label, index)."""
     p = params or SceneParams()
     u = scene_uniforms(label, np.arange(start, stop), seed).tolist()
@@ -384,6 +382,7 @@ def _scene_from_uniforms(label: int, u: list[float], p: SceneParams, key: tuple[
     """One sample's scene from its uniforms: 0 size, 1 distance, 2-3 direction, 4-6 rotation,
     7-9 colour, 10-11 complementary corruption (12-15 unused, for future knobs).
     """
+
     # Scalar math per sample (not vectorised): libm's sin/cos give the same bits whatever the
     # batch, where numpy's SIMD kernels might not.
     def uniform(k: int, lo_hi: tuple[float, float]) -> float:
@@ -415,9 +414,7 @@ def _scene_from_uniforms(label: int, u: list[float], p: SceneParams, key: tuple[
     colour = colorsys.hsv_to_rgb(hue, uniform(8, p.saturation_range), uniform(9, p.value_range))
     # the same columns for both classes: which samples fail, and how, says nothing of the class
     corrupt = (RGB if u[11] < 0.5 else LIDAR) if u[10] < p.corruption else None
-    return Scene(
-        label=label, centre=centre, rotation=rotation, size=size, colour=colour, key=key, corrupt=corrupt
-    )
+    return Scene(label=label, centre=centre, rotation=rotation, size=size, colour=colour, key=key, corrupt=corrupt)
 
 
 # Per-sample random streams (besides scene_uniforms' columns): one generator per sample and use,
@@ -468,7 +465,7 @@ def _sample_clutter(scene: Scene, p: SceneParams) -> tuple[Clutter, ...]:
         sat = p.saturation_range[0] + (p.saturation_range[1] - p.saturation_range[0]) * u[9]
         colour = colorsys.hsv_to_rgb(hue, sat, p.value_range[0] + (p.value_range[1] - p.value_range[0]) * u[10])
         rotation = _uniform_rotation(*rng.random(3).tolist())
-        out.append(Clutter(kind, centre, rotation, half, colour))  # type: ignore[arg-type]
+        out.append(Clutter(kind, centre, rotation, half, colour))
     return tuple(out)
 
 
@@ -511,6 +508,16 @@ class _Sensors:
     cam_tan: float  # tan(fov / 2)
 
 
+def _xyz_columns(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The x, y, z columns of (N, 3) ``a``, each as float32 (N,)."""
+    return a[:, 0].astype(np.float32), a[:, 1].astype(np.float32), a[:, 2].astype(np.float32)
+
+
+def _vec3(v: np.ndarray) -> tuple[float, float, float]:
+    """A 3-vector as Python floats."""
+    return float(v[0]), float(v[1]), float(v[2])
+
+
 @lru_cache(maxsize=8)
 def _sensors(params: SceneParams) -> _Sensors:
     az, ze = default_angles()
@@ -532,16 +539,16 @@ def _sensors(params: SceneParams) -> _Sensors:
     dirs = forward + u[..., None] * right + v[..., None] * down
     dirs = (dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)).reshape(-1, 3)
     k = np.arange(IMAGE_SIZE)
-    sub_rows = (k[:, None] * ss + np.arange(ss)[None, :])  # (64, ss)
+    sub_rows = k[:, None] * ss + np.arange(ss)[None, :]  # (64, ss)
     subpixels = (sub_rows[:, None, :, None] * s + sub_rows[None, :, None, :]).reshape(IMAGE_SIZE**2, ss * ss)
     return _Sensors(
-        lidar_dirs=tuple(lidar[:, i].astype(np.float32) for i in range(3)),  # type: ignore[arg-type]
+        lidar_dirs=_xyz_columns(lidar),
         azimuth=az,
         zenith=ze,
-        cam_origin=tuple(float(c) for c in origin),  # type: ignore[arg-type]
-        cam_dirs=tuple(dirs[:, i].astype(np.float32) for i in range(3)),  # type: ignore[arg-type]
+        cam_origin=_vec3(origin),
+        cam_dirs=_xyz_columns(dirs),
         cam_subpixels=subpixels,
-        cam_basis=tuple(tuple(float(c) for c in axis) for axis in (right, down, forward)),
+        cam_basis=tuple(_vec3(axis) for axis in (right, down, forward)),
         cam_tan=tan,
     )
 
@@ -693,7 +700,13 @@ def _per_ray(table: list[np.ndarray], s: np.ndarray) -> np.ndarray:
     return np.take(np.array(table, dtype=np.float32), s, axis=1)
 
 
-def _hit_spheres(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
+# A hit test's answer: hit (N,) bool, t of the hits, and their unit normals' x, y, z if asked.
+_Hit = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...] | None]
+
+
+def _hit_spheres(
+    oc: np.ndarray, obj: _Objects | _Shapes, s: np.ndarray, d: tuple[np.ndarray, ...], normals: bool
+) -> _Hit:
     """Analytic ray/sphere: |t d - oc|^2 = r^2 with |d| = 1."""
     dist2 = oc[:, 0] * oc[:, 0] + oc[:, 1] * oc[:, 1] + oc[:, 2] * oc[:, 2]
     cx, cy, cz, c = _per_ray([oc[:, 0], oc[:, 1], oc[:, 2], obj.half * obj.half - dist2], s)
@@ -711,7 +724,9 @@ def _hit_spheres(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
     return ok, t, tuple((e[ok] * t - q[ok]) * inv_r for e, q in ((dx, cx), (dy, cy), (dz, cz)))
 
 
-def _hit_cubes(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
+def _hit_cubes(
+    oc: np.ndarray, obj: _Objects | _Shapes, s: np.ndarray, d: tuple[np.ndarray, ...], normals: bool
+) -> _Hit:
     """Ray/oriented box by the slab method in the box's own frame (cubes and clutter boxes)."""
     ax = obj.axes
     # per sample: the ray origin in the cube's frame is o_l = -axes . oc; along axis k the ray is
@@ -746,7 +761,9 @@ def _hit_cubes(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
     return ok, t, (a[:, 0] * sign, a[:, 1] * sign, a[:, 2] * sign)
 
 
-def _hit_ellipsoids(oc, obj, s, d, normals):  # type: ignore[no-untyped-def]
+def _hit_ellipsoids(
+    oc: np.ndarray, obj: _Objects | _Shapes, s: np.ndarray, d: tuple[np.ndarray, ...], normals: bool
+) -> _Hit:
     """Ray/ellipsoid: in the frame where it is the unit sphere, |o' + t d'|^2 = 1."""
     m = obj.axes / obj.half[:, :, None]  # (B, 3, 3): row k = axis k / semi-axis k
     o_l = -(m[:, :, 0] * oc[:, None, 0] + m[:, :, 1] * oc[:, None, 1] + m[:, :, 2] * oc[:, None, 2])
@@ -883,7 +900,7 @@ def _render_layers(
     n_sub = p.supersample**2
     n_pix = IMAGE_SIZE * IMAGE_SIZE
     cast = []
-    for obj, items, members, round_hit in layers:
+    for _, items, members, _ in layers:
         windows = [(0, IMAGE_SIZE, 0, IMAGE_SIZE) if full else _camera_window(it, sensors) for it in items]
         pix, pix_sid = _gather(windows, IMAGE_SIZE)
         cast.append((pix, pix_sid, members[pix_sid] * n_pix + pix))
@@ -1077,9 +1094,7 @@ def _write(folder: int, name: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _render_chunk(
-    out_dir: str, label: int, start: int, stop: int, seed: int, params: SceneParams, width: int
-) -> int:
+def _render_chunk(out_dir: str, label: int, start: int, stop: int, seed: int, params: SceneParams, width: int) -> int:
     """Render samples [start, stop) of one class and write their files; returns the count.
 
     Runs in a worker process (or inline), so it only takes picklable arguments.
@@ -1232,7 +1247,7 @@ def write_dataset(
         out_dir=out_dir,
         per_class=per_class,
         seed=seed,
-        counts={name: per_class for name in CLASS_NAMES},
+        counts=dict.fromkeys(CLASS_NAMES, per_class),
         seconds=seconds,
         samples_per_s=total / seconds if seconds > 0 else float("inf"),
         workers=n_workers,

@@ -19,6 +19,9 @@ from fusioncli.models.registry import (
     strategy_specs,
     unregister_strategy,
 )
+
+# isort: split
+# Last, after the public names: importing these registers the built-in strategies.
 from fusioncli.models import strategies as _strategies  # noqa: F401  (registers the built-ins)
 from fusioncli.models import zoo as _zoo  # noqa: F401  (registers the literature's strategies)
 

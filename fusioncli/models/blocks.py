@@ -14,10 +14,15 @@ MLP that the seed's ``Embedder`` puts after it. Strategies reuse the two parts:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, INPUT_CHANNELS, INPUT_SIZE, BackboneSpec  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from fusioncli.models.fusion import FusionOp
 
 
 class ConvStem(nn.Sequential):
@@ -137,7 +142,7 @@ class UnimodalModel(nn.Module):
         return self.head(self.encoder(rgb if self.modality == "rgb" else xyza))
 
 
-def map_fusion_model(backbone: BackboneSpec, num_classes: int, fusion: nn.Module) -> TwoStreamModel:
+def map_fusion_model(backbone: BackboneSpec, num_classes: int, fusion: FusionOp) -> TwoStreamModel:
     """Both conv stems, their feature maps fused by ``fusion``, then the backbone's map head.
 
     The shape shared by every strategy that fuses feature maps (intermediate-*, FiLM, MMTM);

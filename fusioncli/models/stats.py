@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusioncli.errors import BadInputError
-from fusioncli.models.blocks import BACKBONES, INPUT_CHANNELS, INPUT_SIZE
+from fusioncli.models.backbones import BACKBONES, INPUT_CHANNELS, INPUT_SIZE
 from fusioncli.models.registry import PART_PREFIXES, create_model, strategy_specs
 
 
@@ -25,7 +25,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     Shared parameters count once. A parameter outside the three parts raises ValueError: the
     split would silently not add up otherwise.
     """
-    counts = {"total": 0, "trainable": 0, **{p: 0 for p in PART_PREFIXES}}
+    counts = {"total": 0, "trainable": 0, **dict.fromkeys(PART_PREFIXES, 0)}
     for name, param in model.named_parameters():
         n = param.numel()
         counts["total"] += n

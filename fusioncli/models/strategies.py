@@ -34,9 +34,10 @@ def build_late(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     ``seed``: exactly the seed's LateFusionModel (13,147,202 parameters for 2 classes).
     ``lab``: the same, with the lab embedder (convs 50-100-200-200, 3200 -> 100 -> 100).
     """
+    from torch import nn
+
     from fusioncli.models.blocks import Embedder, TwoStreamModel
     from fusioncli.models.fusion import ConcatFusion
-    from torch import nn
 
     return TwoStreamModel(
         encoder_rgb=Embedder(backbone, INPUT_CHANNELS, LATE_EMBED_DIM),

@@ -63,8 +63,9 @@ def build_gmu(backbone: BackboneSpec, num_classes: int) -> nn.Module:
     ``z = sigmoid(W_z [x_r; x_l])`` (100 units, no biases: 40,000 parameters); head
     Linear(100, 50) -> ReLU -> Linear(50, classes), the late head on 100 instead of 200 inputs.
     """
-    from fusioncli.models.fusion_zoo import GatedFusion
     from torch import nn
+
+    from fusioncli.models.fusion_zoo import GatedFusion
 
     fusion = GatedFusion(LATE_EMBED_DIM, LATE_EMBED_DIM, hidden=LATE_EMBED_DIM)
     head = nn.Sequential(nn.Linear(LATE_EMBED_DIM, LATE_HIDDEN), nn.ReLU(), nn.Linear(LATE_HIDDEN, num_classes))

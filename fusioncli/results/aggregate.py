@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fusioncli.errors import BadInputError
-from fusioncli.results.stats import mean_ci95
 from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
-from fusioncli.results.store import FINISHED
+from fusioncli.errors import BadInputError
+from fusioncli.record import FINISHED
+from fusioncli.results.stats import mean_ci95
 
 MIB = 2**20
 

@@ -136,7 +136,7 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def _key(row: pd.Series, fields: Sequence[str]) -> tuple:
+def _key(row: pd.Series, fields: Sequence[str]) -> tuple[Any, ...]:
     return tuple(_norm(row[f]) for f in fields)
 
 
@@ -214,7 +214,18 @@ class Comparison:
                 }
             )
         columns = [*self.context_fields, "a", "b", "metric", "n", "seeds", "mean_a", "mean_b", "mean_diff"]
-        columns += ["diff_ci95_lo", "diff_ci95_hi", "sd_diff", "t", "df", "p", "p_holm", "cohen_dz", "effect", "significant"]
+        columns += [
+            "diff_ci95_lo",
+            "diff_ci95_hi",
+            "sd_diff",
+            "t",
+            "df",
+            "p",
+            "p_holm",
+            "cohen_dz",
+            "effect",
+            "significant",
+        ]
         columns += ["verdict", "note", "run_ids_a", "run_ids_b"]
         return pd.DataFrame(records, columns=columns)
 
@@ -305,8 +316,8 @@ def build_comparison(
             )
         sides[side] = matched
 
-    def by_config(frame: pd.DataFrame) -> dict[tuple, dict[tuple, dict[int, pd.Series]]]:
-        groups: dict[tuple, dict[tuple, dict[int, pd.Series]]] = {}
+    def by_config(frame: pd.DataFrame) -> dict[tuple[Any, ...], dict[tuple[Any, ...], dict[int, pd.Series]]]:
+        groups: dict[tuple[Any, ...], dict[tuple[Any, ...], dict[int, pd.Series]]] = {}
         for _, row in frame.sort_values("run_id").iterrows():
             seeds = groups.setdefault(_key(row, context_fields), {}).setdefault(_key(row, named), {})
             seeds.setdefault(int(row["seed"]), row)  # one run per config and seed (the run id is their hash)
@@ -320,8 +331,8 @@ def build_comparison(
             va = {_norm(v) for v in sides["A"][f]}
             vb = {_norm(v) for v in sides["B"][f]}
             if va != vb:
-                show = lambda vals: ", ".join(sorted(format_field(f, v) for v in vals))  # noqa: E731
-                differ.append(f"{f}: A has {show(va)}; B has {show(vb)}")
+                show_a, show_b = (", ".join(sorted(format_field(f, v) for v in vals)) for vals in (va, vb))
+                differ.append(f"{f}: A has {show_a}; B has {show_b}")
         raise BadInputError(
             [
                 f"--compare: no run of A ({sel_a.text}) matches a run of B ({sel_b.text}) in every other config field",
@@ -431,9 +442,7 @@ def comparison_display(comparison: Comparison) -> DisplayTable:
     best = [[False] * len(headers) for _ in rows]
     metric_note = f"metric: {comparison.metric.label}; paired two-sided t-test over shared seeds, alpha 0.05"
     if tested > 1:
-        metric_note += (
-            f" per row; p (Holm) adjusts for the {tested} tests (Holm-Bonferroni) and decides significance"
-        )
+        metric_note += f" per row; p (Holm) adjusts for the {tested} tests (Holm-Bonferroni) and decides significance"
     caption = "; ".join(filter(None, [caption, metric_note]))
     notes = []
     for row in comparison.rows:

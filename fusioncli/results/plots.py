@@ -214,9 +214,11 @@ def learning_curve_points(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         return pd.DataFrame(), []
     fields = [f for f in DEFAULT_GROUP_BY if f not in ("train_per_class", "epochs")]
     table = aggregate(done, [*fields, "train_per_class"])
-    per_class = (done["n_train"].astype("float64") / done["class_names"].str.count(",").add(1)).groupby(
-        done["train_per_class"].astype("Int64").fillna(-1)
-    ).mean()
+    per_class = (
+        (done["n_train"].astype("float64") / done["class_names"].str.count(",").add(1))
+        .groupby(done["train_per_class"].astype("Int64").fillna(-1))
+        .mean()
+    )
     sizes = table["train_per_class"].astype("Int64").fillna(-1)
     table["train_samples_per_class"] = [float(per_class.get(size, np.nan)) for size in sizes]
     return table, fields

@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from fusioncli.results.aggregate import METRICS, Metric
 from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
+from fusioncli.results.aggregate import METRICS, Metric
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 CI_NOTE = "mean ± 95% CI half-width over seeds (Student t, n-1 df; mean only when n = 1); n = runs averaged"
@@ -128,7 +128,7 @@ def split_fields(table: pd.DataFrame, fields: Sequence[str], *, keep_one: bool =
     varying = [f for f in fields if table[f].astype("string").fillna("<NA>").nunique() > 1]
     constant = [f for f in fields if f not in varying]
     if keep_one and len(table) and not varying and fields:
-        varying, constant = [fields[0]], [f for f in fields[1:]]
+        varying, constant = [fields[0]], fields[1:]
     caption = ", ".join(f"{_label(f)}={format_field(f, table[f].iloc[0])}" for f in constant) if len(table) else ""
     return varying, caption
 

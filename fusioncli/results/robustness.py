@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,7 @@ def has_robustness(runs: pd.DataFrame) -> bool:
     )
 
 
-def _parse(text: object) -> dict | None:
+def _parse(text: object) -> dict[str, Any] | None:
     if is_missing(text):
         return None
     try:
@@ -94,12 +95,17 @@ def _number(value: object) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def _sort_corruptions(names: Sequence[str]) -> list[str]:
+def _sort_corruptions(names: Collection[str]) -> list[str]:
     known = [c for c in CORRUPTION_ORDER if c in names]
     return known + sorted(c for c in names if c not in CORRUPTION_ORDER)
 
 
-def _collect(records: list[dict]) -> dict[tuple[str, str, float], list[float]]:
+def _as_dict(value: object) -> dict[str, Any]:
+    """``value`` if it is a dict, else an empty one (a record's parts may be missing or malformed)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _collect(records: list[dict[str, Any]]) -> dict[tuple[str, str, float], list[float]]:
     """(corruption, measure, severity) -> one value (fraction) per run that has it."""
     cells: dict[tuple[str, str, float], list[float]] = {}
 
@@ -108,7 +114,7 @@ def _collect(records: list[dict]) -> dict[tuple[str, str, float], list[float]]:
 
     for rob in records:
         put(CLEAN, "accuracy", math.nan, rob.get("clean_accuracy"))
-        curves = rob.get("curves") if isinstance(rob.get("curves"), dict) else {}
+        curves = _as_dict(rob.get("curves"))
         for name, curve in curves.items():
             if not isinstance(curve, dict):
                 continue
@@ -121,15 +127,15 @@ def _collect(records: list[dict]) -> dict[tuple[str, str, float], list[float]]:
             put(name, "relative_auc", math.nan, curve.get("relative_auc"))
         put(MEAN, "auc", math.nan, rob.get("mean_auc"))
         put(MEAN, "relative_auc", math.nan, rob.get("mean_relative_auc"))
-        missing = rob.get("missing") if isinstance(rob.get("missing"), dict) else {}
+        missing = _as_dict(rob.get("missing"))
         for kind in MISSING_KINDS:
-            entry = missing.get(kind) if isinstance(missing.get(kind), dict) else {}
+            entry = _as_dict(missing.get(kind))
             put(kind, "accuracy", math.nan, entry.get("accuracy"))
             put(kind, "relative", math.nan, entry.get("relative"))
     return cells
 
 
-def _order(key: tuple[str, str, float], curves: list[str]) -> tuple:
+def _order(key: tuple[str, str, float], curves: list[str]) -> tuple[int, int, float]:
     corruption, measure, severity = key
     groups = [CLEAN, *curves, MEAN, *MISSING_KINDS]
     rank = groups.index(corruption) if corruption in groups else len(groups)
@@ -151,12 +157,12 @@ def build_robustness(
     report = build_report(runs, group_by=group_by, sort=sort, filters=filters)
     fields = report.fields
     by_id = runs.set_index("run_id")
-    config_rows = []
-    long_rows = []
+    config_rows: list[dict[str, Any]] = []
+    long_rows: list[dict[str, Any]] = []
     for _, group in report.table.iterrows():
         run_ids = [r for r in str(group["run_ids"]).split(",") if r in by_id.index]
-        parsed = [(rid, _parse(by_id.at[rid, "robustness_json"])) for rid in run_ids]
-        parsed = [(rid, rob) for rid, rob in parsed if rob is not None]
+        stored = [(rid, _parse(by_id.at[rid, "robustness_json"])) for rid in run_ids]
+        parsed = [(rid, rob) for rid, rob in stored if rob is not None]
         if not parsed:
             continue
         index = len(config_rows)
@@ -193,9 +199,7 @@ def build_robustness(
                 }
             )
     if not config_rows:
-        raise BadInputError(
-            f"none of the {report.n_selected} selected runs has robustness results", hint=HINT
-        )
+        raise BadInputError(f"none of the {report.n_selected} selected runs has robustness results", hint=HINT)
     columns = ["config", *fields, "n", "corruption", "measure", "severity", "pct_mean", "pct_std"]
     columns += ["pct_ci95_lo", "pct_ci95_hi"]
     return RobustnessView(
@@ -206,7 +210,9 @@ def build_robustness(
     )
 
 
-def _cell(long: pd.DataFrame, config: int, corruption: str, measure: str, severity: float | None = None):
+def _cell(
+    long: pd.DataFrame, config: int, corruption: str, measure: str, severity: float | None = None
+) -> pd.Series | None:
     rows = long[(long["config"] == config) & (long["corruption"] == corruption) & (long["measure"] == measure)]
     if severity is not None:
         rows = rows[np.isclose(rows["severity"].to_numpy(dtype="float64"), severity)]
@@ -330,8 +336,8 @@ def render_robustness(view: RobustnessView, fmt: str) -> str | list[Table]:
         return to_csv(machine_frame(view))
     if fmt == "json":
         return to_json(machine_frame(view))
-    displays = [(CURVES_TITLE, curves_display(view)), (MISSING_TITLE, missing_display(view))]
-    displays = [(title, d) for title, d in displays if d is not None]
+    shown = [(CURVES_TITLE, curves_display(view)), (MISSING_TITLE, missing_display(view))]
+    displays = [(title, d) for title, d in shown if d is not None]
     if fmt == "markdown":
         return "\n".join(f"### {title}\n\n{to_markdown(d)}" for title, d in displays)
     if fmt == "latex":

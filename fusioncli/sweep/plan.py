@@ -239,9 +239,7 @@ def plan_grid(spec: SweepSpec, fingerprint: str, store: ResultsStore, *, cache_d
             continue
         seen.add(rid)
         stored = store.get(rid)
-        train = needs_training(
-            store, rid, force=spec.force, robustness=spec.robustness, keep_weights=spec.keep_weights
-        )
+        train = needs_training(store, rid, force=spec.force, robustness=spec.robustness, keep_weights=spec.keep_weights)
         status = stored.status if stored else None
         runs.append(PlannedRun(len(runs) + 1, rid, cfg, status, TRAIN if train else SKIP))
     device = resolved[0].device
