@@ -189,7 +189,7 @@ def main() -> None:
                         device="cpu",
                     )
                     result = train_run(cfg, data)
-                    record = result.record
+                    record = result.record.to_json()
                     acc.setdefault((difficulty, strategy), []).append(record["metrics"]["val_accuracy"])
                     right = predict(result.model, data, record["config"]["precision"]) == labels
                     groups = by_group.setdefault((difficulty, strategy), {})

@@ -39,22 +39,12 @@ from typing import Any
 
 import torch
 
-from fusioncli.config import SCHEDULERS
+from fusioncli.config import SCHEDULERS, field_info
 from fusioncli.data.cache import SEED_VAL_PER_CLASS
 from fusioncli.machine import cpu_model_name, device_name
 from fusioncli.results.store import ResultsStore
-from fusioncli.sweep.grid import (
-    DEFAULT_LRS,
-    DEFAULT_SCHEDULERS,
-    DEFAULT_SEEDS,
-    DEFAULT_STRATEGIES,
-    expand_grid,
-    parse_choices,
-    parse_floats,
-    parse_ints,
-    split_list,
-)
-from fusioncli.sweep.plan import choose_executor
+from fusioncli.sweep.grid import expand_grid, parse_choices, parse_floats, parse_ints, split_list
+from fusioncli.sweep.plan import DEFAULT_MAX_GROUP, choose_executor
 from fusioncli.sweep.runner import SweepSummary, run_sweep
 
 TARGET_SECONDS = 60.0  # issue 6: the seed's full grid on one H100
@@ -81,7 +71,7 @@ def prepare_cache(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def timed_sweep(
-    configs: list, data: Any, store_dir: Path, executor: str, max_group: int | None, compile: bool = False
+    configs: list, data: Any, store_dir: Path, executor: str, max_group: int, compile: bool = False
 ) -> tuple[SweepSummary, float]:
     """Run ``configs`` into a fresh store at ``store_dir``; the summary and its wall seconds."""
 
@@ -89,11 +79,11 @@ def timed_sweep(
 
     def progress(outcome: Any) -> None:
         # With the elapsed time, so a run cut off by a time limit still tells how far it got.
-        m = (outcome.record or {}).get("metrics") or {}
+        acc = outcome.record.val_accuracy if outcome.record is not None else None
         print(
             f"  {time.perf_counter() - started:7.1f} s [{outcome.index}/{outcome.total}] {outcome.status} "
             f"{outcome.config.strategy} lr {outcome.config.lr:g} {outcome.config.scheduler}: "
-            f"val acc {m.get('val_accuracy', float('nan')):.4f}",
+            f"val acc {float('nan') if acc is None else acc:.4f}",
             file=sys.stderr,
         )
 
@@ -106,7 +96,7 @@ def timed_sweep(
 
 def per_run_figures(summary: SweepSummary, wall: float) -> dict[str, Any]:
     """Per-run throughput of a finished sweep: one run's training samples per second of grid wall time."""
-    records = [o.record for o in summary.finished]
+    records = [o.record.to_json() for o in summary.finished]
     if not records:
         return {"runs": 0}
     n_train = records[0]["dataset"]["n_train"]
@@ -144,10 +134,14 @@ def main() -> int:
     parser.add_argument("--per-class", type=int, default=9999, help="synth samples per class (no --cache-dir)")
     parser.add_argument("--synth-workers", type=int, default=None, help="synth worker processes (default: all CPUs)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="prepared cache to use as is")
-    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
-    parser.add_argument("--lrs", default=",".join(f"{x:g}" for x in DEFAULT_LRS))
-    parser.add_argument("--schedulers", default=",".join(DEFAULT_SCHEDULERS))
-    parser.add_argument("--seeds", default=",".join(str(x) for x in DEFAULT_SEEDS))
+    # The seed notebook's grid: the sweep's own defaults.
+    for name, flag in (
+        ("strategy", "--strategies"),
+        ("lr", "--lrs"),
+        ("scheduler", "--schedulers"),
+        ("seed", "--seeds"),
+    ):
+        parser.add_argument(flag, default=field_info(name).grid_default)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--backbone", default="seed")
@@ -186,7 +180,7 @@ def main() -> int:
         if args.baseline_runs > 0:
             base = configs[: args.baseline_runs]
             print(f"baseline: the first {len(base)} run(s), one at a time (loop)", file=sys.stderr)
-            base_summary, base_wall = timed_sweep(base, data, Path(tmp) / "baseline", "loop", None)
+            base_summary, base_wall = timed_sweep(base, data, Path(tmp) / "baseline", "loop", DEFAULT_MAX_GROUP)
             results["baseline"] = {"executor": "loop", **per_run_figures(base_summary, base_wall)}
 
     grid = results["grid"]

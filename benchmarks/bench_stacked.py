@@ -82,9 +82,9 @@ def run_pair(configs: list[RunConfig], data: PreparedData, stacked_first: bool) 
     for name in order:
         print(f"  {name} ...", file=sys.stderr)
         if name == "loop":
-            out[name] = [train_run(c, data).record for c in configs]
+            out[name] = [train_run(c, data).record.to_json() for c in configs]
         else:
-            out[name] = [r.record for r in train_stacked(configs, data)]
+            out[name] = [r.record.to_json() for r in train_stacked(configs, data)]
     return out
 
 

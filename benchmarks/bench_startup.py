@@ -35,6 +35,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "store_v0_1" / "records"
 def make_store(root: Path, runs: int) -> None:
     """``runs`` finished records (4 strategies x lrs x seeds) built from the fixture's."""
     from fusioncli.config import RunConfig, run_id
+    from fusioncli.record import RunRecord
     from fusioncli.results.store import ResultsStore
 
     template = json.loads(sorted(FIXTURE.glob("*.json"))[0].read_text())
@@ -48,7 +49,7 @@ def make_store(root: Path, runs: int) -> None:
         record["config"] = config.to_dict()
         record["run_id"] = run_id(config, record["dataset"]["fingerprint"])
         record["metrics"]["val_accuracy"] = 0.5 + 0.004 * i
-        store.write(record)
+        store.write(RunRecord.from_json(record))
 
 
 def timed(cmd: list[str], repeat: int, env: dict[str, str]) -> tuple[list[float], bool]:

@@ -121,7 +121,7 @@ def run_loop(role: str, cfg: RunConfig, data: PreparedData, after_epoch: Callabl
             after_epoch(row)
         result = _throughput(rows[0]["n_train"], [r["train_seconds"] for r in rows])
         return result | {"val_accuracy": rows[-1]["val_accuracy"]}
-    rec = train_run(cfg, data, on_epoch=after_epoch).record
+    rec = train_run(cfg, data, on_epoch=after_epoch).record.to_json()
     result = _throughput(rec["dataset"]["n_train"], rec["timing"]["train_epoch_seconds"])
     return result | {"val_accuracy": rec["metrics"]["val_accuracy"]}
 
