@@ -10,11 +10,12 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: help setup demo test test-numeric-isa bench clean
+.PHONY: help setup demo lint test test-numeric-isa bench clean
 
 help:
 	@echo "make demo   - set up .venv and run the whole pipeline on small synthetic data"
-	@echo "make test   - set up .venv and run the test suite"
+	@echo "make test   - set up .venv, run the quality gates (ruff, mypy) and the test suite"
+	@echo "make lint   - the quality gates alone"
 	@echo "make test-numeric-isa - the numeric tests again, on AVX2 kernels only"
 	@echo "make bench  - run the benchmark scripts (prints figures)"
 	@echo "make clean  - remove .venv and the .fusioncli work folder"
@@ -34,7 +35,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/fusioncli demo
 
-test: setup
+# Quality gates (configured in pyproject.toml): lint, format check, types.
+lint: setup
+	$(BIN)/ruff check fusioncli benchmarks
+	$(BIN)/ruff format --check fusioncli benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 # The numeric tests again with PyTorch's (ATen's) and oneDNN's kernel dispatch overridden to

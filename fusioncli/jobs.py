@@ -24,8 +24,8 @@ from typing import Any
 from fusioncli.config import RunConfig
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import FusionError, RunFailedError
-from fusioncli.train import loop  # module access: the default trainer is looked up at call time
 from fusioncli.machine import free_device_memory
+from fusioncli.train import loop  # module access: the default trainer is looked up at call time
 
 ERROR_CHARS = 2000
 

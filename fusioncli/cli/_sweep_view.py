@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fusioncli.cli._common import err, out, progress_bar
+from fusioncli.errors import BadInputError
 
 
 def format_lr(value: float) -> str:
@@ -56,7 +57,7 @@ def _escape(text: str) -> str:
 
 def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False) -> None:
     """Counts, failures, the best run and where things are (stderr)."""
-    minutes, seconds = divmod(int(round(summary.seconds)), 60)
+    minutes, seconds = divmod(round(summary.seconds), 60)
     parts = [f"{len(summary.finished)} finished", f"{len(summary.skipped)} skipped", f"{len(summary.failed)} failed"]
     if summary.claimed:
         parts.append(f"{len(summary.claimed)} left to another sweep")
@@ -86,7 +87,7 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
     if best:
         try:
             label = run_label(best.run_config())
-        except Exception:  # a best from an older version: show the id only
+        except BadInputError:  # a best from an older version: show the id only
             label = ""
         acc = best.val_accuracy if best.val_accuracy is not None else float("nan")
         weights = summary.best_checkpoint
@@ -145,7 +146,7 @@ def execute_sweep(plan: Any, store: Any, *, show_bar: bool, **options: Any) -> A
             # Ray submits every run at once and reports epochs as each run ends.
             advance(0, description=f"{total} runs on Ray" if on_ray else f"[{index}/{total}] {run_label(config)}")
 
-        def on_epoch(config: Any, row: dict) -> None:
+        def on_epoch(config: Any, row: dict[str, Any]) -> None:
             advance(1)
 
         def on_run_end(outcome: Any) -> None:
@@ -199,9 +200,7 @@ def print_plan(plan: Any, format: Any) -> None:
     )
 
 
-def _history_of(outcome: Any) -> list:
+def _history_of(outcome: Any) -> list[dict[str, Any]]:
     if outcome.status == "skipped":
         return []
     return list(outcome.record.history) if outcome.record is not None else []
-
-

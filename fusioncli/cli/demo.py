@@ -1,22 +1,27 @@
 """`fusioncli demo`: the whole pipeline on small synthetic data, then what to run next."""
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fusioncli.cli._options import Precision, PrecisionOption
 from fusioncli.cli._common import err, progress_bar, progress_enabled, report_errors
+from fusioncli.cli._options import Precision, PrecisionOption
+from fusioncli.cli._sweep_view import outcome_line, print_summary, run_label
 from fusioncli.cli._tables import print_table
 from fusioncli.demo import DemoPlan
-from fusioncli.cli._sweep_view import outcome_line, print_summary, run_label
+
+if TYPE_CHECKING:  # annotations only: these pull in torch
+    from fusioncli.config import RunConfig
+    from fusioncli.sweep.recorder import RunOutcome
 
 
 @report_errors
 def demo(
     workdir: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--workdir",
             help="Folder for the demo's data, cache and results (default .fusioncli/demo).",
@@ -55,9 +60,9 @@ def demo(
 
     # One bar per stage: each stage's callback drives the bar opened when the stage starts.
     bars_stack = ExitStack()
-    current = {"advance": lambda *a, **k: None}
+    current: dict[str, Callable[..., None]] = {"advance": lambda *a, **k: None}
 
-    def advance(*args, **kwargs) -> None:
+    def advance(*args: Any, **kwargs: Any) -> None:
         current["advance"](*args, **kwargs)
 
     def on_stage(name: str) -> None:
@@ -66,13 +71,13 @@ def demo(
         total = n_runs * plan.epochs if name == "sweep" else None
         current["advance"] = bars_stack.enter_context(progress_bar(name, total=total, enabled=bars))
 
-    def on_run_start(index: int, total: int, run_id: str, config) -> None:
+    def on_run_start(index: int, total: int, run_id: str, config: "RunConfig") -> None:
         advance(0, description=f"[{index}/{total}] {run_label(config)}")
 
-    def on_epoch(config, row: dict) -> None:
+    def on_epoch(config: "RunConfig", row: dict[str, Any]) -> None:
         advance(1)
 
-    def on_run_end(outcome) -> None:
+    def on_run_end(outcome: "RunOutcome") -> None:
         done = len(outcome.record.history) if outcome.record is not None and outcome.status != "skipped" else 0
         advance(max(outcome.config.epochs - done, 0))
         err.print(outcome_line(outcome), highlight=False, soft_wrap=True)
@@ -104,7 +109,9 @@ def demo(
     ids = [o.run_id for o in result.sweep.outcomes if o.status in ("finished", "skipped")]
     if ids:
         runs = ResultsStore(result.paths.results).load_runs()
-        print_table(render(build_report(runs, filters=[f"run_id={','.join(ids)}"]), "table"))
+        table = render(build_report(runs, filters=[f"run_id={','.join(ids)}"]), "table")
+        assert not isinstance(table, str)  # the "table" format renders a rich Table
+        print_table(table)
     err.print("\nFull size next (real data in data/assessment, or synthesize it):", highlight=False, soft_wrap=True)
     for line in next_commands():
         err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)

@@ -3,7 +3,7 @@
 import json
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,7 +25,7 @@ class Split(str, Enum):
     all = "all"
 
 
-def _best_checkpoint(results_dir: Optional[Path], cache: Path) -> Path:
+def _best_checkpoint(results_dir: Path | None, cache: Path) -> Path:
     """The results store's best model for the cache's dataset, else its only one (trained on other
     data); a damaged or ambiguous best is a clear error, never a traceback."""
     from fusioncli.data.cache import read_manifest
@@ -61,7 +61,7 @@ def _best_checkpoint(results_dir: Optional[Path], cache: Path) -> Path:
     )
 
 
-def _checkpoints(paths: Optional[list[Path]], results_dir: Optional[Path], cache: Path) -> list[Path]:
+def _checkpoints(paths: list[Path] | None, results_dir: Path | None, cache: Path) -> list[Path]:
     """The checkpoints asked for, or the results store's best model; every one must exist."""
     from fusioncli.eval.saved import checkpoint_file
 
@@ -74,7 +74,7 @@ def _checkpoints(paths: Optional[list[Path]], results_dir: Optional[Path], cache
     return found
 
 
-def _fmt(value: Optional[float]) -> str:
+def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
@@ -94,7 +94,9 @@ def _summary_table(evaluations: list[dict[str, Any]], cache: Path) -> Table:
         delta = None if trained is None else m["accuracy"] - trained
         table.add_row(
             e["checkpoint"],
-            e["model"]["strategy"] if e["model"]["backbone"] == "seed" else f"{e['model']['strategy']}/{e['model']['backbone']}",
+            e["model"]["strategy"]
+            if e["model"]["backbone"] == "seed"
+            else f"{e['model']['strategy']}/{e['model']['backbone']}",
             e["dataset"]["split"],
             str(e["dataset"]["n"]),
             _fmt(m["accuracy"]),
@@ -108,7 +110,9 @@ def _summary_table(evaluations: list[dict[str, Any]], cache: Path) -> Table:
 
 def _per_class_table(evaluation: dict[str, Any]) -> Table:
     names = evaluation["dataset"]["class_names"]
-    table = Table(title=f"{evaluation['checkpoint']}: per class (rows: true class; predicted counts)", title_justify="left")
+    table = Table(
+        title=f"{evaluation['checkpoint']}: per class (rows: true class; predicted counts)", title_justify="left"
+    )
     for col in ("class", "precision", "recall", "F1", "support", *[f"→ {n}" for n in names]):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, row in zip(names, evaluation["metrics"]["confusion"]):
@@ -118,13 +122,13 @@ def _per_class_table(evaluation: dict[str, Any]) -> Table:
 
 
 def _evaluate_runs(
-    results_dir: Optional[Path],
-    into: Optional[Path],
+    results_dir: Path | None,
+    into: Path | None,
     filters: list[str],
     force: bool,
     cache: Path,
     resolved: Any,
-    batch_size: Optional[int],
+    batch_size: int | None,
     split: Split,
     robustness: bool,
     format: OutputFormat,
@@ -176,13 +180,15 @@ def _evaluate_runs(
         rendered.title = f"{rendered.title}, evaluated on {cache} ({'/'.join(splits)} split)"
         print_table(rendered)
     if into is not None:
-        err.print(f"evaluated runs stored in {into}: fusioncli report --results-dir {into}", highlight=False, soft_wrap=True)
+        err.print(
+            f"evaluated runs stored in {into}: fusioncli report --results-dir {into}", highlight=False, soft_wrap=True
+        )
 
 
 @report_errors
 def evaluate(
     checkpoints: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Argument(
             help="Checkpoint files (.safetensors with their .json) or folders holding model.safetensors; "
             "default: the results store's best model of the cache's dataset (or its only one).",
@@ -201,8 +207,10 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: PrecisionOption = Precision.auto,
     batch_size: Annotated[
-        Optional[int],
-        typer.Option("--batch-size", help="Inference batch size (default: 64 on the CPU, 256 on a GPU).", show_default=False),
+        int | None,
+        typer.Option(
+            "--batch-size", help="Inference batch size (default: 64 on the CPU, 256 on a GPU).", show_default=False
+        ),
     ] = None,
     robustness: Annotated[
         bool,
@@ -221,7 +229,7 @@ def evaluate(
         ),
     ] = False,
     into: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--into",
             help="With --runs: store the evaluated runs in this (new) results store, for `fusioncli report "
@@ -230,14 +238,18 @@ def evaluate(
         ),
     ] = None,
     filter: Annotated[
-        Optional[list[str]],
-        typer.Option("--filter", help="With --runs: KEY=VALUE on a config field, as in `fusioncli report`.", show_default=False),
+        list[str] | None,
+        typer.Option(
+            "--filter", help="With --runs: KEY=VALUE on a config field, as in `fusioncli report`.", show_default=False
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="With --into: evaluate runs stored there again.")] = False,
     format: Annotated[
         OutputFormat,
         typer.Option(
-            "--format", "-f", help="table: summary tables; json: one evaluation record per checkpoint (--runs: the report)."
+            "--format",
+            "-f",
+            help="table: summary tables; json: one evaluation record per checkpoint (--runs: the report).",
         ),
     ] = OutputFormat.table,
 ) -> None:
@@ -251,8 +263,8 @@ def evaluate(
     A whole sweep:  fusioncli sweep --keep-weights ... && fusioncli evaluate --runs --cache-dir
     .fusioncli/cache-hard --into .fusioncli/results-hard && fusioncli report --results-dir .fusioncli/results-hard
     """
-    from fusioncli.data.cache import load_cache
     from fusioncli.config import RunConfig
+    from fusioncli.data.cache import load_cache
 
     if runs and checkpoints:
         raise BadInputError("give checkpoint files or --runs, not both")
@@ -260,7 +272,7 @@ def evaluate(
         if value is not None and not runs:
             raise BadInputError(f"{flag} goes with --runs")
     cache = cache_dir if cache_dir is not None else default_cache_dir()
-    paths = None if runs else _checkpoints(checkpoints, results_dir, cache)
+    paths = [] if runs else _checkpoints(checkpoints, results_dir, cache)
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1 (got {batch_size})")
     resolved = RunConfig(device=device, precision=precision.value).resolve()

@@ -1,17 +1,16 @@
 """`fusioncli sweep`: train the Cartesian product of strategies x lrs x schedulers x seeds."""
 
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
+from fusioncli.cli._common import OutputFormat, err, out, progress_enabled, report_errors
 from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, ResultsDirOption, RobustnessOption
-from fusioncli.cli._common import OutputFormat, err, out, progress_enabled, report_errors
 from fusioncli.cli._sweep_view import equal_steps_line, execute_sweep, outcomes_json, print_plan, print_summary
 from fusioncli.paths import default_cache_dir, default_results_dir
 from fusioncli.sweep.plan import BACKENDS, DEFAULT_MAX_GROUP, EXECUTORS
-
 
 # How a sweep trains its runs, and where: the plan's choices.
 Executor = Enum("Executor", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
@@ -54,7 +53,7 @@ def sweep(
         bool, typer.Option("--mlflow", help="Log each run to MLflow (extra: pip install 'fusioncli\\[mlflow]').")
     ] = False,
     mlflow_uri: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--mlflow-uri",
             help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the results folder).",
@@ -68,9 +67,9 @@ def sweep(
             help="local: one run after another on this machine; ray: each run as a task on a Ray cluster "
             "(extra: pip install 'fusioncli\\[ray]').",
         ),
-    ] = Backend("local"),  # type: ignore[assignment]
+    ] = Backend["local"],
     address: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--address",
             help="Ray: 'auto' (the cluster this machine belongs to) or HOST:PORT; default: start Ray on this machine.",
@@ -78,7 +77,7 @@ def sweep(
         ),
     ] = None,
     gpus_per_run: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--gpus-per-run",
             help="Ray: GPU share each run reserves, 0 to 1 (0.25: four runs per GPU); > 0 trains on CUDA (default 0).",
@@ -86,7 +85,7 @@ def sweep(
         ),
     ] = None,
     cpus_per_run: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--cpus-per-run",
             help="Ray: CPU cores each run (or stacked group) reserves (also its torch threads; default 1).",
@@ -100,7 +99,7 @@ def sweep(
             help="loop: one run at a time; stacked: runs differing only in lr, scheduler and seed train "
             "together as one vmapped model (same results); auto: stacked on CUDA, loop on the CPU.",
         ),
-    ] = Executor("auto"),  # type: ignore[assignment]
+    ] = Executor["auto"],
     max_group: Annotated[
         int, typer.Option("--max-group", help="Stacked executor: at most this many runs per group (memory bound).")
     ] = DEFAULT_MAX_GROUP,
@@ -175,9 +174,7 @@ def sweep(
     trackers = make_trackers(
         wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, wandb_project=wandb_project
     )
-    err.print(
-        f"sweep: {plan.total} runs ({plan.placement}), results in {results}", highlight=False, soft_wrap=True
-    )
+    err.print(f"sweep: {plan.total} runs ({plan.placement}), results in {results}", highlight=False, soft_wrap=True)
     summary = execute_sweep(
         plan, store, show_bar=progress_enabled() and format is OutputFormat.table, trackers=trackers
     )

@@ -2,14 +2,14 @@
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, RobustnessOption
-from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress_enabled, report_errors
 from fusioncli.cli._tables import robustness_table
 from fusioncli.paths import default_cache_dir
 
@@ -25,7 +25,7 @@ def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     )
 
 
-def _mib(n: Optional[int]) -> str:
+def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
@@ -57,7 +57,10 @@ def _summary_tables(record: "RunRecord") -> list[Table]:
     ]
     if mem["peak_gpu_allocated_bytes"] is not None:
         rows.append(
-            ("peak GPU memory", f"{_mib(mem['peak_gpu_allocated_bytes'])} allocated, {_mib(mem['peak_gpu_reserved_bytes'])} reserved")
+            (
+                "peak GPU memory",
+                f"{_mib(mem['peak_gpu_allocated_bytes'])} allocated, {_mib(mem['peak_gpu_reserved_bytes'])} reserved",
+            )
         )
     rows.append(("peak host RSS", f"{_mib(mem['peak_host_rss_bytes'])} (process lifetime)"))
     for what, value in rows:
@@ -81,7 +84,7 @@ def train(
     robustness: RobustnessOption = False,
     cache_dir: CacheDirOption = None,
     checkpoint: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--checkpoint", help="Save weights here (safetensors) plus <stem>.json with config and metrics."),
     ] = None,
     format: Annotated[
@@ -102,8 +105,7 @@ def train(
 
     config = RunConfig(**run_options).resolve()
     err.print(
-        f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), "
-        f"{config.epochs} epochs",
+        f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), {config.epochs} epochs",
         highlight=False,
     )
     bar_on = progress_enabled() and format is OutputFormat.table

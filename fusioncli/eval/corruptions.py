@@ -52,7 +52,9 @@ class Corruption:
 CORRUPTIONS: dict[str, Corruption] = {}
 
 
-def register_corruption(name: str, *, modality: str, kind: str, description: str) -> Callable[[CorruptionFn], CorruptionFn]:
+def register_corruption(
+    name: str, *, modality: str, kind: str, description: str
+) -> Callable[[CorruptionFn], CorruptionFn]:
     """Decorator adding a corruption function to :data:`CORRUPTIONS` under ``name``."""
     if modality not in ("rgb", "lidar") or kind not in ("curve", "missing"):
         raise ValueError(f"corruption {name!r}: modality must be rgb or lidar, kind curve or missing")
@@ -104,7 +106,10 @@ def _missing(x: torch.Tensor, severity: float, generator: torch.Generator) -> to
 
 
 @register_corruption(
-    "rgb_missing", modality="rgb", kind="missing", description="RGB replaced by zeros (per sample, probability = severity)"
+    "rgb_missing",
+    modality="rgb",
+    kind="missing",
+    description="RGB replaced by zeros (per sample, probability = severity)",
 )
 def rgb_missing(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator

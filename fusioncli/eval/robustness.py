@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusioncli.config import RunConfig
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.corruptions import Corruption, get_corruption
-from fusioncli.config import RunConfig
 from fusioncli.record import RunRecord
 from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
 from fusioncli.train.loop import RunResult, derived_seed, run_data
@@ -91,7 +91,9 @@ def evaluate_robustness(
     val = channels_last(data.subset(data.val_indices).to(device))
     n = len(val)
     if n == 0:
-        raise BadInputError("the dataset has no validation samples", hint="robustness is measured on the validation split")
+        raise BadInputError(
+            "the dataset has no validation samples", hint="robustness is measured on the validation split"
+        )
     step = batch_size if batch_size is not None else eval_batch_size(device, cfg.batch_size)
 
     def classes(corruption: Corruption | None, severity: float) -> torch.Tensor:
@@ -110,9 +112,7 @@ def evaluate_robustness(
         with torch.inference_mode(), cudnn_mode(device, precision):
             clean_preds = classes(None, 0.0)
             missing_preds = {name: classes(get_corruption(name), 1.0) for name in MISSING}
-            curve_preds = {
-                name: [classes(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in CURVES
-            }
+            curve_preds = {name: [classes(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in CURVES}
     finally:
         model.train(was_training)
 
@@ -127,7 +127,7 @@ def evaluate_robustness(
     for name, preds in missing_preds.items():
         acc, f1 = scores(preds)
         missing[name] = {"accuracy": acc, "f1_macro": f1, "relative": _ratio(acc, clean_acc)}
-    curves = {}
+    curves: dict[str, dict[str, Any]] = {}
     for name, per_severity in curve_preds.items():
         accs, f1s = [clean_acc], [clean_f1]  # severity 0 is the identity: the clean pass
         for preds in per_severity:

@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
+from fusioncli.config import RunConfig
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
-from fusioncli.train.checkpoint import load_checkpoint
-from fusioncli.config import RunConfig
 from fusioncli.record import DatasetInfo, Metrics, RunRecord
+from fusioncli.train.checkpoint import load_checkpoint
 from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
 from fusioncli.train.metrics import classification_metrics, confusion_matrix
 
@@ -143,7 +143,7 @@ def evaluate_checkpoint(
     # The chosen samples become the "validation" split of a view, which is what the
     # robustness suite scores; one copy onto the device, channels_last as in training.
     scored = channels_last(replace(data, is_val=mask).subset(torch.nonzero(mask).flatten()).to(dev))
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
     n = len(scored)
     step = batch_size if batch_size is not None else eval_batch_size(dev, 1)

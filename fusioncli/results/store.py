@@ -40,6 +40,7 @@ checkpoint of a dataset is compared and replaced under a short lock of the same 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -367,10 +368,8 @@ class ResultsStore:
                 continue
             olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
             if olds:
-                try:
+                with contextlib.suppress(OSError):  # another process put it back first
                     os.replace(olds[-1], target)
-                except OSError:
-                    pass  # another process put it back first
 
     # -- reading -------------------------------------------------------------------------
     def _record_ids(self) -> Iterator[str]:
@@ -613,7 +612,9 @@ class ResultsStore:
         path = self.best_dir / f".{_safe_name(fingerprint)}.lock"
         deadline = time.monotonic() + wait_seconds
         while True:
-            claim = self._claim_file(path, fingerprint, BEST_LOCK_STALE_SECONDS, what=f"the best of dataset {fingerprint}")
+            claim = self._claim_file(
+                path, fingerprint, BEST_LOCK_STALE_SECONDS, what=f"the best of dataset {fingerprint}"
+            )
             if claim.held_by_us:
                 break
             if time.monotonic() > deadline:
@@ -650,10 +651,8 @@ class ResultsStore:
         _HELD_TOKENS.discard(claim.token)
         current, _ = self._read_claim(claim.path, claim.run_id)
         if current is not None and current.token == claim.token:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 claim.path.unlink()
-            except FileNotFoundError:
-                pass
 
     def release_stale_claims(self, *, stale_seconds: float = CLAIM_STALE_SECONDS) -> int:
         """Remove the stale claims of the store's runs (see :meth:`claim_run`); returns how many."""
@@ -668,7 +667,9 @@ class ResultsStore:
     def _claim_file(self, path: Path, run_id: str, stale_seconds: float, *, what: str) -> Claim:
         token = uuid.uuid4().hex
         ours = Claim(run_id, path, os.getpid(), socket.gethostname(), time.time(), token, held_by_us=True)
-        payload = json.dumps({"run_id": run_id, "pid": ours.pid, "host": ours.host, "created": ours.created, "token": token})
+        payload = json.dumps(
+            {"run_id": run_id, "pid": ours.pid, "host": ours.host, "created": ours.created, "token": token}
+        )
         holder: Claim | None = None
         for _ in range(5):  # each retry follows a claim that vanished or a stale one taken over
             try:
@@ -683,13 +684,17 @@ class ResultsStore:
                 self._take_over(path, identity)
                 continue
             except OSError as exc:
-                raise RunFailedError(f"cannot write {what} to the results store {self.root} (its claim): {exc}") from exc
+                raise RunFailedError(
+                    f"cannot write {what} to the results store {self.root} (its claim): {exc}"
+                ) from exc
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(payload)
             except OSError as exc:
                 path.unlink(missing_ok=True)
-                raise RunFailedError(f"cannot write {what} to the results store {self.root} (its claim): {exc}") from exc
+                raise RunFailedError(
+                    f"cannot write {what} to the results store {self.root} (its claim): {exc}"
+                ) from exc
             _HELD_TOKENS.add(token)
             return ours
         # Claims kept changing hands under us: someone else is busy with this run.
@@ -712,9 +717,7 @@ class ResultsStore:
         identity = (stat.st_ino, stat.st_mtime_ns)
         try:
             data = json.loads(text)
-            claim = Claim(
-                run_id, path, int(data["pid"]), str(data["host"]), float(data["created"]), str(data["token"])
-            )
+            claim = Claim(run_id, path, int(data["pid"]), str(data["host"]), float(data["created"]), str(data["token"]))
         except (ValueError, TypeError, KeyError):
             # Being written right now, or junk: its age decides (CLAIM_GRACE_SECONDS).
             claim = Claim(run_id, path, None, None, stat.st_mtime, None)
@@ -748,10 +751,8 @@ class ResultsStore:
         try:
             stat = aside.stat()
             if identity is not None and (stat.st_ino, stat.st_mtime_ns) != identity:
-                try:
-                    os.link(aside, path)  # not the stale one: give it back (unless claimed anew)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):  # not the stale one: give it back (unless claimed anew)
+                    os.link(aside, path)
                 return 0
             return 1
         finally:
@@ -775,4 +776,3 @@ def open_store(root: Path, *, must_exist: bool = False) -> ResultsStore:
             hint="run `fusioncli sweep` (or `fusioncli demo`) first, or pass --results-dir",
         )
     return store
-

@@ -1,7 +1,8 @@
 """Run a sweep on a Ray cluster: one Ray task per run (or stacked group), records streamed into the local store.
 
-The driver (this process) runs a sweep plan (:mod:`fusioncli.sweep.plan`): it skips finished runs and submits one task per
-remaining run, reserving ``num_cpus=cpus_per_run`` and ``num_gpus=gpus_per_run``. A task loads
+The driver (this process) runs a sweep plan (:mod:`fusioncli.sweep.plan`): it skips finished
+runs and submits one task per remaining run, reserving ``num_cpus=cpus_per_run`` and
+``num_gpus=gpus_per_run``. A task loads
 the prepared cache from ``cache_dir`` -- a path every node must see (shared storage such as
 NFS, mounted at the same place) -- trains with :func:`fusioncli.jobs.train_one` and
 returns the run record plus, when the driver keeps a best checkpoint, the weights as
@@ -32,6 +33,7 @@ once per task) and the weights' trip back to the driver (skipped when neither ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -279,10 +281,8 @@ def cache_manifest_class_names(cache_dir: Path) -> list[str]:
 
 def _cancel(ray: Any, pending: dict[Any, Any]) -> None:
     for ref in pending:
-        try:
+        with contextlib.suppress(Exception):  # already finished, or the cluster is gone
             ray.cancel(ref, force=True)
-        except Exception:  # noqa: BLE001 - already finished, or the cluster is gone
-            pass
 
 
 def _collect(
@@ -418,7 +418,9 @@ def _train_loaded(
     try:
         result = train_one(cfg, data, train_fn=train_fn, robustness=robustness, on_epoch=history.append)
     except Exception as exc:  # noqa: BLE001 - recorded as the run's failure, like the local backend
-        return _failed_payload(cfg, rid, describe_exception(exc), dataset, data=data, history=history, started_at=started_at)
+        return _failed_payload(
+            cfg, rid, describe_exception(exc), dataset, data=data, history=history, started_at=started_at
+        )
     return _finished_payload(result, send_weights)
 
 
@@ -490,7 +492,9 @@ def _train_group_on_worker(
     except Exception as exc:  # noqa: BLE001 - re-run one at a time, each with its own record
         note = group_failure_note(cfgs, exc)
         free_device_memory(cfgs[0].device)
-        payloads = [_train_loaded(cfg, rid, data, dataset, send_weights, robustness, None) for cfg, rid in zip(cfgs, rids)]
+        payloads = [
+            _train_loaded(cfg, rid, data, dataset, send_weights, robustness, None) for cfg, rid in zip(cfgs, rids)
+        ]
         payloads[0]["warnings"] = [note]
         return payloads
     payloads = []

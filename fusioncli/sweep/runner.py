@@ -27,6 +27,7 @@ form). The train function is injectable (``train_fn``), so tests can drive it wi
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,10 +46,10 @@ from fusioncli.sweep.recorder import (
     describe_exception,
     failure_record,
     group_failure_note,
-    utc_now,
 )
 from fusioncli.sweep.tracking import Tracker
 from fusioncli.train.loop import train_run  # the sweep's default trainer (tests patch it here)
+from fusioncli.train.probes import utc_now
 
 RunStart = Callable[[int, int, str, RunConfig], None]
 EpochDone = Callable[[RunConfig, dict[str, Any]], None]
@@ -180,7 +181,7 @@ def _run_stacked(
                 on_run_start(p.index, total, p.run_id, p.config)
             runs[id(p.config)] = recorder.begin(p.index, p.run_id, p.config)
 
-        def epoch_done(cfg: RunConfig, row: dict[str, Any]) -> None:
+        def epoch_done(cfg: RunConfig, row: dict[str, Any], runs: dict[int, RunRecorder] = runs) -> None:
             runs[id(cfg)].epoch(row)
             if on_epoch is not None:
                 on_epoch(cfg, dict(row))
@@ -207,7 +208,12 @@ def _run_stacked(
                 )
                 ended(run.failed(failure))
             else:
-                ended(run.finished(member.record, lambda model=member.model: model))
+                ended(run.finished(member.record, functools.partial(_same, member.model)))
+
+
+def _same(model: Any) -> Any:
+    """The model itself: a finished member's model, handed over as a zero-argument getter."""
+    return model
 
 
 def _run_one(

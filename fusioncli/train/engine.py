@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ def eval_batch_size(device: torch.device | str, train_batch_size: int, members: 
     return max(1, EVAL_BATCH_CPU // members)
 
 
-def autocast(device: torch.device, precision: str, *, cache: bool = True) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str, *, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on ``device`` when ``precision`` is ``bf16``; a no-op context for fp32.
 
     ``cache=False`` turns off autocast's weight-cast cache: a CUDA graph must not capture casts

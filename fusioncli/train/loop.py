@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusioncli.config import RunConfig, run_id
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.config import RunConfig, run_id
 from fusioncli.record import DatasetInfo, Metrics, RunRecord
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
 from fusioncli.train.metrics import classification_metrics
@@ -172,7 +172,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     model = models.create_model(cfg.strategy, cfg.backbone, work.num_classes)
     params = models.parameter_counts(model)
     flops = models.flops_per_sample(model)  # zero inputs: draws no random numbers
-    model = model.to(device=device, memory_format=torch.channels_last)
+    model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
     optimizer = _make_optimizer(model, cfg.lr)
     scheduler = (
@@ -219,6 +219,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
                 batch_size=engine.eval_batch_size(device, cfg.batch_size),
             )  # fmt: skip
             val_loss_sum, preds = val.loss_sum, val.classes
+            assert val_loss_sum is not None  # predict sums the loss unless asked not to
             correct = (preds == val_labels).sum()
             # the one host-device sync of the epoch
             sums = torch.stack([loss_sum, val_loss_sum, correct.to(torch.float64)]).tolist()

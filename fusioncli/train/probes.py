@@ -90,9 +90,7 @@ def git_info(path: Path | None = None) -> tuple[str | None, bool | None]:
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(
-                ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=False
-            )
+            done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=False)
         except (OSError, subprocess.SubprocessError):
             return None
         return done.stdout if done.returncode == 0 else None

@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from fusioncli.config import RunConfig, run_id
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.config import RunConfig, run_id
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
 from fusioncli.train.loop import RunResult, check_data, finished_record, run_data, train_run
 from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now
@@ -67,7 +67,7 @@ Params = dict[str, torch.Tensor]
 
 # torch.compile'd stacked forwards, one per architecture, with the meta model each closes over
 # (see _stacked_forward).
-_COMPILED: dict[tuple, tuple[Callable[..., torch.Tensor], nn.Module]] = {}
+_COMPILED: dict[tuple[Any, ...], tuple[Callable[..., torch.Tensor], nn.Module]] = {}
 
 
 # --------------------------------------------------------------------------- grouping
@@ -79,7 +79,7 @@ def is_stackable(cfg: RunConfig) -> bool:
     return float(getattr(cfg, "modality_dropout", 0.0) or 0.0) == 0.0
 
 
-def stack_key(cfg: RunConfig) -> tuple:
+def stack_key(cfg: RunConfig) -> tuple[Any, ...]:
     """The key of the group ``cfg`` can train in: configs with equal keys can train together.
 
     Members of a group share strategy, backbone, epochs, batch size, device, precision and data
@@ -196,7 +196,7 @@ class StackedAdam:
 
 
 def _stacked_forward(
-    base: nn.Module, per_member_inputs: bool, compile_key: tuple | None
+    base: nn.Module, per_member_inputs: bool, compile_key: tuple[Any, ...] | None
 ) -> tuple[Callable[..., torch.Tensor], nn.Module]:
     """``(f, base)``: ``f(params, buffers, rgb, xyza) -> logits (K, B, classes)`` for stacked
     parameters, and the parameter-free ``meta`` model it closes over.
@@ -369,12 +369,13 @@ class _StackedGroup:
         with torch.device("meta"):
             model = models.create_model(cfg.strategy, cfg.backbone, num_classes)
         model = model.to_empty(device=self.device)
+        tensor: torch.Tensor
         with torch.no_grad():
             for name, tensor in model.named_parameters():
                 tensor.copy_(self.params[name][index])
             for name, tensor in model.named_buffers():
                 tensor.copy_(self.buffers[name][index])
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
         model.eval()
         return model
 
