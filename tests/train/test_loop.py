@@ -82,25 +82,6 @@ def cpu_fp32(**kwargs) -> RunConfig:
     return RunConfig(**{"device": "cpu", "precision": "fp32", **kwargs})
 
 
-@pytest.fixture
-def float64(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The whole computation in float64: models (default dtype), inputs and the loss (taken
-    of ``logits.float()``, a no-op on float64 tensors here), so that two runs of the same
-    arithmetic differ by float64 rounding only (as in tests/train/test_stacked.py)."""
-    from fusioncli.train import engine
-
-    original = engine.batch_inputs
-    monkeypatch.setattr(engine, "batch_inputs", lambda data, idx: tuple(t.double() for t in original(data, idx)))
-    to_float32 = torch.Tensor.float
-    monkeypatch.setattr(
-        torch.Tensor, "float", lambda t, *a, **k: t if t.dtype == torch.float64 else to_float32(t, *a, **k)
-    )
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_learning_happens_on_an_easy_set() -> None:
     result = train_run(cpu_fp32(strategy="early", lr=1e-3, epochs=3), easy_data())
     metrics = result.record.metrics
