@@ -5,23 +5,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sweep"))
-from sweep_fakes import FakeTrainer  # noqa: E402
+from sweep_fakes import FakeTrainer
 
-from fusioncli.cli import app  # noqa: E402
-from fusioncli.demo import DemoPlan, demo_configs, next_commands  # noqa: E402
-from fusioncli.results.store import ResultsStore  # noqa: E402
+from fusioncli.cli import app
+from fusioncli.demo import DemoPlan, demo_configs, next_commands, run_demo
+from fusioncli.results.store import ResultsStore
 
 runner = CliRunner()
 
 
 def test_demo_grid_and_next_commands() -> None:
     configs = demo_configs(DemoPlan())
-    assert {c.strategy for c in configs} == {"late", "intermediate-add"}
+    assert {c.strategy for c in configs} == {"late", "early"}
     assert len(configs) == 4
+    # every configuration has two seeds, so the report shows a mean with a 95% CI
+    for strategy in ("late", "early"):
+        assert sorted(c.seed for c in configs if c.strategy == strategy) == [51, 52]
     text = "\n".join(next_commands())
     for command in (
         "fusioncli synth --per-class 9999",
@@ -40,7 +44,7 @@ def test_demo_pipeline_then_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert first.exit_code == 0, first.stderr
     assert "1/3 synth" in first.stderr and "2/3 prepare" in first.stderr and "3/3 sweep: 4 runs" in first.stderr
     assert "4 finished, 0 skipped, 0 failed" in first.stderr
-    assert "4 configurations" in first.stdout and "late" in first.stdout
+    assert "2 configurations" in first.stdout and "late" in first.stdout and "early" in first.stdout
     assert "fusioncli synth --per-class 9999" in first.stderr
     assert first.stderr.rstrip().splitlines()[-1].strip().startswith("fusioncli evaluate --cache-dir")  # last hint
     assert ResultsStore(tmp_path / "demo" / "results").best_checkpoint_path.is_file()
@@ -56,7 +60,20 @@ def test_demo_pipeline_then_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert bigger.exit_code == 0, bigger.stderr
     assert "synthetic data reused" not in bigger.stderr  # other size: data rewritten, new fingerprint
     assert "4 finished" in bigger.stderr
-    assert "4 configurations" in bigger.stdout  # the report shows this grid only, not the 8 stored runs
+    assert "2 configurations" in bigger.stdout  # this grid only, not the 8 stored runs (4 configurations)
+
+
+def test_demo_data_follows_the_sphere_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fusioncli.sweep.runner.train_run", FakeTrainer())
+    work = tmp_path / "demo"
+    sphere = work / "raw" / "spheres" / "lidar" / "0000.npy"
+    first = run_demo(work, DemoPlan(per_class=4, epochs=1))
+    assert not first.synth_reused
+    big = np.load(sphere)
+    assert run_demo(work, DemoPlan(per_class=4, epochs=1)).synth_reused
+    equal_area = run_demo(work, DemoPlan(per_class=4, epochs=1, sphere_scale=1.38))
+    assert not equal_area.synth_reused  # other scenes: rewritten, not reused
+    assert (np.load(sphere) < 50).sum() < (big < 50).sum()  # a smaller sphere: fewer LiDAR returns
 
 
 def test_demo_refuses_foreign_data(tmp_path: Path) -> None:
