@@ -36,10 +36,10 @@ def demo(
 ) -> None:
     """Synthesize a small dataset, prepare it, sweep a small grid, and print the report.
 
-    300 cubes + 300 spheres; grid: late and intermediate-add fusion x lr
-    1e-3, 3e-4 (cosine, 6 epochs, batch 8, seed 51). About a minute or two
-    on 2 CPU cores; running it again reuses the data, the cache and the
-    finished runs. Ends with the commands for the full-size benchmark.
+    300 cubes + 300 spheres; late vs early fusion, two seeds each, so the
+    report shows means with 95% CIs (the plan and why: fusioncli.demo.DemoPlan).
+    About half a minute on 2 CPU cores; running it again reuses the data, the
+    cache and the finished runs. Ends with the commands for the full-size benchmark.
 
     Example:  fusioncli demo --workdir /tmp/fusion-demo
     """
