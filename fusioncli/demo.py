@@ -49,10 +49,10 @@ class DemoPlan:
     validation accuracy (12 of 12 runs >= 95 %; bf16, seeds 51-54: 95.8-99 %). Whole
     ``fusioncli demo``: 25-27 s wall, 46-49 s user+sys CPU (3 measurements, load average
     1.1-2.2); with native bf16 (``auto`` on an AVX512-BF16 CPU) 18-21 s wall, 32-37 s CPU.
-    Other jobs on the same 2 cores can stretch it several-fold (one measurement while others
-    started: 93 s, one late run taking 73 s instead of 7). A second run reuses everything
-    (~2 s). The previous plan (late and intermediate-add x lr 1e-3, 3e-4, batch 8, 6 epochs)
-    took 182 s and left two runs at chance.
+    Other jobs on the same 2 cores stretch it far beyond a fair share (two measurements while
+    other jobs ran, one of them another fp32 demo: 73 s and 93 s wall, a late run taking 48 s
+    and 73 s instead of 7). A second run reuses everything (~2 s). The previous plan (late and
+    intermediate-add x lr 1e-3, 3e-4, batch 8, 6 epochs) took 182 s and left two runs at chance.
     """
 
     per_class: int = 300
