@@ -6,20 +6,13 @@ from typing import Annotated
 
 import typer
 
+from fusioncli.config import field_info
+from fusioncli.machine import PRECISIONS
 
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-PrecisionOption = Annotated[
-    Precision, typer.Option("--precision", help="auto: bf16 autocast where the hardware has it, else fp32.")
-]
-LimitPerClassOption = Annotated[
-    int | None,
-    typer.Option("--limit-per-class", help="Use at most N samples per class in each split (quick runs)."),
-]
+# For commands that run models without a RunConfig option set (demo, evaluate): the same choices
+# and help as the run configuration's --precision.
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)  # type: ignore[misc]  # functional Enum
+PrecisionOption = Annotated[Precision, typer.Option("--precision", help=field_info("precision").help)]
 CacheDirOption = Annotated[
     Path | None,
     typer.Option(
@@ -32,13 +25,6 @@ ResultsDirOption = Annotated[
         "--results-dir",
         help="Results store (default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",
         show_default=False,
-    ),
-]
-ModalityDropoutOption = Annotated[
-    float,
-    typer.Option(
-        "--modality-dropout",
-        help="Training only: probability (0 <= p < 1) that a sample has RGB or LiDAR (50/50) replaced by zeros.",
     ),
 ]
 RobustnessOption = Annotated[

@@ -31,7 +31,7 @@ def demo(
     per_class: Annotated[int, typer.Option("--per-class", help="Synthetic samples per class.")] = DemoPlan.per_class,
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per run.")] = DemoPlan.epochs,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: PrecisionOption = Precision.auto,
+    precision: PrecisionOption = Precision["auto"],
     force: Annotated[bool, typer.Option("--force", help="Retrain the demo's runs even if they are finished.")] = False,
 ) -> None:
     """Synthesize a small dataset, prepare it, sweep a small grid, and print the report.

@@ -205,7 +205,7 @@ def evaluate(
         ),
     ] = Split.auto,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: PrecisionOption = Precision.auto,
+    precision: PrecisionOption = Precision["auto"],
     batch_size: Annotated[
         int | None,
         typer.Option(
