@@ -12,24 +12,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sweep"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "results"))
 from results_fakes import record as _record  # noqa: E402
+from results_fakes import NEW_COLUMNS  # noqa: E402
 from results_fakes import robustness as _robustness  # noqa: E402
 from sweep_fakes import stored_as  # noqa: E402
 
 from fusioncli.config import RunConfig, run_id  # noqa: E402
 from fusioncli.record import RUN_SCHEMA, DatasetInfo, Metrics, RunRecord  # noqa: E402
 
-# Columns added after the first row files were written (null or default for records without them).
-_NEW_COLUMNS = (
-    "modality_dropout",
-    "train_per_class",
-    "trained_val_accuracy",
-    "accuracy_change",
-    "robust_mean_auc",
-    "robust_mean_relative_auc",
-    "acc_rgb_missing",
-    "acc_lidar_missing",
-    "robustness_json",
-)
 
 
 def test_the_row_tolerates_a_minimal_failed_record() -> None:
@@ -55,7 +44,7 @@ def test_without_robustness_the_columns_are_null_and_dropout_is_zero() -> None:
     rec = stored_as(new, config={k: v for k, v in new.config.items() if k != "modality_dropout"})
     row = rec.to_row()
     assert row["modality_dropout"] == 0.0
-    assert all(row[c] is None for c in _NEW_COLUMNS[1:])
+    assert all(row[c] is None for c in NEW_COLUMNS[1:])
     partial = _robustness(0.8, missing=False)  # no missing-modality part
     row = _record(robust=partial).to_row()
     assert row["robust_mean_auc"] is not None and row["acc_rgb_missing"] is None

@@ -20,6 +20,20 @@ from fusioncli.record import RunRecord  # noqa: E402
 SEVERITIES = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+# Row columns added after the first row files were written (null, or the config default, when a
+# row file or record predates them).
+NEW_COLUMNS = (
+    "modality_dropout",
+    "train_per_class",
+    "trained_val_accuracy",
+    "accuracy_change",
+    "robust_mean_auc",
+    "robust_mean_relative_auc",
+    "acc_rgb_missing",
+    "acc_lidar_missing",
+    "robustness_json",
+)
+
 def trapezoid(y: list[float], x: list[float]) -> float:
     return sum(0.5 * (y[i] + y[i + 1]) * (x[i + 1] - x[i]) for i in range(len(x) - 1))
 

@@ -160,19 +160,9 @@ def test_write_rejects_unknown_status(tmp_path: Path) -> None:
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_fakes import record as _record  # noqa: E402
+from results_fakes import NEW_COLUMNS  # noqa: E402
 from results_fakes import robustness as _robustness  # noqa: E402
 
-_NEW_COLUMNS = (
-    "modality_dropout",
-    "train_per_class",
-    "trained_val_accuracy",
-    "accuracy_change",
-    "robust_mean_auc",
-    "robust_mean_relative_auc",
-    "acc_rgb_missing",
-    "acc_lidar_missing",
-    "robustness_json",
-)
 
 
 def test_rows_written_by_the_old_schema_still_load(tmp_path: Path) -> None:
@@ -183,7 +173,7 @@ def test_rows_written_by_the_old_schema_still_load(tmp_path: Path) -> None:
     new = _record(seed=0, accuracy=0.8)
     old_rec = stored_as(new, config={k: v for k, v in new.config.items() if k != "modality_dropout"})
     store.write(old_rec)
-    old_schema = pa.schema([f for f in RUN_SCHEMA if f.name not in _NEW_COLUMNS])
+    old_schema = pa.schema([f for f in RUN_SCHEMA if f.name not in NEW_COLUMNS])
     old_row = {k: v for k, v in old_rec.to_row().items() if k in old_schema.names}
     pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), store.row_path(old_rec.run_id))
     assert "modality_dropout" not in pq.read_schema(store.row_path(old_rec.run_id)).names
