@@ -23,6 +23,9 @@ from fusioncli.errors import BadInputError
 from fusioncli.machine import resolve_device, validate_device_spec
 
 if TYPE_CHECKING:  # the CLI reads this module's choices for --help: no pandas/pyarrow at import
+    from types import EllipsisType
+
+    from fusioncli.record import RunRecord
     from fusioncli.results.store import ResultsStore
 
 BACKENDS = ("local", "ray")
@@ -186,17 +189,26 @@ class SweepPlan:
         return len(self.runs)
 
 
-def needs_training(store: ResultsStore, rid: str, *, force: bool, robustness: bool, keep_weights: bool) -> bool:
+def needs_training(
+    store: ResultsStore,
+    rid: str,
+    *,
+    force: bool,
+    robustness: bool,
+    keep_weights: bool,
+    stored: RunRecord | EllipsisType | None = ...,
+) -> bool:
     """The sweep's one rule for a grid point: train it unless a finished record is stored.
 
     ``force`` retrains anything. A sweep that asks for robustness retrains a finished run stored
     without it (the evaluation needs the trained model, and only the best run's weights are
     kept; training is deterministic, so the re-run reproduces the run and adds its robustness).
-    Likewise ``keep_weights`` retrains a finished run whose weights were not kept.
+    Likewise ``keep_weights`` retrains a finished run whose weights were not kept. ``stored``:
+    the run's record when the caller has just read it (not read again).
     """
     if force:
         return True
-    record = store.get(rid)
+    record = store.get(rid) if stored is ... else stored
     if record is None or not record.is_finished:
         return True
     if robustness and not record.robustness:
@@ -239,7 +251,9 @@ def plan_grid(spec: SweepSpec, fingerprint: str, store: ResultsStore, *, cache_d
             continue
         seen.add(rid)
         stored = store.get(rid)
-        train = needs_training(store, rid, force=spec.force, robustness=spec.robustness, keep_weights=spec.keep_weights)
+        train = needs_training(
+            store, rid, force=spec.force, robustness=spec.robustness, keep_weights=spec.keep_weights, stored=stored
+        )
         status = stored.status if stored else None
         runs.append(PlannedRun(len(runs) + 1, rid, cfg, status, TRAIN if train else SKIP))
     device = resolved[0].device
