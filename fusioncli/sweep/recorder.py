@@ -122,18 +122,6 @@ def _is_better(record: RunRecord, best: RunRecord | None) -> bool:
     return best_loss is None or not math.isfinite(best_loss) or loss < best_loss
 
 
-def save_best(store: ResultsStore, model: Any, record: RunRecord) -> None:
-    """Replace the best of ``record``'s dataset (``<results>/best/<fingerprint>/``: weights + JSON
-    info) with this run's, as one atomic swap (:meth:`ResultsStore.update_best`).
-
-    Writing the two files into a staging folder first means the weights and their info always
-    describe the same run, even if the process dies halfway.
-    """
-    from fusioncli.train.checkpoint import save_checkpoint
-
-    store.update_best(record, lambda path: save_checkpoint(path, model, record))
-
-
 def _call_trackers(trackers: Sequence[Tracker], method: str, *args: Any, warnings: list[str]) -> None:
     # A tracker's hiccup (network, quota) must not cost a finished run: warn and go on.
     for tracker in trackers:
