@@ -114,10 +114,15 @@ def print_summary(summary: Any, results_dir: Path, *, kept_weights: bool = False
         err.print(f"next: fusioncli report --results-dir {results_dir}", highlight=False, soft_wrap=True)
 
 
-def outcomes_json(summary: Any) -> str:
-    """The ``--format json`` stdout: one object per grid point reached."""
+def outcomes_json(summary: Any, published: Any = None) -> str:
+    """The ``--format json`` stdout: one object per grid point reached, with what the trackers
+    missed of it (``tracker_problems``) and their run ids (``tracker_runs``); ``published``:
+    what ``--log-existing`` logged of the skipped runs."""
     rows = []
+    logged = published.tracker_runs if published is not None else {}
+    late_problems = published.run_problems if published is not None else {}
     for o in summary.outcomes:
+        problems = list(o.tracker_problems) + late_problems.get(o.run_id, [])
         rows.append(
             {
                 "run_id": o.run_id,
@@ -127,6 +132,8 @@ def outcomes_json(summary: Any) -> str:
                 "f1_macro": o.record.f1_macro if o.record is not None else None,
                 "error": o.error,
                 "new_best": o.new_best,
+                "tracker_problems": problems,
+                "tracker_runs": dict(o.tracker_runs or logged.get(o.run_id, {})),
             }
         )
     return json.dumps(rows, indent=2)

@@ -9,6 +9,7 @@ import typer
 from fusioncli.cli._common import err, out, report_errors
 from fusioncli.cli._options import ResultsDirOption
 from fusioncli.cli._tables import print_table
+from fusioncli.cli._tracking import MlflowExperimentOption, MlflowUriOption, WandbProjectOption
 from fusioncli.paths import default_results_dir
 
 if TYPE_CHECKING:
@@ -94,6 +95,15 @@ def report(
             "per configuration (runs trained with --robustness).",
         ),
     ] = False,
+    to_mlflow: Annotated[
+        bool, typer.Option("--to-mlflow", help="Also log the store's finished runs to MLflow (those not there yet).")
+    ] = False,
+    to_wandb: Annotated[
+        bool, typer.Option("--to-wandb", help="Also log the store's finished runs to W&B (those not there yet).")
+    ] = False,
+    mlflow_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = None,
+    wandb_project: WandbProjectOption = None,
 ) -> None:
     """Aggregate the results store over seeds and print one row per configuration.
 
@@ -125,6 +135,7 @@ def report(
     Examples:  fusioncli report --format markdown --filter strategy=late
                fusioncli report --compare late gmu --metric accuracy
                fusioncli report --robustness --plot plots/
+               fusioncli report --to-mlflow --mlflow-uri http://127.0.0.1:5000  (exit 3: a run missed)
     """
     from fusioncli.errors import BadInputError
     from fusioncli.results.store import open_store
@@ -146,6 +157,15 @@ def report(
         check_available()  # before printing anything: a missing extra is a usage error
     results = results_dir if results_dir is not None else default_results_dir()
     store = open_store(results, must_exist=True)
+    tracker_code = 0
+    if to_mlflow or to_wandb:
+        from fusioncli.cli._tracking import publish_store
+        from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
+
+        tracker_code = publish_store(
+            store, mlflow=to_mlflow, wandb=to_wandb, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment,
+            wandb_project=wandb_project, timeout=DEFAULT_TIMEOUT_S,
+        )  # fmt: skip
     fields = [f.strip() for f in group_by.split(",")] if group_by is not None else None
     frame = _read_runs(store)
     filters = filter or []
@@ -192,6 +212,8 @@ def report(
 
         paths = write_report_plots(frame, plot, group_by=fields, sort=sort, filters=filters)
         err.print(f"plots written: {', '.join(str(p) for p in paths)}", highlight=False, soft_wrap=True)
+    if tracker_code:
+        raise typer.Exit(tracker_code)
 
 
 def _read_runs(store: Any) -> Any:

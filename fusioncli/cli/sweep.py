@@ -9,8 +9,19 @@ from fusioncli.cli._common import OutputFormat, err, out, progress_enabled, repo
 from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, ResultsDirOption, RobustnessOption
 from fusioncli.cli._sweep_view import equal_steps_line, execute_sweep, outcomes_json, print_plan, print_summary
+from fusioncli.cli._tracking import (
+    MlflowExperimentOption,
+    MlflowOption,
+    MlflowUriOption,
+    TrackerTimeoutOption,
+    WandbOption,
+    WandbProjectOption,
+    build_trackers,
+    print_tracker_problems,
+)
 from fusioncli.paths import default_cache_dir, default_results_dir
 from fusioncli.sweep.plan import BACKENDS, DEFAULT_MAX_GROUP, EXECUTORS
+from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
 
 # How a sweep trains its runs, and where: the plan's choices.
 Executor = Enum("Executor", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
@@ -44,22 +55,20 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the runs (and which are already done) without training.")
     ] = False,
-    wandb: Annotated[
+    wandb: WandbOption = False,
+    wandb_project: WandbProjectOption = None,
+    mlflow: MlflowOption = False,
+    mlflow_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = None,
+    tracker_timeout: TrackerTimeoutOption = DEFAULT_TIMEOUT_S,
+    log_existing: Annotated[
         bool,
-        typer.Option("--wandb", help="Log each run to Weights & Biases (extra: pip install 'fusioncli\\[wandb]')."),
-    ] = False,
-    wandb_project: Annotated[str, typer.Option("--wandb-project", help="W&B project name.")] = "fusioncli",
-    mlflow: Annotated[
-        bool, typer.Option("--mlflow", help="Log each run to MLflow (extra: pip install 'fusioncli\\[mlflow]').")
-    ] = False,
-    mlflow_uri: Annotated[
-        str | None,
         typer.Option(
-            "--mlflow-uri",
-            help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the results folder).",
-            show_default=False,
+            "--log-existing",
+            help="With --mlflow/--wandb: also log the finished runs the sweep skips, unless that tracker "
+            "already holds them (publish a store after the fact).",
         ),
-    ] = None,
+    ] = False,
     backend: Annotated[
         Backend,
         typer.Option(
@@ -122,7 +131,12 @@ def sweep(
     when the sweep is run again (--force recomputes them); failed runs are
     recorded with their error and retried next time. Killing a sweep loses at
     most the runs in flight: run the same command to resume. The best run's
-    weights are kept in <results>/best/. Exit code 1 if any run failed.
+    weights are kept in <results>/best/. Exit code 1 if any run failed; 3 if
+    every run is stored but a tracker (--mlflow/--wandb) missed some of it.
+
+    With --mlflow or --wandb each run is one tracker run (named like
+    `late lr=1e-3 cosine seed=1`, seeds grouped); the trackers are checked
+    before training (also with --dry-run).
 
     With --backend ray each run (or, with the stacked executor, each stacked
     group) is a Ray task; the cache folder must be on storage every node sees
@@ -134,6 +148,8 @@ def sweep(
     Robustness:  fusioncli sweep --strategies late,gmu --seeds 1,2,3 --robustness
 
     On a cluster:  fusioncli sweep --backend ray --address auto --gpus-per-run 0.25
+
+    Tracked:  fusioncli sweep --seeds 1,2,3 --mlflow --mlflow-experiment fusion
     """
     from fusioncli.config import GRID_AXES
     from fusioncli.results.store import ResultsStore
@@ -161,25 +177,46 @@ def sweep(
         from fusioncli.sweep.ray_backend import import_ray
 
         import_ray()  # a missing extra is a usage error, before the plan costs time
+    if log_existing and not (wandb or mlflow):
+        from fusioncli.errors import BadInputError
+
+        raise BadInputError("--log-existing logs to a tracker: give --mlflow and/or --wandb too")
     store = ResultsStore(results)
     plan = plan_sweep(spec, cache, store)
     if equal_steps:
         err.print(f"equal steps: {equal_steps_line(plan)}", highlight=False, soft_wrap=True)
+    trackers = build_trackers(
+        wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment,
+        wandb_project=wandb_project, timeout=tracker_timeout, dry_run=dry_run,
+    )  # fmt: skip
     if dry_run:
         print_plan(plan, format)
         return
 
-    from fusioncli.sweep.tracking import make_trackers
-
-    trackers = make_trackers(
-        wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, wandb_project=wandb_project
-    )
     err.print(f"sweep: {plan.total} runs ({plan.placement}), results in {results}", highlight=False, soft_wrap=True)
     summary = execute_sweep(
         plan, store, show_bar=progress_enabled() and format is OutputFormat.table, trackers=trackers
     )
+    published = None
+    if log_existing and trackers:
+        from fusioncli.tracking.publish import publish_records
+
+        skipped = [o.record for o in summary.skipped if o.record is not None]
+        published = publish_records(trackers, store, skipped)
+        err.print(
+            f"log existing: {len(published.logged)} stored run(s) logged, {len(published.already)} already held",
+            highlight=False,
+            soft_wrap=True,
+        )
     if format is OutputFormat.json:
-        out.print(outcomes_json(summary), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        out.print(outcomes_json(summary, published), markup=False, highlight=False, emoji=False, soft_wrap=True)
     print_summary(summary, results, kept_weights=keep_weights)
-    if summary.exit_code:
-        raise typer.Exit(summary.exit_code)
+    problems = summary.tracker_problems + (published.problems if published is not None else [])
+    print_tracker_problems(problems)
+    code = summary.exit_code
+    if code == 0 and problems:
+        from fusioncli.tracking import EXIT_TRACKER_MISSED
+
+        code = EXIT_TRACKER_MISSED
+    if code:
+        raise typer.Exit(code)

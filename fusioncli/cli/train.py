@@ -11,7 +11,18 @@ from fusioncli.cli._common import OutputFormat, err, out, progress_bar, progress
 from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, RobustnessOption
 from fusioncli.cli._tables import robustness_table
-from fusioncli.paths import default_cache_dir
+from fusioncli.cli._tracking import (
+    MlflowExperimentOption,
+    MlflowOption,
+    MlflowUriOption,
+    TrackerTimeoutOption,
+    WandbOption,
+    WandbProjectOption,
+    build_trackers,
+    print_tracker_problems,
+)
+from fusioncli.paths import default_cache_dir, default_results_dir
+from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from fusioncli.record import RunRecord
@@ -90,6 +101,21 @@ def train(
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table: summary tables; json: the run record.")
     ] = OutputFormat.table,
+    wandb: WandbOption = False,
+    wandb_project: WandbProjectOption = None,
+    mlflow: MlflowOption = False,
+    mlflow_uri: MlflowUriOption = None,
+    mlflow_experiment: MlflowExperimentOption = None,
+    tracker_timeout: TrackerTimeoutOption = DEFAULT_TIMEOUT_S,
+    results_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--results-dir",
+            help="Where the default MLflow database (mlflow.db) and W&B files go (train stores no record; "
+            "default .fusioncli/results or $FUSIONCLI_RESULTS_DIR).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train one fusion strategy on the prepared cache and print what it measured.
 
@@ -98,12 +124,22 @@ def train(
     Example:  fusioncli train --strategy late --epochs 3 --limit-per-class 500 --format json
 
     Robustness:  fusioncli train --strategy late --modality-dropout 0.3 --robustness
+
+    Tracked:  fusioncli train --strategy late --mlflow --mlflow-experiment fusion  (exit code 3 when the
+    run trained but a tracker missed some of it)
     """
     # Imported here so `fusioncli --help` does not pay for torch.
     from fusioncli.config import RunConfig
     from fusioncli.jobs import train_from_cache
 
     config = RunConfig(**run_options).resolve()
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    trackers = build_trackers(
+        wandb=wandb, mlflow=mlflow, results_dir=results_dir if results_dir is not None else default_results_dir(),
+        mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, wandb_project=wandb_project,
+        timeout=tracker_timeout,
+    )  # fmt: skip
+    tracking = _open_tracking(trackers, config, cache) if trackers else None
     err.print(
         f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), {config.epochs} epochs",
         highlight=False,
@@ -114,21 +150,51 @@ def train(
         def on_epoch(row: dict[str, Any]) -> None:
             err.print(_epoch_line(row, config.epochs), highlight=False)
             advance(1)
+            if tracking is not None:
+                tracking.epoch(dict(row))
             if robustness and row["epoch"] == config.epochs:
                 err.print("evaluating robustness on corrupted validation sets", highlight=False)
 
-        result = train_from_cache(
-            config,
-            cache_dir if cache_dir is not None else default_cache_dir(),
-            on_epoch=on_epoch,
-            checkpoint=checkpoint,
-            robustness=robustness,
-        )
+        try:
+            result = train_from_cache(config, cache, on_epoch=on_epoch, checkpoint=checkpoint, robustness=robustness)
+        except KeyboardInterrupt:
+            if tracking is not None:
+                tracking.interrupted()
+            raise
+        except Exception as exc:
+            if tracking is not None:
+                from fusioncli.jobs import error_message
+
+                tracking.finish({"run_id": tracking.run_id, "status": "failed", "error": error_message(exc)})
+            raise
     record = result.record
+    if tracking is not None:
+        from fusioncli.tracking import Artifact
+
+        tracking.finish(record.to_json(), [Artifact(checkpoint, "model")] if checkpoint is not None else [])
     if checkpoint is not None:
         err.print(f"checkpoint written: {checkpoint} (+ {checkpoint.with_suffix('.json').name})", highlight=False)
     if format is OutputFormat.json:
         out.print(json.dumps(record.to_json()), markup=False, highlight=False, emoji=False, soft_wrap=True)
-        return
-    for table in _summary_tables(record):
-        out.print(table)
+    else:
+        for table in _summary_tables(record):
+            out.print(table)
+    if tracking is not None and tracking.problems:
+        from fusioncli.tracking import EXIT_TRACKER_MISSED
+
+        print_tracker_problems(tracking.problems)
+        raise typer.Exit(EXIT_TRACKER_MISSED)
+
+
+def _open_tracking(trackers: list[Any], config: Any, cache: Path) -> Any:
+    """The run's tracker runs, opened under the id its record will have (config + the cache's
+    fingerprint); None when the cache has no manifest (training then says what is missing)."""
+    from fusioncli.config import run_id
+    from fusioncli.data.cache import read_manifest
+    from fusioncli.tracking import RunTracking
+
+    manifest = read_manifest(Path(cache))
+    fingerprint = manifest.get("fingerprint") if manifest is not None else None
+    if not isinstance(fingerprint, str):
+        return None
+    return RunTracking(trackers, run_id(config, fingerprint), config.to_dict(), fingerprint=fingerprint)

@@ -67,7 +67,7 @@ from fusioncli.sweep.recorder import (
     failure_record,
     group_failure_note,
 )
-from fusioncli.sweep.tracking import Tracker
+from fusioncli.tracking import Tracker
 from fusioncli.train.probes import utc_now
 
 RAY_HINT = "install the ray extra: pip install 'fusioncli[ray]'"

@@ -25,7 +25,7 @@ from fusioncli.jobs import error_message
 from fusioncli.record import FAILED, FINISHED, DatasetInfo, RunRecord
 from fusioncli.results.store import Claim, ResultsStore, record_fingerprint
 from fusioncli.sweep.plan import PlannedRun, needs_training
-from fusioncli.sweep.tracking import Tracker
+from fusioncli.tracking import EXIT_TRACKER_MISSED, Artifact, Ledger, RunTracking, Tracker
 from fusioncli.train.loop import failed_record
 from fusioncli.train.probes import utc_now
 
@@ -47,6 +47,8 @@ class RunOutcome:
     error: str | None = None
     new_best: bool = False
     warnings: list[str] = field(default_factory=list)
+    tracker_problems: list[str] = field(default_factory=list)  # what the trackers missed of this run
+    tracker_runs: dict[str, str] = field(default_factory=dict)  # tracker name -> its run id
 
 
 @dataclass
@@ -87,11 +89,19 @@ class SweepSummary:
         return self.total - len(self.outcomes)
 
     @property
+    def tracker_problems(self) -> list[str]:
+        """Every tracker problem of the sweep's runs, in grid order."""
+        return [p for o in self.outcomes for p in o.tracker_problems]
+
+    @property
     def exit_code(self) -> int:
-        """130 when interrupted, 1 when any run failed, else 0."""
+        """130 when interrupted, 1 when any run failed, 3 (:data:`~fusioncli.tracking.EXIT_TRACKER_MISSED`)
+        when every run is stored but a tracker missed some of it, else 0."""
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        if self.failed:
+            return 1
+        return EXIT_TRACKER_MISSED if self.tracker_problems else 0
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:
@@ -120,15 +130,6 @@ def _is_better(record: RunRecord, best: RunRecord | None) -> bool:
     if loss is None or not math.isfinite(loss):
         return False
     return best_loss is None or not math.isfinite(best_loss) or loss < best_loss
-
-
-def _call_trackers(trackers: Sequence[Tracker], method: str, *args: Any, warnings: list[str]) -> None:
-    # A tracker's hiccup (network, quota) must not cost a finished run: warn and go on.
-    for tracker in trackers:
-        try:
-            getattr(tracker, method)(*args)
-        except Exception as exc:  # noqa: BLE001 - any tracker error is only a warning
-            warnings.append(f"{tracker.name}: {method} failed: {error_message(exc)}")
 
 
 def _dataset_stub(data: PreparedData | None, dataset: dict[str, Any] | None) -> DatasetInfo | None:
@@ -203,8 +204,8 @@ class OutcomeRecorder:
         recorder = OutcomeRecorder(store, total, force=..., keep_best=..., on_run_end=..., fingerprint=...)
         outcome = recorder.skipped(index, rid, cfg)        # None: the run must train
         outcome = recorder.claim(index, rid, cfg)          # None: claimed for us (else skipped/claimed)
-        run = recorder.begin(index, rid, cfg)              # trackers: start
-        run.epoch(row)                                     # trackers: log_epoch
+        run = recorder.begin(index, rid, cfg)              # opens the run's own tracker runs
+        run.epoch(row)                                     # each tracker run: this epoch
         outcome = run.finished(record, lambda: model)      # or run.failed(record)
         recorder.ended(outcome)                            # collected; on_run_end(outcome)
         summary = recorder.summary(interrupted=..., started=...)
@@ -232,6 +233,7 @@ class OutcomeRecorder:
         self.keep_best = keep_best
         self.keep_weights = keep_weights
         self.trackers = tuple(trackers)
+        self.ledger = Ledger(store.root) if self.trackers else None  # which tracker runs hold which run
         self.warnings: list[str] = []  # every run's warnings, in the order runs ended
         self.outcomes: list[RunOutcome] = []  # in the order runs ended
         self.on_run_end = on_run_end
@@ -325,12 +327,25 @@ class RunRecorder:
         self.config = cfg
         self.history: list[dict[str, Any]] = []  # the epochs seen so far
         self.warnings: list[str] = []
-        _call_trackers(sweep.trackers, "start", rid, cfg.to_dict(), warnings=self.warnings)
+        # This run's own tracker runs (one per tracker), never shared with another run.
+        self.tracking = (
+            RunTracking(sweep.trackers, rid, cfg.to_dict(), fingerprint=sweep.fingerprint, ledger=sweep.ledger)
+            if sweep.trackers
+            else None
+        )
 
     def epoch(self, row: dict[str, Any]) -> None:
         """One finished epoch (a history row)."""
         self.history.append(dict(row))
-        _call_trackers(self.sweep.trackers, "log_epoch", dict(row), warnings=self.warnings)
+        if self.tracking is not None:
+            self.tracking.epoch(dict(row))
+
+    def restart(self, reason: str) -> None:
+        """The run starts over (its stacked group failed as a whole): forget its epochs and close
+        its tracker runs as failed (``reason``); the retry gets new ones."""
+        self.history.clear()
+        if self.tracking is not None:
+            self.tracking.restart(reason)
 
     def finished(self, record: RunRecord, get_model: Callable[[], Any]) -> RunOutcome:
         """Store a finished run's record; ``get_model()`` is called (once) only when weights are saved."""
@@ -349,6 +364,9 @@ class RunRecorder:
                 save_checkpoint(store.weights_path(self.run_id), model(), record)
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
                 self.warnings.append(f"weights not kept: {error_message(exc)}")
+        artifacts: list[Artifact] = []
+        if self.sweep.keep_weights and store.has_weights(self.run_id):
+            artifacts.append(Artifact(store.weights_path(self.run_id), "model"))
         new_best = False
         if self.sweep.keep_best:
             from fusioncli.train.checkpoint import save_checkpoint
@@ -361,7 +379,9 @@ class RunRecorder:
             except Exception as exc:  # noqa: BLE001 - a full disk must not lose the record
                 self.warnings.append(f"best checkpoint not saved: {error_message(exc)}")
         store.write(record)
-        return self._end(FINISHED, record, new_best=new_best)
+        if new_best and not artifacts and record.fingerprint is not None:
+            artifacts.append(Artifact(store.best_checkpoint_for(record.fingerprint), "model"))
+        return self._end(FINISHED, record, new_best=new_best, artifacts=artifacts)
 
     def failed(self, record: RunRecord) -> RunOutcome:
         """Store a failed run's record (built by :func:`failure_record`)."""
@@ -374,17 +394,24 @@ class RunRecorder:
     def interrupted(self) -> None:
         """The run was stopped (Ctrl-C): trackers close it; nothing is stored."""
         self.sweep.release(self.run_id)
-        _call_trackers(
-            self.sweep.trackers,
-            "finish",
-            {"run_id": self.run_id, "status": "interrupted", "error": "interrupted"},
-            warnings=[],
-        )
+        if self.tracking is not None:
+            self.tracking.interrupted()
 
-    def _end(self, status: str, record: RunRecord, *, new_best: bool = False, error: str | None = None) -> RunOutcome:
+    def _end(
+        self,
+        status: str,
+        record: RunRecord,
+        *,
+        new_best: bool = False,
+        error: str | None = None,
+        artifacts: Sequence[Artifact] = (),
+    ) -> RunOutcome:
         self.sweep.release(self.run_id)  # the record is stored: the run is no longer in flight
-        # Trackers get the record's JSON form: their API is plain dicts (see fusioncli.sweep.tracking).
-        _call_trackers(self.sweep.trackers, "finish", record.to_json(), warnings=self.warnings)
+        problems: list[str] = []
+        if self.tracking is not None:
+            # The stored record, its JSON attached; a tracker's failure stays this run's problem.
+            self.tracking.finish(record.to_json(), artifacts)
+            problems = list(self.tracking.problems)
         self.sweep.warnings.extend(self.warnings)
         return RunOutcome(
             self.index,
@@ -396,6 +423,8 @@ class RunRecorder:
             error=error,
             new_best=new_best,
             warnings=list(self.warnings),
+            tracker_problems=problems,
+            tracker_runs=self.tracking.ids if self.tracking is not None else {},
         )
 
 

@@ -47,7 +47,7 @@ from fusioncli.sweep.recorder import (
     failure_record,
     group_failure_note,
 )
-from fusioncli.sweep.tracking import Tracker
+from fusioncli.tracking import Tracker
 from fusioncli.train.loop import train_run  # the sweep's default trainer (tests patch it here)
 from fusioncli.train.probes import utc_now
 
@@ -193,11 +193,12 @@ def _run_stacked(
                 run.interrupted()
             raise
         except Exception as exc:  # noqa: BLE001 - retried run by run below, which records it
-            recorder.warnings.append(group_failure_note(group, exc))
+            note = group_failure_note(group, exc)
+            recorder.warnings.append(note)
             free_device_memory(group[0].device)
             for cfg in group:
                 run = runs[id(cfg)]
-                run.history.clear()
+                run.restart(note)  # its epochs so far (and tracker runs) are dropped
                 ended(_run_one(run, data, train_fn=None, robustness=robustness, on_epoch=on_epoch))
             continue
         for cfg, member in zip(group, members):

@@ -156,7 +156,7 @@ def test_wandb_without_the_package(cache_dir: Path, tmp_path: Path, monkeypatch:
     monkeypatch.setitem(sys.modules, "wandb", None)
     result = runner.invoke(app, _args(cache_dir, tmp_path / "results", "--wandb"))
     assert result.exit_code == 2
-    # the exact hint (with [wandb]) is checked in tests/sweep/test_tracking.py; rich markup in
+    # the exact hint (with [wandb]) is checked in tests/tracking/test_trackers.py; rich markup in
     # _common.report_errors currently eats "[wandb]" (reported to the lead)
     assert "install the wandb extra: pip install 'fusioncli" in result.stderr
 

@@ -190,7 +190,12 @@ def test_plan_sweep_reports_stored_status(store: ResultsStore) -> None:
 
 
 class RecordingTracker:
+    """A tracker (fusioncli.tracking protocol) that records what each of its runs is told."""
+
     name = "recording"
+    destination = "recording"
+    timeout = 5.0
+    on_problem = None
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.events: list[tuple] = []
@@ -201,14 +206,23 @@ class RecordingTracker:
             raise ConnectionError("tracker offline")
         self.events.append(event)
 
-    def start(self, run_id, config):
-        self._log("start", run_id, config["strategy"])
+    def probe(self, *, create):
+        pass
 
-    def log_epoch(self, row):
-        self._log("epoch", row["epoch"])
+    def open(self, info):
+        self._log("start", info.run_id, info.config["strategy"])
+        tracker = self
 
-    def finish(self, record):
-        self._log("finish", record["status"])  # trackers get the record's JSON form
+        class Run:
+            id = f"rec-{info.run_id}"
+
+            def log_epoch(self, step, metrics):
+                tracker._log("epoch", step)
+
+            def finish(self, record, *, step, tags, artifacts):
+                tracker._log("finish", record["status"])  # trackers get the record's JSON form
+
+        return Run()
 
 
 def test_trackers_get_start_epochs_finish(store: ResultsStore) -> None:
@@ -222,9 +236,10 @@ def test_trackers_get_start_epochs_finish(store: ResultsStore) -> None:
     )
     rid = summary.outcomes[0].run_id
     assert tracker.events == [("start", rid, "late"), ("epoch", 1), ("epoch", 2), ("finish", "finished")]
+    assert summary.outcomes[0].tracker_runs == {"recording": f"rec-{rid}"}
 
 
-def test_tracker_errors_are_warnings_not_failures(store: ResultsStore) -> None:
+def test_tracker_errors_are_problems_not_failures(store: ResultsStore) -> None:
     summary = run_sweep(
         grid(strategies=["late"], lrs=[1e-3]),
         tiny_data(),
@@ -232,9 +247,12 @@ def test_tracker_errors_are_warnings_not_failures(store: ResultsStore) -> None:
         train_fn=FakeTrainer(),
         trackers=[RecordingTracker("epoch")],
     )
-    assert summary.exit_code == 0
-    assert summary.warnings == ["recording: log_epoch failed: ConnectionError: tracker offline"]
-    assert store.is_finished(summary.outcomes[0].run_id)
+    rid = summary.outcomes[0].run_id
+    assert summary.exit_code == 3  # stored, but the tracker missed some
+    assert summary.tracker_problems == [
+        f"recording: run {rid} (late lr=1e-3 cosine seed=51): epoch 1 failed: ConnectionError: tracker offline"
+    ]
+    assert store.is_finished(rid)
 
 
 @pytest.mark.slow

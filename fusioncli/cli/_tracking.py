@@ -1,0 +1,133 @@
+"""Tracker options shared by ``train`` and ``sweep``, and how tracker problems look on stderr.
+
+The tracker libraries are imported only when a tracker is asked for (``--help`` stays fast).
+"""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fusioncli.cli._common import debug_enabled, err
+
+WandbOption = Annotated[
+    bool,
+    typer.Option(
+        "--wandb",
+        help="Log each run to Weights & Biases, one W&B run per run (extra: pip install 'fusioncli\\[wandb]').",
+    ),
+]
+WandbProjectOption = Annotated[
+    str | None,
+    typer.Option("--wandb-project", help="W&B project (default $WANDB_PROJECT, else fusioncli).", show_default=False),
+]
+MlflowOption = Annotated[
+    bool,
+    typer.Option(
+        "--mlflow", help="Log each run to MLflow, one MLflow run per run (extra: pip install 'fusioncli\\[mlflow]')."
+    ),
+]
+MlflowUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow-uri",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<results>/mlflow.db).",
+        show_default=False,
+    ),
+]
+MlflowExperimentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow-experiment",
+        help="MLflow experiment (default $MLFLOW_EXPERIMENT_NAME, else fusioncli).",
+        show_default=False,
+    ),
+]
+TrackerTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--tracker-timeout",
+        help="Seconds each tracker call may take before that run's tracker run is given up (reported, exit code 3).",
+    ),
+]
+
+
+def warn_problem(line: str) -> None:
+    """One tracker problem, printed as it happens."""
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def build_trackers(
+    *,
+    wandb: bool,
+    mlflow: bool,
+    results_dir: Path | None,
+    mlflow_uri: str | None,
+    mlflow_experiment: str | None,
+    wandb_project: str | None,
+    timeout: float,
+    dry_run: bool = False,
+) -> list[Any]:
+    """The trackers asked for, checked before any training (also on a dry run, which creates
+    nothing); a missing extra or an unreachable server is a BadInputError (exit 2)."""
+    if not (wandb or mlflow):
+        return []
+    from fusioncli.tracking import make_trackers, probe_trackers
+
+    trackers = make_trackers(
+        wandb=wandb, mlflow=mlflow, results_dir=results_dir, mlflow_uri=mlflow_uri,
+        mlflow_experiment=mlflow_experiment, wandb_project=wandb_project, timeout=timeout,
+        on_problem=warn_problem, quiet=not debug_enabled(),
+    )  # fmt: skip
+    probe_trackers(trackers, create=not dry_run)
+    if dry_run:
+        where = ", ".join(t.destination for t in trackers)
+        err.print(f"dry run: trackers reachable: {where}", highlight=False, soft_wrap=True)
+    return trackers
+
+
+def print_tracker_problems(problems: list[str]) -> None:
+    """The summary's list of what the trackers missed (each was warned about as it happened)."""
+    if not problems:
+        return
+    err.print(
+        f"[yellow]trackers missed part of {len(problems)} call(s)[/] (the results store has everything):",
+        highlight=False,
+        soft_wrap=True,
+    )
+    from rich.markup import escape
+
+    for line in problems:
+        err.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def publish_store(
+    store: Any,
+    *,
+    mlflow: bool,
+    wandb: bool,
+    mlflow_uri: str | None,
+    mlflow_experiment: str | None,
+    wandb_project: str | None,
+    timeout: float,
+) -> int:
+    """``report --to-mlflow/--to-wandb``: log the store's finished runs a tracker does not hold
+    yet (one tracker run each); returns the exit code (0, or 3 when a tracker missed some)."""
+    from fusioncli.tracking import EXIT_TRACKER_MISSED
+    from fusioncli.tracking.publish import publish_records
+
+    trackers = build_trackers(
+        wandb=wandb, mlflow=mlflow, results_dir=store.root, mlflow_uri=mlflow_uri,
+        mlflow_experiment=mlflow_experiment, wandb_project=wandb_project, timeout=timeout,
+    )  # fmt: skip
+    published = publish_records(trackers, store, store.records())
+    where = ", ".join(t.destination for t in trackers)
+    err.print(
+        f"published to {where}: {len(published.logged)} run(s) logged, {len(published.already)} already there",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print_tracker_problems(published.problems)
+    return EXIT_TRACKER_MISSED if published.problems else 0
