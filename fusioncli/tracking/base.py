@@ -252,7 +252,7 @@ def check_reachable(url: str, what: str, hint: str, timeout: float = PROBE_TIMEO
             pass
     except OSError as exc:
         raise BadInputError(
-            f"{what} {url} is unreachable ({exc.strerror or type(exc).__name__}, checked for {timeout:g} s)", hint=hint
+            f"{what} {url} is unreachable ({exc.strerror or type(exc).__name__}; time limit {timeout:g} s)", hint=hint
         ) from None
 
 
