@@ -8,6 +8,7 @@ workers (a test module is not importable there).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -259,7 +260,7 @@ def test_robustness_is_evaluated_on_the_worker(ray_instance, cache_dir: Path, tm
     )
     assert summary.exit_code == 0, [o.error for o in summary.failed]
     robustness = store.get(summary.outcomes[0].run_id).robustness
-    assert robustness["version"] == 1
+    assert robustness["version"] == 2
     assert robustness["clean_accuracy"] == summary.outcomes[0].record.val_accuracy
     # --keep-weights: the weights came back from the worker even without a best checkpoint.
     assert store.has_weights(summary.outcomes[0].run_id) and not store.best_checkpoint_path.exists()
@@ -268,13 +269,30 @@ def test_robustness_is_evaluated_on_the_worker(ray_instance, cache_dir: Path, tm
 @needs_ray
 @pytest.mark.slow
 def test_stacked_groups_are_one_task_each_and_match_the_local_stacked_executor(
-    ray_instance, cache_dir: Path, tmp_path: Path
+    ray_instance, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two lrs of late fusion stack into one group; intermediate-add is a group of its own.
     configs = grid(strategies=["late", "intermediate-add"], lrs=[1e-3, 3e-4], precision="fp32", limit_per_class=8)
     local = run_sweep(configs, load_cache(cache_dir), ResultsStore(tmp_path / "local"), executor="stacked")
     store = ResultsStore(tmp_path / "ray")
-    summary = run_sweep_ray(configs, cache_dir, store, executor="stacked", robustness=True, cpus_per_run=2)
+    trackers = []
+    if importlib.util.find_spec("wandb") is not None:  # each run its own W&B run (offline), group or not
+        from fusioncli.tracking import make_trackers
+
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+        trackers = make_trackers(wandb=True)
+    summary = run_sweep_ray(
+        configs, cache_dir, store, executor="stacked", robustness=True, cpus_per_run=2, trackers=trackers
+    )
+    if trackers:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tracking"))
+        from wandb_reader import offline_runs
+
+        logged = {r.config["fusioncli.run_id"]: r for r in offline_runs(tmp_path)}
+        assert sorted(logged) == sorted(o.run_id for o in summary.outcomes) and summary.tracker_problems == []
+        for outcome in summary.outcomes:
+            assert logged[outcome.run_id].series("lr")[0][1] == outcome.record.history[0]["lr"]
 
     assert summary.exit_code == 0, [o.error for o in summary.failed]
     assert [o.run_id for o in summary.outcomes] == [o.run_id for o in local.outcomes]
