@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusioncli.errors import BadInputError
 from fusioncli.tracking.base import (
     TAG_PREFIX,
     Artifact,
@@ -71,6 +72,22 @@ class WandbTracker:
         if wandb_mode() not in OFFLINE_MODES:
             base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
             check_reachable(base, "the W&B server", self._hint())
+            self._check_login()
+
+    def _check_login(self) -> None:
+        """An API key must be at hand (env, settings, .netrc, or asked for now on a terminal):
+        otherwise every run's start would fail, or wait at a prompt, during the sweep."""
+        import sys
+
+        hint = "run `wandb login` or set WANDB_API_KEY (or WANDB_MODE=offline to log locally)"
+        try:
+            ok = self._wandb.login(verify=False, prompt=sys.stdin.isatty(), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - any failure here means runs cannot start
+            from fusioncli.tracking.run import describe
+
+            raise BadInputError(f"W&B login failed: {describe(exc)}", hint=hint) from None
+        if ok is False:
+            raise BadInputError("W&B has no API key for this machine", hint=hint)
 
     def open(self, info: RunInfo) -> _WandbRun:
         wandb = self._wandb

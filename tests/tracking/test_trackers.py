@@ -407,3 +407,36 @@ def test_run_tracking_without_trackers_is_inert() -> None:
     tracking.epoch({"epoch": 1, "val_loss": 0.5})
     tracking.finish({"status": "finished"})
     assert tracking.problems == [] and tracking.ids == {} and tracking.name == "late lr=1e-3 cosine seed=1"
+
+
+def test_a_restarted_run_closes_its_tracker_run_as_failed_and_opens_a_new_one(mlflow_uri: str) -> None:
+    """What a stacked group that failed as a whole does before retrying each member alone."""
+    trackers = make_trackers(mlflow=True, mlflow_uri=mlflow_uri)
+    config = grid(strategies=["late"], lrs=[1e-3])[0].resolve().to_dict()
+    tracking = RunTracking(trackers, "r" * 16, config, fingerprint="fp")
+    tracking.epoch({"epoch": 1, "train_loss": 9.0})
+    first = tracking.ids["mlflow"]
+    tracking.restart("stacked group of 2 failed (NaN); re-run one at a time")
+    tracking.epoch({"epoch": 1, "train_loss": 1.0})
+    second = tracking.ids["mlflow"]
+    tracking.interrupted()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    old, new = client.get_run(first), client.get_run(second)
+    assert first != second and tracking.problems == []
+    assert old.info.status == "FAILED" and "stacked group of 2 failed" in old.data.tags["fusioncli.error"]
+    assert new.info.status == "KILLED"  # Ctrl-C
+    assert [m.value for m in client.get_metric_history(second, "train_loss")] == [1.0]  # its own epochs only
+
+
+def test_online_wandb_needs_an_api_key_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr("fusioncli.tracking.wandb_tracker.check_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(wandb, "login", lambda **kwargs: False)
+    (tracker,) = make_trackers(wandb=True)
+    with pytest.raises(BadInputError) as info:
+        tracker.probe(create=True)
+    assert info.value.problems == ["W&B has no API key for this machine"] and "wandb login" in info.value.hint
