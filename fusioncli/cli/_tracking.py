@@ -92,15 +92,20 @@ def print_tracker_problems(problems: list[str]) -> None:
     """The summary's list of what the trackers missed (each was warned about as it happened)."""
     if not problems:
         return
+    from rich.markup import escape
+
     err.print(
-        f"[yellow]trackers missed part of {len(problems)} call(s)[/] (the results store has everything):",
+        f"[yellow]tracker problems: {len(problems)}[/] (exit code 3; the results store has every run):",
         highlight=False,
         soft_wrap=True,
     )
-    from rich.markup import escape
-
     for line in problems:
         err.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    err.print(
+        "  (`fusioncli report --to-mlflow/--to-wandb` logs the runs a tracker does not hold whole, again)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def publish_store(

@@ -346,7 +346,7 @@ def test_sweep_json_lists_tracker_problems_and_exits_3(
     assert len(rows[0]["tracker_problems"]) == 1 and "server went away" in rows[0]["tracker_problems"][0]
     assert rows[1]["tracker_problems"] == [] and set(rows[1]["tracker_runs"]) == {"mlflow", "wandb"}
     assert result.stderr.count("warning: mlflow: run") == 1  # as it happened
-    assert "trackers missed part of 1 call(s)" in result.stderr
+    assert "tracker problems: 1 (exit code 3; the results store has every run)" in result.stderr
     assert "wandb:" not in result.stderr  # W&B's own console output is kept out
     run = mlflow_runs(mlflow_uri)[rows[0]["run_id"]]
     assert run.info.status == "FINISHED"  # closed although its final figures did not get through
