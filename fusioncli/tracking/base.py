@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,6 +241,8 @@ def import_extra(module: str, extra: str, flag: str) -> Any:
 
 def check_reachable(url: str, what: str, hint: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Raise BadInputError when nothing answers at ``url``'s host and port within ``timeout``."""
+    import socket  # here: a `--help` never needs it
+
     parsed = urlparse(url)
     host = parsed.hostname
     if not host:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,6 +136,9 @@ class RunTracking:
         live = [s for s in self._slots if s.handle is not None and not s.dead]
         if not live:
             return
+        import shutil  # here: a `--help` never needs them
+        import tempfile
+
         folder = Path(tempfile.mkdtemp(prefix="fusioncli-tracking-"))
         timed_out = False
         try:
