@@ -85,8 +85,12 @@ def test_each_run_is_its_own_tracker_run(
 def test_seeds_of_a_configuration_share_a_group(mlflow_uri: str, offline_trackers: Path, tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "results")
     configs = grid(strategies=["late"], lrs=[1e-3, 1e-4], seeds=[1, 2], epochs=2)
-    summary = run_sweep(configs, tiny_data(), store, train_fn=FakeTrainer(), trackers=_trackers(mlflow_uri))
+    summary = run_sweep(
+        configs, tiny_data(), store, train_fn=FakeTrainer(), trackers=_trackers(mlflow_uri), keep_weights=True
+    )
     runs = mlflow_runs(mlflow_uri)
+    for outcome in summary.outcomes:  # --keep-weights: every run's weights go along
+        assert artifacts(mlflow_uri, runs[outcome.run_id]) == ["model", "run_record.json"]
     groups = {o.run_id: runs[o.run_id].data.tags["fusioncli.group"] for o in summary.outcomes}
     by_lr: dict[float, set[str]] = {}
     for o in summary.outcomes:
@@ -95,6 +99,7 @@ def test_seeds_of_a_configuration_share_a_group(mlflow_uri: str, offline_tracker
     assert next(iter(by_lr[1e-3])).startswith("late lr=1e-3 cosine [")
     for wb in offline_runs(offline_trackers):
         assert wb.group == groups[wb.config["fusioncli.run_id"]]
+        assert wb.artifacts == [f"model-{wb.config['fusioncli.run_id']}"]
         assert [step for step, _ in wb.history] == [1, 2]
         assert "final/val_accuracy" in wb.history[-1][1] and "val_loss" in wb.history[-1][1]  # at the last epoch
     for run in runs.values():
@@ -440,3 +445,21 @@ def test_online_wandb_needs_an_api_key_before_training(monkeypatch: pytest.Monke
     with pytest.raises(BadInputError) as info:
         tracker.probe(create=True)
     assert info.value.problems == ["W&B has no API key for this machine"] and "wandb login" in info.value.hint
+
+
+def test_final_figures_include_robustness_calibration_and_per_class() -> None:
+    from fusioncli.tracking.base import final_metrics, last_step
+
+    record = {
+        "metrics": {"val_accuracy": 0.9, "per_class": {"cubes": {"f1": 0.8, "support": 3}}, "calibration": {"ece": 0.05}},
+        "robustness": {"mean_auc": 0.7, "curves": {"rgb_noise": {"0.5": 0.6}}, "note": "text is left out"},
+        "params": {"total": 10},
+        "flops_per_sample": 5,
+        "history": [{"epoch": 1}, {"epoch": 2}],
+    }
+    assert final_metrics(record) == {
+        "final/val_accuracy": 0.9, "final/per_class/cubes/f1": 0.8, "final/per_class/cubes/support": 3.0,
+        "final/calibration/ece": 0.05, "robustness/mean_auc": 0.7, "robustness/curves/rgb_noise/0.5": 0.6,
+        "params/total": 10.0, "flops_per_sample": 5.0,
+    }  # fmt: skip
+    assert last_step(record) == 2 and last_step({"history": []}) == 0
