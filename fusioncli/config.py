@@ -27,6 +27,8 @@ from fusioncli.errors import BadInputError
 from fusioncli.machine import DEVICE_PATTERN, PRECISIONS, resolve_device, resolve_precision
 
 SCHEDULERS = ("cosine", "constant")
+# What the LiDAR branch sees (fusioncli.models.inputs): the seed's XYZA, or centred on the returns.
+LIDAR_NORMS = ("seed", "centered")
 
 # A Checker validates one field value: (problem or None, the normalised value).
 Checker = Callable[[str, Any], tuple[str | None, Any]]
@@ -212,6 +214,20 @@ class RunConfig:
             "--modality-dropout",
             "Training only: probability (0 <= p < 1) that a sample has RGB or LiDAR (50/50) replaced by zeros.",
             _probability_below_one, numeric=True, hash_neutral=0.0,
+        ),
+    )  # fmt: skip
+
+    # The LiDAR input step in front of the model (fusioncli.models.inputs); "seed" (the
+    # default) feeds the seed's XYZA unchanged, exactly as before the option existed.
+    lidar_norm: str = _meta(
+        "seed",
+        FieldInfo(
+            "--lidar-norm",
+            "LiDAR input the model sees: seed (x, y, z / 50, the seed notebook's) or centered (x, y, z in "
+            "metres minus the centroid of the sample's returns; learns the depth shape much sooner).",
+            _one_of(LIDAR_NORMS), choices=LIDAR_NORMS, hash_neutral="seed",
+            grid_flag="--lidar-norms", grid_help="Comma list of LiDAR inputs: seed, centered.",
+            grid_default="seed", axis="lidar_norms",
         ),
     )  # fmt: skip
 

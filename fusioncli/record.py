@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from fusioncli.config import CONFIG_FIELDS, ROW_DEFAULTS, RunConfig, config_fields
+from fusioncli.config import CONFIG_FIELDS, DEFAULTS, ROW_DEFAULTS, RunConfig, config_fields
 
 RECORD_SCHEMA = 1
 FINISHED = "finished"
@@ -264,6 +264,11 @@ class RunRecord:
     def trained_val_accuracy(self) -> float | None:
         """An evaluated record's accuracy on the data it was trained on (else None)."""
         return ((self.evaluation or {}).get("trained_metrics") or {}).get("val_accuracy")
+
+    @property
+    def lidar_norm(self) -> str:
+        """The run's LiDAR input step (records written before ``--lidar-norm`` existed: the seed's)."""
+        return str(self.config.get("lidar_norm", DEFAULTS["lidar_norm"]))
 
     def run_config(self) -> RunConfig:
         """The config as a :class:`RunConfig` (raises BadInputError for an unknown field)."""

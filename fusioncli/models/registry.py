@@ -96,11 +96,14 @@ def get_backbone(name: str) -> BackboneSpec:
         raise BadInputError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}") from None
 
 
-def create_model(name: str, backbone: str = "seed", num_classes: int = 2) -> nn.Module:
+def create_model(name: str, backbone: str = "seed", num_classes: int = 2, *, lidar_norm: str = "seed") -> nn.Module:
     """Build strategy ``name`` on ``backbone`` with a ``num_classes``-way head.
 
-    The model is built on the current default device (wrap in ``with torch.device("meta"):`` to
-    size it without allocating). Unknown names raise :class:`BadInputError` listing known ones.
+    ``lidar_norm`` (a run's ``--lidar-norm``) attaches the LiDAR input step
+    (:func:`fusioncli.models.inputs.attach_lidar_norm`); ``seed`` leaves the builder's model as
+    it is. The model is built on the current default device (wrap in ``with
+    torch.device("meta"):`` to size it without allocating). Unknown names raise
+    :class:`BadInputError` listing known ones.
     """
     spec = get_strategy(name)
     bb = get_backbone(backbone)
@@ -108,7 +111,11 @@ def create_model(name: str, backbone: str = "seed", num_classes: int = 2) -> nn.
         raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
     model = spec.builder(bb, num_classes)
     _check_part_names(name, model)
-    return model
+    if lidar_norm == "seed":
+        return model
+    from fusioncli.models.inputs import attach_lidar_norm  # torch-side: the registry stays torch-free
+
+    return attach_lidar_norm(model, lidar_norm)
 
 
 def _check_part_names(name: str, model: nn.Module) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
+from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, HASH_NEUTRAL, NUMERIC_CONFIG_FIELDS
 from fusioncli.results.aggregate import METRICS, Metric
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
@@ -126,11 +126,23 @@ def split_fields(table: pd.DataFrame, fields: Sequence[str], *, keep_one: bool =
     """
     fields = [f for f in fields if f in table.columns]
     varying = [f for f in fields if table[f].astype("string").fillna("<NA>").nunique() > 1]
-    constant = [f for f in fields if f not in varying]
+    # An option added later that no row uses (every row at its neutral value) says nothing.
+    constant = [f for f in fields if f not in varying and not _all_neutral(table, f)]
     if keep_one and len(table) and not varying and fields:
         varying, constant = [fields[0]], fields[1:]
     caption = ", ".join(f"{_label(f)}={format_field(f, table[f].iloc[0])}" for f in constant) if len(table) else ""
     return varying, caption
+
+
+def _all_neutral(table: pd.DataFrame, name: str) -> bool:
+    """Whether every row holds the neutral value of ``name``, a run option added later
+    (:data:`fusioncli.config.HASH_NEUTRAL`; False for other fields).
+    """
+    if name not in HASH_NEUTRAL or not len(table):
+        return False
+    neutral = HASH_NEUTRAL[name]
+    values = table[name]
+    return bool(values.isna().all()) if neutral is None else bool((values == neutral).all())
 
 
 def field_columns(table: pd.DataFrame, fields: Sequence[str]) -> tuple[list[str], list[bool], list[list[str]]]:

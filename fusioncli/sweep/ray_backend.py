@@ -351,7 +351,9 @@ def model_from_weights(record: RunRecord, weights: bytes | None) -> Any:
     class_names = record.dataset.class_names if record.dataset is not None else None
     if not class_names:
         raise ValueError("the record does not name its classes")
-    model = create_model(record.config["strategy"], record.config["backbone"], len(class_names))
+    model = create_model(
+        record.config["strategy"], record.config["backbone"], len(class_names), lidar_norm=record.lidar_norm
+    )
     model.load_state_dict(load(weights), strict=True)
     model.eval()
     return model

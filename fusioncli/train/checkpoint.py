@@ -104,7 +104,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
             raise ValueError(f"its run info {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise BadInputError(f"checkpoint info {sidecar} is not valid: {exc}") from None
-    model = create_model(spec["strategy"], spec["backbone"], int(spec["num_classes"]))
+    model = create_model(spec["strategy"], spec["backbone"], int(spec["num_classes"]), lidar_norm=record.lidar_norm)
     try:
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as exc:

@@ -82,7 +82,7 @@ def is_stackable(cfg: RunConfig) -> bool:
 def stack_key(cfg: RunConfig) -> tuple[Any, ...]:
     """The key of the group ``cfg`` can train in: configs with equal keys can train together.
 
-    Members of a group share strategy, backbone, epochs, batch size, device, precision and data
+    Members of a group share strategy, backbone, LiDAR input, epochs, batch size, device, precision and data
     limits (``auto`` device/precision are resolved first); lr, scheduler and seed may differ. A
     config that cannot be stacked (:func:`is_stackable`) gets a key made of its whole config,
     so it never shares a key with a different config.
@@ -91,8 +91,8 @@ def stack_key(cfg: RunConfig) -> tuple[Any, ...]:
     if not is_stackable(c):
         return ("alone", *sorted(c.to_dict().items()))
     return (
-        "stack", c.strategy, c.backbone, c.epochs, c.batch_size, c.device, c.precision, c.limit_per_class,
-        c.train_per_class,
+        "stack", c.strategy, c.backbone, c.lidar_norm, c.epochs, c.batch_size, c.device, c.precision,
+        c.limit_per_class, c.train_per_class,
     )  # fmt: skip
 
 
@@ -252,7 +252,7 @@ class _StackedGroup:
         # The architecture without storage: functional_call supplies the stacked slices.
         key = None
         if compile_forward:
-            arch = (first.strategy, first.backbone, work.num_classes)
+            arch = (first.strategy, first.backbone, first.lidar_norm, work.num_classes)
             key = (*arch, str(self.device), self.precision, per_member_inputs)
         self.train_forward, self.base = _stacked_forward(members[0].to("meta"), per_member_inputs, key)
         self.eval_forward, _ = _stacked_forward(self.base, False, None)
@@ -367,7 +367,7 @@ class _StackedGroup:
         from fusioncli import models
 
         with torch.device("meta"):
-            model = models.create_model(cfg.strategy, cfg.backbone, num_classes)
+            model = models.create_model(cfg.strategy, cfg.backbone, num_classes, lidar_norm=cfg.lidar_norm)
         model = model.to_empty(device=self.device)
         tensor: torch.Tensor
         with torch.no_grad():
@@ -456,7 +456,7 @@ def train_stacked(
     members = []
     for cfg in cfgs:
         torch.manual_seed(cfg.seed)  # each member initialised exactly as train_run does
-        members.append(models.create_model(cfg.strategy, cfg.backbone, work.num_classes))
+        members.append(models.create_model(cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm))
     params = models.parameter_counts(members[0])
     flops = models.flops_per_sample(members[0])  # zero inputs: draws no random numbers
     # One seed for all: one permutation and one gather serve every member.

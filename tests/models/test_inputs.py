@@ -1,0 +1,106 @@
+"""The LiDAR input step (`--lidar-norm`): what a model computes from the seed's XYZA first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fusioncli.config import LIDAR_NORMS, RunConfig, run_id
+from fusioncli.data.projection import MAX_RANGE, default_angles, project_xyza, ray_directions
+from fusioncli.models import create_model, parameter_counts
+from fusioncli.models.inputs import TRANSFORMS, centered_xyza
+from fusioncli.record import DatasetInfo, RunRecord
+from fusioncli.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def depth_maps(n: int = 3, seed: int = 0) -> np.ndarray:
+    """Depth maps with an object-like patch of returns per sample; sample 0 has no return at all."""
+    rng = np.random.default_rng(seed)
+    depth = np.full((n, 64, 64), MAX_RANGE)
+    for i in range(1, n):
+        r, c = rng.integers(5, 40, size=2)
+        depth[i, r : r + 20, c : c + 15] = rng.uniform(8.0, 12.0, size=(20, 15))
+    return depth
+
+
+@pytest.mark.numeric
+def test_centered_is_the_returns_about_their_centroid_in_metres() -> None:
+    depth = depth_maps()
+    az, ze = default_angles()
+    xyza = project_xyza(torch.from_numpy(depth), az, ze)  # the seed's form, float64
+    got = centered_xyza(xyza).numpy()
+    # independent reference: the points in metres from the ray directions, in numpy float64
+    points = depth[..., None] * ray_directions(az, ze)  # (n, 64, 64, 3)
+    hit = depth < MAX_RANGE
+    for i in range(len(depth)):
+        np.testing.assert_array_equal(got[i, 3], hit[i])  # a is unchanged
+        if not hit[i].any():
+            assert not got[i].any()  # no return: nothing to centre on, all zeros
+            continue
+        centroid = points[i][hit[i]].mean(axis=0)
+        want = np.where(hit[i][..., None], points[i] - centroid, 0.0).transpose(2, 0, 1)
+        # float64: the seed's / 50 and the * 50 back, a sum over <= 4096 pixels -> ~1e-12 m
+        scale = np.abs(points[i][hit[i]]).max()
+        np.testing.assert_allclose(got[i, :3], want, rtol=0, atol=4096 * 4 * np.finfo(np.float64).eps * scale)
+        # centred: the returns' own mean is zero
+        assert np.abs(got[i, :3][:, hit[i]].mean(axis=1)).max() < 1e-9 * scale
+
+
+def test_the_default_model_is_the_builders_module_and_centered_feeds_it_centred_input() -> None:
+    torch.manual_seed(0)
+    seed_model = create_model("late", "seed", 2)
+    assert not seed_model._forward_pre_hooks  # the seed's model exactly: no input step attached
+    centred = create_model("late", "seed", 2, lidar_norm="centered")
+    centred.load_state_dict(seed_model.state_dict())
+    assert parameter_counts(centred) == parameter_counts(seed_model)
+    rgb = torch.rand(4, 4, 64, 64)
+    xyza = project_xyza(torch.from_numpy(depth_maps(4)).float(), *default_angles())
+    with torch.no_grad():
+        torch.testing.assert_close(centred(rgb, xyza), seed_model(rgb, centered_xyza(xyza)), rtol=0, atol=0)
+        assert not torch.equal(centred(rgb, xyza), seed_model(rgb, xyza))
+
+
+def test_every_choice_builds() -> None:
+    assert set(LIDAR_NORMS) == {"seed", *TRANSFORMS}  # the CLI's choices are the implemented ones
+    for name in LIDAR_NORMS:
+        model = create_model("lidar-only", "seed", 2, lidar_norm=name)
+        assert model(torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 64, 64)).shape == (1, 2)
+    with pytest.raises(ValueError, match="unknown lidar norm"):
+        create_model("late", "seed", 2, lidar_norm="bogus")
+
+
+def test_the_option_is_checked_and_enters_the_run_id_only_when_not_the_seeds() -> None:
+    from fusioncli.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="--lidar-norm must be one of seed, centered"):
+        RunConfig(lidar_norm="zscore")
+    base = RunConfig(device="cpu", precision="fp32")
+    explicit = RunConfig(device="cpu", precision="fp32", lidar_norm="seed")
+    centred = RunConfig(device="cpu", precision="fp32", lidar_norm="centered")
+    assert run_id(base, "fp") == run_id(explicit, "fp")
+    assert run_id(centred, "fp") != run_id(base, "fp")
+
+
+def test_a_checkpoint_brings_its_input_step_back(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("lidar-only", "seed", 2, lidar_norm="centered")
+    record = RunRecord.failed(
+        RunConfig(strategy="lidar-only", lidar_norm="centered").to_dict(), None, "not trained",
+        started_at=None, finished_at="2024-01-01T00:00:00+00:00", dataset=DatasetInfo(None, ("cubes", "spheres")),
+    )  # fmt: skip
+    save_checkpoint(tmp_path / "m.safetensors", model, record)
+    loaded, info = load_checkpoint(tmp_path / "m.safetensors")
+    assert info.lidar_norm == "centered"
+    xyza = project_xyza(torch.from_numpy(depth_maps(2)).float(), *default_angles())
+    rgb = torch.zeros(2, 4, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(rgb, xyza), model(rgb, xyza), rtol=0, atol=0)
+
+
+def test_records_written_before_the_option_read_as_the_seeds() -> None:
+    old = RunRecord.failed({"strategy": "late"}, None, "x", started_at=None, finished_at="2024-01-01T00:00:00+00:00")
+    assert old.lidar_norm == "seed"
