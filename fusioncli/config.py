@@ -27,8 +27,8 @@ from fusioncli.errors import BadInputError
 from fusioncli.machine import DEVICE_PATTERN, PRECISIONS, resolve_device, resolve_precision
 
 SCHEDULERS = ("cosine", "constant")
-# What the LiDAR branch sees (fusioncli.models.inputs): the seed's XYZA, or centred on the returns.
-LIDAR_NORMS = ("seed", "centered")
+# What the LiDAR branch sees (fusioncli.models.inputs): the seed's XYZA, or relative to the nearest surface.
+LIDAR_NORMS = ("seed", "nearest")
 
 # A Checker validates one field value: (problem or None, the normalised value).
 Checker = Callable[[str, Any], tuple[str | None, Any]]
@@ -223,10 +223,10 @@ class RunConfig:
         "seed",
         FieldInfo(
             "--lidar-norm",
-            "LiDAR input the model sees: seed (x, y, z / 50, the seed notebook's) or centered (x, y, z in "
-            "metres minus the centroid of the sample's returns; learns the depth shape much sooner).",
+            "LiDAR input the model sees: seed (x, y, z / 50, the seed notebook's) or nearest (x, y, z in "
+            "metres relative to the sample's nearest surface; learns the depth shape much sooner).",
             _one_of(LIDAR_NORMS), choices=LIDAR_NORMS, hash_neutral="seed",
-            grid_flag="--lidar-norms", grid_help="Comma list of LiDAR inputs: seed, centered.",
+            grid_flag="--lidar-norms", grid_help="Comma list of LiDAR inputs: seed, nearest.",
             grid_default="seed", axis="lidar_norms",
         ),
     )  # fmt: skip
@@ -312,17 +312,30 @@ def _registry_problems(strategy: str, backbone: str) -> list[str]:
     return problems
 
 
+def plugin_of(strategy: Any) -> dict[str, str] | None:
+    """``{"file", "sha256"}`` of the plugin that registered ``strategy`` (None: a built-in)."""
+    from fusioncli.models.registry import plugin_source  # torch-free, like this module
+
+    source = plugin_source(strategy) if isinstance(strategy, str) else None
+    return None if source is None else source.to_json()
+
+
 def run_id(config: RunConfig, dataset_fingerprint: str) -> str:
     """A stable 16-hex-digit id for (resolved config, dataset): same inputs, same id.
 
     The config is resolved first, so ``auto`` on a CPU machine and ``cpu`` name the same run.
     Fields added later are left out of the hash while they have their neutral default, so
-    the runs of stores written before them keep their ids.
+    the runs of stores written before them keep their ids. A strategy from a plugin adds the
+    sha256 of the plugin's source: editing the plugin makes new runs.
     """
     resolved = config if config.is_resolved else config.resolve()
     hashed = resolved.to_dict()
     for name, neutral in HASH_NEUTRAL.items():
         if hashed[name] == neutral:
             del hashed[name]
-    payload = json.dumps({"config": hashed, "dataset": dataset_fingerprint}, sort_keys=True, separators=(",", ":"))
+    identity: dict[str, Any] = {"config": hashed, "dataset": dataset_fingerprint}
+    plugin = plugin_of(resolved.strategy)
+    if plugin is not None:  # built-in strategies: the payload (and id) of every earlier version
+        identity["plugin"] = plugin["sha256"]
+    payload = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from fusioncli.config import CONFIG_FIELDS, DEFAULTS, ROW_DEFAULTS, RunConfig, config_fields
+from fusioncli.config import CONFIG_FIELDS, DEFAULTS, ROW_DEFAULTS, RunConfig, config_fields, plugin_of
 
 RECORD_SCHEMA = 1
 FINISHED = "finished"
@@ -89,9 +89,11 @@ class DatasetInfo:
 
 
 # Keys written only when set (older records lack them; the layout of the others is fixed).
-_OPTIONAL_KEYS = ("robustness", "evaluation", "traceback", "record_error")
+_OPTIONAL_KEYS = ("robustness", "evaluation", "traceback", "record_error", "plugin")
 # Keys that must hold a JSON object (or null) / a JSON list in a record's JSON form.
-_OBJECT_KEYS = ("config", "metrics", "dataset", "env", "params", "timing", "memory", "evaluation", "robustness")
+_OBJECT_KEYS = (
+    "config", "metrics", "dataset", "env", "params", "timing", "memory", "evaluation", "robustness", "plugin",
+)  # fmt: skip
 _LIST_KEYS = ("history",)
 
 
@@ -117,6 +119,8 @@ class RunRecord:
     evaluation: dict[str, Any] | None = None
     traceback: str | None = None
     record_error: str | None = None
+    # A plugin strategy's plugin: {"file", "sha256"} of its source (hashed into the run id).
+    plugin: dict[str, str] | None = None
     schema: int = RECORD_SCHEMA
     # Keys of a record written by a later version, kept so a round trip loses nothing.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +161,7 @@ class RunRecord:
             env=dict(env),
             started_at=started_at,
             finished_at=finished_at,
+            plugin=plugin_of(config.strategy),
         )
 
     @classmethod
@@ -188,6 +193,7 @@ class RunRecord:
             finished_at=finished_at,
             traceback=traceback,
             record_error=record_error,
+            plugin=plugin_of(config.get("strategy")),
         )
 
     def with_run_id(self, run_id: str) -> RunRecord:
@@ -338,6 +344,7 @@ class RunRecord:
             evaluation=values.get("evaluation"),
             traceback=values.get("traceback"),
             record_error=values.get("record_error"),
+            plugin=values.get("plugin"),
             schema=values.get("schema", RECORD_SCHEMA),
             extra={k: v for k, v in values.items() if k not in known},
             null_keys=frozenset(k for k in _OPTIONAL_KEYS if k in values and values[k] is None),

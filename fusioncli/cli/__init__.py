@@ -6,12 +6,14 @@ problem and an exit code by :func:`fusioncli.cli._common.report_errors`.
 """
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fusioncli import __version__
 from fusioncli.cli import demo, evaluate, prepare, report, strategies, sweep, synth, train
+from fusioncli.cli._common import report_errors
 
 app = typer.Typer(
     name="fusioncli",
@@ -40,10 +42,28 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    plugin: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--plugin",
+            help="A Python file registering strategies (`from fusioncli import register_strategy`); repeatable. "
+            "Also: FUSIONCLI_PLUGINS (files separated by os.pathsep) and the entry-point group fusioncli.strategies.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Benchmark multimodal fusion strategies (see `fusioncli COMMAND --help`)."""
     if debug:
         os.environ["FUSIONCLI_DEBUG"] = "1"
+    _load_plugins(plugin or [])
+
+
+@report_errors
+def _load_plugins(files: list[Path]) -> None:
+    # Before any command reads strategy names (choices and RunConfig check them lazily).
+    from fusioncli.models.plugins import load_plugins
+
+    load_plugins(files)
 
 
 app.command("synth")(synth.synth)

@@ -2,6 +2,7 @@
 
 import json
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -9,7 +10,8 @@ from rich import box
 from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, out, report_errors
-from fusioncli.models import BACKBONES
+from fusioncli.errors import BadInputError
+from fusioncli.models import BACKBONES, get_strategy
 
 # Choices come from the backbone presets, plus "all".
 BackboneChoice = Enum("BackboneChoice", {name: name for name in (*BACKBONES, "all")}, type=str)  # type: ignore[misc]  # members known at run time only
@@ -66,11 +68,37 @@ def strategies(
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table (rich) or json (a list of objects) on stdout.")
     ] = OutputFormat.table,
+    check: Annotated[
+        str | None,
+        typer.Option(
+            "--check",
+            help="Check strategy NAME instead of listing: one forward and backward pass on a tiny batch; "
+            "output shape, finite loss, a gradient for every parameter, no unregistered trained tensor. "
+            "Exit 2 with one line per problem.",
+            metavar="NAME",
+            show_default=False,
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="With --check: a batch of this prepared cache's shape and classes (default 64x64, 2 classes).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """List the fusion strategies with parameter counts and forward FLOPs per sample.
 
     Example: fusioncli strategies --backbone all --format json
+
+    Check a plugin:  fusioncli --plugin my_fusion.py strategies --check my-fusion
     """
+    if check is not None:
+        _check(check, backbone.value, cache_dir, format)
+        return
+    if cache_dir is not None:
+        raise BadInputError("--cache-dir goes with --check NAME")
     from fusioncli.models import describe_strategies  # builds each model: torch loads here
 
     rows = describe_strategies(backbone.value)
@@ -78,3 +106,35 @@ def strategies(
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False)
     else:
         out.print(_table(rows, with_description=out.width >= _WIDTH_FOR_DESCRIPTION))
+
+
+def _check(name: str, backbone: str, cache_dir: Path | None, format: OutputFormat) -> None:
+    """`strategies --check NAME`: the contract check, one line per problem, exit 2 on any."""
+    from fusioncli.models.backbones import INPUT_SIZE
+    from fusioncli.models.check import check_strategy  # torch loads here
+
+    spec = get_strategy(name)  # an unknown name: the known ones, exit 2
+    num_classes, size = 2, INPUT_SIZE
+    if cache_dir is not None:
+        from fusioncli.sweep.plan import cache_manifest
+
+        manifest = cache_manifest(cache_dir)
+        num_classes = len(manifest["class_names"])
+        size = int(manifest.get("size", INPUT_SIZE))
+    backbones = BACKBONES if backbone == "all" else (backbone,)
+    problems = [
+        f"{p} (backbone {bb})" if len(backbones) > 1 else p
+        for bb in backbones
+        for p in check_strategy(name, bb, num_classes, size=size)
+    ]
+    where = f" from plugin {spec.plugin.file}" if spec.plugin is not None else ""
+    shape = f"{size}x{size}, {num_classes} classes, backbone {'/'.join(backbones)}"
+    if format is OutputFormat.json:
+        plugin = None if spec.plugin is None else spec.plugin.to_json()
+        row = {"name": name, "ok": not problems, "problems": problems, "size": size, "num_classes": num_classes,
+               "backbones": list(backbones), "plugin": plugin}  # fmt: skip
+        out.print(json.dumps(row, indent=2), markup=False, highlight=False)
+    if problems:
+        raise BadInputError(problems, hint=f"strategy {name!r}{where} fails the builder contract ({shape})")
+    if format is not OutputFormat.json:
+        out.print(f"{name}{where}: ok ({shape}; every parameter trained)", markup=False, highlight=False)

@@ -1,6 +1,7 @@
 """`fusioncli sweep`: train the Cartesian product of strategies x lrs x schedulers x seeds."""
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +20,7 @@ from fusioncli.cli._tracking import (
     build_trackers,
     print_tracker_problems,
 )
+from fusioncli.config import config_fields
 from fusioncli.paths import default_cache_dir, default_results_dir
 from fusioncli.sweep.plan import BACKENDS, DEFAULT_MAX_GROUP, EXECUTORS
 from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
@@ -27,11 +29,103 @@ from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
 Executor = Enum("Executor", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
 Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 
+# Parameters a sweep file cannot set / that the resolved sweep leaves out (how it is shown).
+_NOT_IN_FILE = ("config", "print_config", "help")
+_NOT_RESOLVED = (*_NOT_IN_FILE, "dry_run", "format")
+# The grid axes' parameters: a list in the file is their comma list.
+_AXIS_PARAMS = tuple(f.name for f, info in config_fields() if info.grid_flag is not None)
+
+
+def _long_flag(param: Any) -> str | None:
+    return next((opt[2:] for opt in param.opts if opt.startswith("--")), None)
+
+
+def _is_path(param: Any) -> bool:
+    descriptor = getattr(param, "type_descriptor", None)
+    return getattr(descriptor, "annotation", None) is Path
+
+
+@report_errors
+def _file_defaults(ctx: typer.Context, path: Path) -> dict[str, Any]:
+    """The sweep file's values as defaults of the options (checked; one line per problem)."""
+    from fusioncli.errors import BadInputError
+    from fusioncli.sweep.config_file import axis_text, read_sweep_file
+
+    by_key = {_long_flag(p): p for p in ctx.command.params if p.name not in _NOT_IN_FILE}
+    problems: list[str] = []
+    defaults: dict[str, Any] = {}
+    for key, value in read_sweep_file(path).items():
+        param = by_key.get(key)
+        if param is None or param.name is None:
+            problems.append(f"sweep file {path}: unknown key {key!r} (keys are the long options of `fusioncli sweep`)")
+            continue
+        if param.name in _AXIS_PARAMS:
+            value = axis_text(value)
+        elif isinstance(value, list):
+            problems.append(f"sweep file {path}: {key} takes one value, not a list")
+            continue
+        elif isinstance(value, str) and _is_path(param) and not Path(value).expanduser().is_absolute():
+            value = str(path.parent / value)  # relative to the file, wherever the sweep starts
+        try:
+            param.process_value(ctx, value)  # the option's own conversion and checks
+        except typer.BadParameter as exc:
+            problems.append(f"sweep file {path}: {key} = {value!r}: {exc.message}")
+            continue
+        defaults[param.name] = value
+    if problems:
+        raise BadInputError(problems)
+    return defaults
+
+
+def _config_file(ctx: typer.Context, value: Path | None) -> Path | None:
+    # Eager, so the file's values become the other options' defaults: the command line wins.
+    if value is not None and not ctx.resilient_parsing:
+        ctx.default_map = {**(ctx.default_map or {}), **_file_defaults(ctx, value)}
+    return value
+
+
+def _resolved_sweep(ctx: typer.Context, cache: Path, results: Path) -> dict[str, Any]:
+    """Every sweep option as it applies now (file, command line, defaults), keyed by long name."""
+    from fusioncli.sweep.config_file import axis_items
+
+    values: dict[str, Any] = {}
+    for param in ctx.command.params:
+        key = _long_flag(param)
+        if key is None or param.name is None or param.name in _NOT_RESOLVED:
+            continue
+        value = ctx.params.get(param.name)
+        if isinstance(value, Enum):
+            value = value.value
+        if param.name in _AXIS_PARAMS:
+            value = axis_items(str(value))
+        elif isinstance(value, Path):
+            value = str(value.expanduser().absolute())
+        values[key] = value
+    values["cache-dir"] = str(cache.expanduser().absolute())
+    values["results-dir"] = str(results.expanduser().absolute())
+    return values
+
 
 @report_errors
 @run_config_options(grid=True)
 def sweep(
+    ctx: typer.Context,
     run_options: dict[str, Any],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help='A TOML sweep file: the long option names as keys (lrs = [1e-4, 1e-5], cache-dir = "..."); '
+            "options on the command line override it.",
+            is_eager=True,
+            callback=_config_file,
+            show_default=False,
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Print the resolved sweep as TOML (a sweep file) and train nothing."),
+    ] = False,
     equal_steps: Annotated[
         bool,
         typer.Option(
@@ -150,13 +244,20 @@ def sweep(
     On a cluster:  fusioncli sweep --backend ray --address auto --gpus-per-run 0.25
 
     Tracked:  fusioncli sweep --seeds 1,2,3 --mlflow --mlflow-experiment fusion
+
+    From a file:  fusioncli sweep --config sweep.toml --seeds 1,2  (--print-config shows the result)
     """
     from fusioncli.config import GRID_AXES
     from fusioncli.results.store import ResultsStore
+    from fusioncli.sweep.config_file import save_resolved, to_toml
     from fusioncli.sweep.plan import SweepSpec, plan_sweep
 
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
+    resolved = to_toml(
+        _resolved_sweep(ctx, cache, results),
+        "fusioncli sweep, resolved (file, options and defaults): `fusioncli sweep --config FILE` runs it again",
+    )
     spec = SweepSpec.from_options(
         {name: run_options.pop(name) for name in GRID_AXES},
         run_options,
@@ -173,6 +274,9 @@ def sweep(
         gpus_per_run=gpus_per_run,
         cpus_per_run=cpus_per_run,
     )
+    if print_config:  # checked like a sweep (every problem named), but nothing trains
+        out.print(resolved, markup=False, highlight=False, emoji=False, soft_wrap=True, end="")
+        return
     if spec.backend == "ray":
         from fusioncli.sweep.ray_backend import import_ray
 
@@ -194,6 +298,9 @@ def sweep(
         return
 
     err.print(f"sweep: {plan.total} runs ({plan.placement}), results in {results}", highlight=False, soft_wrap=True)
+    saved = save_resolved(results, resolved)
+    err.print(f"sweep file: {saved} (`fusioncli sweep --config {saved}` runs this sweep again)", highlight=False,
+              soft_wrap=True)  # fmt: skip
     summary = execute_sweep(
         plan, store, show_bar=progress_enabled() and format is OutputFormat.table, trackers=trackers
     )

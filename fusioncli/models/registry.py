@@ -13,7 +13,8 @@ The CLI's choices come from :func:`strategy_names`, so registering is all it tak
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,17 +32,43 @@ MODALITIES: tuple[str, ...] = ("rgb", "lidar")
 
 
 @dataclass(frozen=True)
+class PluginSource:
+    """Where a plugin strategy came from: the plugin's file and the sha256 of its source."""
+
+    file: str
+    sha256: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.file, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class StrategySpec:
-    """One registered strategy: its name, a one-line description, the modalities it reads."""
+    """One registered strategy: its name, a one-line description, the modalities it reads, and
+    the plugin that registered it (None for the built-ins)."""
 
     name: str
     description: str
     modalities: tuple[str, ...]
     builder: Builder
+    plugin: PluginSource | None = None
 
 
 # Insertion-ordered, so listings follow registration order (the seed's models first).
 _REGISTRY: dict[str, StrategySpec] = {}
+# The plugin being loaded (fusioncli.models.plugins), innermost last: what registrations made
+# while it runs are attributed to.
+_LOADING: list[PluginSource] = []
+
+
+@contextmanager
+def registering_from(source: PluginSource) -> Iterator[None]:
+    """Attribute the strategies registered inside this block to the plugin ``source``."""
+    _LOADING.append(source)
+    try:
+        yield
+    finally:
+        _LOADING.pop()
 
 
 def register_strategy(
@@ -56,7 +83,10 @@ def register_strategy(
     def decorate(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"strategy {name!r} is already registered")
-        _REGISTRY[name] = StrategySpec(name=name, description=description, modalities=mods, builder=builder)
+        plugin = _LOADING[-1] if _LOADING else None
+        _REGISTRY[name] = StrategySpec(
+            name=name, description=description, modalities=mods, builder=builder, plugin=plugin
+        )
         return builder
 
     return decorate
@@ -88,6 +118,12 @@ def get_strategy(name: str) -> StrategySpec:
         ) from None
 
 
+def plugin_source(name: str) -> PluginSource | None:
+    """The plugin that registered strategy ``name``; None for a built-in or an unknown name."""
+    spec = _REGISTRY.get(name)
+    return None if spec is None else spec.plugin
+
+
 def get_backbone(name: str) -> BackboneSpec:
     """The backbone preset ``name``; an unknown name raises BadInputError listing the known ones."""
     try:
@@ -109,7 +145,15 @@ def create_model(name: str, backbone: str = "seed", num_classes: int = 2, *, lid
     bb = get_backbone(backbone)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = spec.builder(bb, num_classes)
+    if spec.plugin is None:
+        model = spec.builder(bb, num_classes)
+    else:
+        try:
+            model = spec.builder(bb, num_classes)
+        except Exception as exc:
+            raise RunFailedError(
+                f"strategy {name!r} from plugin {spec.plugin.file} failed to build: {type(exc).__name__}: {exc}"
+            ) from exc
     _check_part_names(name, model)
     if lidar_norm == "seed":
         return model

@@ -47,6 +47,7 @@ from fusioncli.config import RunConfig
 from fusioncli.errors import BadInputError
 from fusioncli.jobs import MemberFailure, TrainFn, error_message, train_group, train_one
 from fusioncli.machine import free_device_memory
+from fusioncli.models.plugins import load_plugin_files, loaded_plugin_files
 from fusioncli.record import FAILED, FINISHED, RunRecord
 from fusioncli.results.store import ResultsStore
 from fusioncli.sweep.plan import (
@@ -235,7 +236,12 @@ def run_plan_ray(
                 run_remote = ray.remote(run_task).options(**options)
                 group_remote = ray.remote(group_task).options(**options)
                 send_weights = keep_best or spec.keep_weights
-                common = {"cpus_per_run": spec.cpu_share, "send_weights": send_weights, "robustness": spec.robustness}
+                common = {
+                    "cpus_per_run": spec.cpu_share,
+                    "send_weights": send_weights,
+                    "robustness": spec.robustness,
+                    "plugins": loaded_plugin_files(),  # the workers load the driver's plugins
+                }
                 pending: dict[Any, tuple[list[PlannedRun], str]] = {}
                 try:
                     batches = group_runs(todo, spec.max_group) if use_stacked else [[run] for run in todo]
@@ -369,6 +375,7 @@ def run_task(
     send_weights: bool = True,
     robustness: bool = False,
     train_fn: TrainFn | None = None,
+    plugins: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One run on a Ray worker: load the cache, train, return ``{"status", "record"[, "weights"]}``.
 
@@ -380,6 +387,7 @@ def run_task(
 
     # Ray sets OMP_NUM_THREADS for a task, but a reused worker keeps torch's earlier setting.
     torch.set_num_threads(max(1, int(cpus_per_run)))
+    load_plugin_files(plugins)  # before the config names a plugin strategy
     cfg = RunConfig.from_dict(config)
     try:
         data, failed = _load_or_fail([cfg], [rid], Path(cache_dir), dataset)
@@ -457,6 +465,7 @@ def group_task(
     send_weights: bool = True,
     robustness: bool = False,
     compile: bool = False,
+    plugins: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """One stacked group on a Ray worker: load the cache once, train the runs together
     (:func:`fusioncli.jobs.train_group`), return one :func:`run_task` payload per run.
@@ -467,6 +476,7 @@ def group_task(
     import torch
 
     torch.set_num_threads(max(1, int(cpus_per_run)))
+    load_plugin_files(plugins)
     cfgs = [RunConfig.from_dict(c) for c in configs]
     try:
         return _train_group_on_worker(cfgs, rids, Path(cache_dir), dataset, send_weights, robustness, compile)
