@@ -316,3 +316,23 @@ def test_a_failing_stacked_group_is_rerun_one_run_at_a_time_on_the_worker(
     assert any("stacked group of 2 failed" in w for w in summary.warnings), summary.warnings
     assert "loss became non-finite" in summary.outcomes[1].error
     assert summary.outcomes[0].record.timing["executor"] == "loop"  # the re-run, one at a time
+
+
+@needs_ray
+def test_workers_load_the_drivers_plugins(ray_instance, cache_dir: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from plugin_sources import write_plugin
+
+    from fusioncli.models.plugins import load_plugin_file, unload_plugins
+
+    source = load_plugin_file(write_plugin(tmp_path))  # the driver's --plugin
+    try:
+        store = ResultsStore(tmp_path / "results")
+        configs = grid(strategies=["tiny-plugin"], **QUICK)
+        summary = run_sweep_ray(configs, cache_dir, store, keep_best=False)
+        assert summary.exit_code == 0, [o.error for o in summary.failed]
+        (outcome,) = summary.outcomes
+        assert outcome.run_id == run_id(configs[0].resolve(), _fingerprint(cache_dir))  # the plugin's hash in it
+        assert store.get(outcome.run_id).plugin == source.to_json()
+    finally:
+        unload_plugins()
