@@ -11,7 +11,7 @@ import torch
 from fusioncli.config import LIDAR_NORMS, RunConfig, run_id
 from fusioncli.data.projection import MAX_RANGE, default_angles, project_xyza, ray_directions
 from fusioncli.models import create_model, parameter_counts
-from fusioncli.models.inputs import TRANSFORMS, centered_xyza
+from fusioncli.models.inputs import NEAREST_RANK, TRANSFORMS, nearest_xyza
 from fusioncli.record import DatasetInfo, RunRecord
 from fusioncli.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -27,40 +27,41 @@ def depth_maps(n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.numeric
-def test_centered_is_the_returns_about_their_centroid_in_metres() -> None:
-    depth = depth_maps()
+def test_nearest_is_the_returns_relative_to_the_kth_nearest_return_in_metres() -> None:
+    depth = depth_maps(5, seed=1)
+    depth[3, 50:60, 50:60] = 14.0  # clutter behind the object: the reference stays on the object
+    depth[4] = MAX_RANGE
+    depth[4, 30, 31], depth[4, 2, 2] = 11.0, 12.0  # two returns only: fewer than NEAREST_RANK
     az, ze = default_angles()
-    xyza = project_xyza(torch.from_numpy(depth), az, ze)  # the seed's form, float64
-    got = centered_xyza(xyza).numpy()
-    # independent reference: the points in metres from the ray directions, in numpy float64
-    points = depth[..., None] * ray_directions(az, ze)  # (n, 64, 64, 3)
+    got = nearest_xyza(project_xyza(torch.from_numpy(depth), az, ze)).numpy()
+    points = depth[..., None] * ray_directions(az, ze)
     hit = depth < MAX_RANGE
     for i in range(len(depth)):
-        np.testing.assert_array_equal(got[i, 3], hit[i])  # a is unchanged
+        np.testing.assert_array_equal(got[i, 3], hit[i])
         if not hit[i].any():
-            assert not got[i].any()  # no return: nothing to centre on, all zeros
+            assert not got[i].any()
             continue
-        centroid = points[i][hit[i]].mean(axis=0)
-        want = np.where(hit[i][..., None], points[i] - centroid, 0.0).transpose(2, 0, 1)
-        # float64: the seed's / 50 and the * 50 back, a sum over <= 4096 pixels -> ~1e-12 m
-        scale = np.abs(points[i][hit[i]]).max()
-        np.testing.assert_allclose(got[i, :3], want, rtol=0, atol=4096 * 4 * np.finfo(np.float64).eps * scale)
-        # centred: the returns' own mean is zero
-        assert np.abs(got[i, :3][:, hit[i]].mean(axis=1)).max() < 1e-9 * scale
+        returns = points[i][hit[i]]
+        ranges = np.sqrt((returns**2).sum(axis=1))
+        ref = returns[np.argsort(ranges, kind="stable")[min(NEAREST_RANK, len(ranges)) - 1]]
+        want = np.where(hit[i][..., None], points[i] - ref, 0.0).transpose(2, 0, 1)
+        scale = np.abs(returns).max()
+        # float64: the / 50 and * 50 back and one subtraction per value -> a few ulps of the scale
+        np.testing.assert_allclose(got[i, :3], want, rtol=0, atol=8 * np.finfo(np.float64).eps * scale)
 
 
-def test_the_default_model_is_the_builders_module_and_centered_feeds_it_centred_input() -> None:
+def test_the_default_model_is_the_builders_module_and_nearest_feeds_it_the_relative_input() -> None:
     torch.manual_seed(0)
     seed_model = create_model("late", "seed", 2)
     assert not seed_model._forward_pre_hooks  # the seed's model exactly: no input step attached
-    centred = create_model("late", "seed", 2, lidar_norm="centered")
-    centred.load_state_dict(seed_model.state_dict())
-    assert parameter_counts(centred) == parameter_counts(seed_model)
+    relative = create_model("late", "seed", 2, lidar_norm="nearest")
+    relative.load_state_dict(seed_model.state_dict())
+    assert parameter_counts(relative) == parameter_counts(seed_model)
     rgb = torch.rand(4, 4, 64, 64)
     xyza = project_xyza(torch.from_numpy(depth_maps(4)).float(), *default_angles())
     with torch.no_grad():
-        torch.testing.assert_close(centred(rgb, xyza), seed_model(rgb, centered_xyza(xyza)), rtol=0, atol=0)
-        assert not torch.equal(centred(rgb, xyza), seed_model(rgb, xyza))
+        torch.testing.assert_close(relative(rgb, xyza), seed_model(rgb, nearest_xyza(xyza)), rtol=0, atol=0)
+        assert not torch.equal(relative(rgb, xyza), seed_model(rgb, xyza))
 
 
 def test_every_choice_builds() -> None:
@@ -75,25 +76,25 @@ def test_every_choice_builds() -> None:
 def test_the_option_is_checked_and_enters_the_run_id_only_when_not_the_seeds() -> None:
     from fusioncli.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="--lidar-norm must be one of seed, centered"):
+    with pytest.raises(BadInputError, match="--lidar-norm must be one of seed, nearest"):
         RunConfig(lidar_norm="zscore")
     base = RunConfig(device="cpu", precision="fp32")
     explicit = RunConfig(device="cpu", precision="fp32", lidar_norm="seed")
-    centred = RunConfig(device="cpu", precision="fp32", lidar_norm="centered")
+    relative = RunConfig(device="cpu", precision="fp32", lidar_norm="nearest")
     assert run_id(base, "fp") == run_id(explicit, "fp")
-    assert run_id(centred, "fp") != run_id(base, "fp")
+    assert run_id(relative, "fp") != run_id(base, "fp")
 
 
 def test_a_checkpoint_brings_its_input_step_back(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = create_model("lidar-only", "seed", 2, lidar_norm="centered")
+    model = create_model("lidar-only", "seed", 2, lidar_norm="nearest")
     record = RunRecord.failed(
-        RunConfig(strategy="lidar-only", lidar_norm="centered").to_dict(), None, "not trained",
+        RunConfig(strategy="lidar-only", lidar_norm="nearest").to_dict(), None, "not trained",
         started_at=None, finished_at="2024-01-01T00:00:00+00:00", dataset=DatasetInfo(None, ("cubes", "spheres")),
     )  # fmt: skip
     save_checkpoint(tmp_path / "m.safetensors", model, record)
     loaded, info = load_checkpoint(tmp_path / "m.safetensors")
-    assert info.lidar_norm == "centered"
+    assert info.lidar_norm == "nearest"
     xyza = project_xyza(torch.from_numpy(depth_maps(2)).float(), *default_angles())
     rgb = torch.zeros(2, 4, 64, 64)
     model.eval()

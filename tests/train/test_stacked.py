@@ -278,8 +278,8 @@ def plain_val_loss(model: nn.Module, work: PreparedData, config: RunConfig) -> f
 
 @pytest.mark.parametrize(
     ("seeds", "lidar_norm"),
-    [((1, 2, 3), "seed"), ((7, 7, 7), "seed"), ((1, 2, 3), "centered")],
-    ids=["own-order-per-member", "shared-order", "centered-lidar-input"],
+    [((1, 2, 3), "seed"), ((7, 7, 7), "seed"), ((1, 2, 3), "nearest")],
+    ids=["own-order-per-member", "shared-order", "nearest-lidar-input"],
 )
 def test_stacked_equals_separate_training_in_float64(
     small_strategies: None, float64: None, prepared: PreparedData, seeds: tuple[int, int, int], lidar_norm: str
@@ -496,7 +496,7 @@ def test_stack_key_ignores_lr_scheduler_and_seed_only() -> None:
         assert stack_key(replace(base, device="auto")) == stack_key(base)  # keys compare resolved configs
     for change in (
         {"strategy": "early"}, {"backbone": "lab"}, {"epochs": 3}, {"batch_size": 16}, {"limit_per_class": 5},
-        {"lidar_norm": "centered"},
+        {"lidar_norm": "nearest"},
         {"precision": "bf16"} if cpu_bf16_supported() else {"epochs": 4},
     ):  # fmt: skip
         assert stack_key(base) != stack_key(replace(base, **change)), change
