@@ -83,7 +83,8 @@ def strategies(
         Path | None,
         typer.Option(
             "--cache-dir",
-            help="With --check: a batch of this prepared cache's shape and classes (default 64x64, 2 classes).",
+            help="Size the models for this prepared cache's classes; with --check, a batch of its shape "
+            "(default 64x64, 2 classes).",
             show_default=False,
         ),
     ] = None,
@@ -97,15 +98,23 @@ def strategies(
     if check is not None:
         _check(check, backbone.value, cache_dir, format)
         return
-    if cache_dir is not None:
-        raise BadInputError("--cache-dir goes with --check NAME")
     from fusioncli.models import describe_strategies  # builds each model: torch loads here
 
-    rows = describe_strategies(backbone.value)
+    num_classes = 2 if cache_dir is None else _cache_shape(cache_dir)[0]
+    rows = describe_strategies(backbone.value, num_classes)
     if format is OutputFormat.json:
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False)
     else:
         out.print(_table(rows, with_description=out.width >= _WIDTH_FOR_DESCRIPTION))
+
+
+def _cache_shape(cache_dir: Path) -> tuple[int, int]:
+    """(classes, image size) of the prepared cache at ``cache_dir``."""
+    from fusioncli.models.backbones import INPUT_SIZE
+    from fusioncli.sweep.plan import cache_manifest
+
+    manifest = cache_manifest(cache_dir)
+    return len(manifest["class_names"]), int(manifest.get("size", INPUT_SIZE))
 
 
 def _check(name: str, backbone: str, cache_dir: Path | None, format: OutputFormat) -> None:
@@ -114,13 +123,7 @@ def _check(name: str, backbone: str, cache_dir: Path | None, format: OutputForma
     from fusioncli.models.check import check_strategy  # torch loads here
 
     spec = get_strategy(name)  # an unknown name: the known ones, exit 2
-    num_classes, size = 2, INPUT_SIZE
-    if cache_dir is not None:
-        from fusioncli.sweep.plan import cache_manifest
-
-        manifest = cache_manifest(cache_dir)
-        num_classes = len(manifest["class_names"])
-        size = int(manifest.get("size", INPUT_SIZE))
+    num_classes, size = (2, INPUT_SIZE) if cache_dir is None else _cache_shape(cache_dir)
     backbones = BACKBONES if backbone == "all" else (backbone,)
     problems = [
         f"{p} (backbone {bb})" if len(backbones) > 1 else p

@@ -102,3 +102,9 @@ def test_a_broken_plugin_exits_2_naming_the_file(tmp_path: Path) -> None:
 def test_unknown_strategy_without_its_plugin_is_bad_usage(tmp_path: Path) -> None:
     result = runner.invoke(app, ["strategies", "--check", "tiny-plugin"])
     assert result.exit_code == 2 and "unknown strategy 'tiny-plugin'" in result.stderr
+
+
+def test_listing_sizes_the_models_for_the_cache(cache_dir: Path) -> None:
+    result = runner.invoke(app, ["strategies", "--cache-dir", str(cache_dir), "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert {row["name"]: row for row in json.loads(result.stdout)}["late"]["params"] == 13_147_202  # 2 classes
