@@ -6,6 +6,7 @@ field to a command, so a new field appears on both commands without another edit
 sweep, the grid-axis fields take comma lists (``--lrs 1e-4,1e-5``) instead.
 """
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Sequence
@@ -21,8 +22,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _registry_names(field: str) -> list[str]:
     # Imported on Tab only: the registry is torch-free, but the CLI need not load it for --help.
+    from fusioncli.errors import FusionError
     from fusioncli.models import BACKBONES, strategy_names
+    from fusioncli.models.plugins import load_plugins
 
+    if field == "strategy":
+        # Completion runs no root callback: load the installed and FUSIONCLI_PLUGINS plugins here;
+        # a broken one shows its error when the command runs, not on Tab.
+        with contextlib.suppress(FusionError):
+            load_plugins()
     return list(strategy_names()) if field == "strategy" else list(BACKBONES)
 
 

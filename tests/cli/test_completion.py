@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from fusioncli.cli import app
@@ -46,3 +49,18 @@ def test_comma_lists_complete_their_last_item(
 def test_choices_complete(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert complete(monkeypatch, capsys, "fusioncli train --precision ") == ["auto", "fp32", "bf16"]
     assert complete(monkeypatch, capsys, "fusioncli train --backbone l") == ["lab"]
+
+
+def test_plugin_strategies_complete(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from plugin_sources import write_plugin
+
+    from fusioncli.models.plugins import ENV_VAR, unload_plugins
+
+    monkeypatch.setenv(ENV_VAR, str(write_plugin(tmp_path, name="tab-plugin")))
+    try:
+        assert complete(monkeypatch, capsys, "fusioncli sweep --strategies late,tab") == ["late,tab-plugin"]
+    finally:
+        unload_plugins()
