@@ -254,9 +254,13 @@ def sweep(
 
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     results = results_dir if results_dir is not None else default_results_dir()
+    from fusioncli.models.plugins import loaded_plugin_files
+
+    # Plugins are loaded before the command (root --plugin, FUSIONCLI_PLUGINS): named, not set, here.
+    plugins = "".join(f"\nwith --plugin {file}" for file in loaded_plugin_files())
     resolved = to_toml(
         _resolved_sweep(ctx, cache, results),
-        "fusioncli sweep, resolved (file, options and defaults): `fusioncli sweep --config FILE` runs it again",
+        f"fusioncli sweep, resolved (file, options, defaults): `fusioncli sweep --config FILE` runs it again{plugins}",
     )
     spec = SweepSpec.from_options(
         {name: run_options.pop(name) for name in GRID_AXES},
