@@ -13,12 +13,14 @@ later version adds are kept on a round trip). Torch-free, like the config.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from fusioncli.config import CONFIG_FIELDS, DEFAULTS, ROW_DEFAULTS, RunConfig, config_fields, plugin_of
@@ -38,12 +40,22 @@ class Metrics:
     f1_macro: float | None
     per_class: dict[str, Any] = field(default_factory=dict)
     confusion: list[list[int]] | None = None  # evaluated records keep their confusion matrix
+    # ece / brier / nll and temperature scaling (fusioncli.train.metrics.calibration_metrics);
+    # records written before calibration existed have none.
+    calibration: dict[str, Any] | None = None
+    # Which validation samples the run got right, in split order: base64 of numpy.packbits of
+    # the 0/1 vector (:func:`pack_correct`); what a paired per-sample comparison of two runs needs.
+    val_correct: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"val_loss": self.val_loss, "val_accuracy": self.val_accuracy,
                                "f1_macro": self.f1_macro, "per_class": self.per_class}  # fmt: skip
         if self.confusion is not None:
             out["confusion"] = self.confusion
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
+        if self.val_correct is not None:
+            out["val_correct"] = self.val_correct
         return out
 
     @classmethod
@@ -54,6 +66,8 @@ class Metrics:
             f1_macro=values.get("f1_macro"),
             per_class=values.get("per_class") or {},
             confusion=values.get("confusion"),
+            calibration=values.get("calibration") if isinstance(values.get("calibration"), dict) else None,
+            val_correct=values.get("val_correct") if isinstance(values.get("val_correct"), str) else None,
         )
 
 
@@ -374,6 +388,9 @@ class RunRecord:
             "robust_mean_relative_auc": _get(robustness, "mean_relative_auc"),
             "acc_rgb_missing": _get(robustness, "missing", "rgb_missing", "accuracy"),
             "acc_lidar_missing": _get(robustness, "missing", "lidar_missing", "accuracy"),
+            "robust_mra": _get(robustness, "mra"),
+            **_calibration_columns(None if metrics is None else metrics.calibration),
+            "val_correct": None if metrics is None else metrics.val_correct,
             # Runs evaluated on another dataset (fusioncli evaluate --runs --into): the accuracy
             # the run had on its own validation split, and the change from it to the one here.
             "trained_val_accuracy": trained,
@@ -396,6 +413,42 @@ class RunRecord:
             "robustness_json": json.dumps(jsonable(robustness), sort_keys=True) if robustness is not None else None,
         }
         return {column.name: _cast(row.get(column.name), column.type) for column in RUN_SCHEMA}
+
+
+# Columns flattened from the metrics' calibration (null for records written before it existed).
+# *_half_raw / *_half_scaled: the half of validation the temperature was not fitted on, before
+# and after temperature scaling (the same samples, so the two compare).
+CALIBRATION_COLUMNS = (
+    "ece", "brier", "nll", "temperature", "ece_half_raw", "ece_half_scaled", "nll_half_raw", "nll_half_scaled",
+)  # fmt: skip
+
+
+def pack_correct(correct: Any) -> str:
+    """A 0/1 sequence (which samples a run got right) as base64 text of its packed bits."""
+    bits = np.packbits(np.asarray(correct, dtype=bool).ravel())
+    return base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def unpack_correct(text: str, n: int) -> Any:
+    """The first ``n`` bits of :func:`pack_correct`'s text as a bool numpy array."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))
+    if len(bits) < n:
+        raise ValueError(f"val_correct holds {len(bits)} bits, fewer than the {n} samples asked for")
+    return bits[:n].astype(bool)
+
+
+def _calibration_columns(calibration: dict[str, Any] | None) -> dict[str, Any]:
+    c = calibration
+    return {
+        "ece": _get(c, "ece"),
+        "brier": _get(c, "brier"),
+        "nll": _get(c, "nll"),
+        "temperature": _get(c, "temperature"),
+        "ece_half_raw": _get(c, "raw_half", "ece"),
+        "ece_half_scaled": _get(c, "scaled_half", "ece"),
+        "nll_half_raw": _get(c, "raw_half", "nll"),
+        "nll_half_scaled": _get(c, "scaled_half", "nll"),
+    }
 
 
 _ENV_COLUMNS = (
@@ -434,6 +487,9 @@ RUN_SCHEMA = pa.schema(
         ("robust_mean_relative_auc", _F64),
         ("acc_rgb_missing", _F64),
         ("acc_lidar_missing", _F64),
+        ("robust_mra", _F64),
+        *[(name, _F64) for name in CALIBRATION_COLUMNS],
+        ("val_correct", _STR),
         ("trained_val_accuracy", _F64),
         ("accuracy_change", _F64),
         ("params_total", _I64),
@@ -461,7 +517,9 @@ RUN_SCHEMA = pa.schema(
 )  # fmt: skip
 
 # Columns flattened from the record's robustness (null for runs evaluated without it).
-ROBUSTNESS_COLUMNS = ("robust_mean_auc", "robust_mean_relative_auc", "acc_rgb_missing", "acc_lidar_missing")
+ROBUSTNESS_COLUMNS = (
+    "robust_mean_auc", "robust_mean_relative_auc", "acc_rgb_missing", "acc_lidar_missing", "robust_mra",
+)  # fmt: skip
 
 
 def _get(mapping: Any, *keys: str) -> Any:

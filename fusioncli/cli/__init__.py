@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from fusioncli import __version__
-from fusioncli.cli import demo, evaluate, prepare, report, strategies, sweep, synth, train
+from fusioncli.cli import demo, evaluate, faults, prepare, profile, report, strategies, sweep, synth, train
 from fusioncli.cli._common import report_errors
 
 app = typer.Typer(
@@ -74,6 +74,8 @@ app.command("sweep")(sweep.sweep)
 app.command("report")(report.report)
 app.command("evaluate")(evaluate.evaluate)
 app.command("demo")(demo.demo)
+app.command("faults")(faults.faults)
+app.command("profile")(profile.profile)
 
 
 def main() -> None:

@@ -92,9 +92,20 @@ def report(
         typer.Option(
             "--robustness",
             help="Show accuracy per corruption and severity, AUC, relative AUC and missing-modality accuracy "
-            "per configuration (runs trained with --robustness).",
+            "per configuration (runs trained with --robustness), with a configuration x fault matrix of "
+            "robust accuracy and mRA.",
         ),
     ] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="With --robustness: relative robust accuracy (rRA, MultiCorrupt) of each configuration against "
+            "this strategy trained with the same settings, e.g. --baseline rgb-only; 'unimodal' takes the better "
+            "of rgb-only and lidar-only.",
+            show_default=False,
+        ),
+    ] = None,
     to_mlflow: Annotated[
         bool, typer.Option("--to-mlflow", help="Also log the store's finished runs to MLflow (those not there yet).")
     ] = False,
@@ -120,7 +131,9 @@ def report(
 
     --compare A B runs a paired t-test over the seeds A and B share and says
     whether the difference is significant (alpha 0.05), with its 95% CI and
-    Cohen's dz. --robustness shows the corruption / missing-modality detail.
+    Cohen's dz. --robustness shows robust accuracy per sensor fault (a
+    configuration x fault matrix with mRA; --baseline adds rRA), the accuracy
+    per fault and severity, and missing-modality accuracy.
 
     The store is plain files: records/<run_id>.json (full record) and
     runs/<run_id>.parquet (one flat row), so pandas reads every run with
@@ -134,7 +147,7 @@ def report(
 
     Examples:  fusioncli report --format markdown --filter strategy=late
                fusioncli report --compare late gmu --metric accuracy
-               fusioncli report --robustness --plot plots/
+               fusioncli report --robustness --baseline unimodal --plot plots/
                fusioncli report --to-mlflow --mlflow-uri http://127.0.0.1:5000  (exit 3: a run missed)
     """
     from fusioncli.errors import BadInputError
@@ -149,6 +162,8 @@ def report(
         problems.append("--compare pairs runs on every config field: --group-by does not apply")
     if metric is not None and compare is None:
         problems.append("--metric chooses what --compare tests: give --compare A B too")
+    if baseline is not None and not robustness:
+        problems.append("--baseline is the reference of --robustness's rRA: give --robustness too")
     if problems:
         raise BadInputError(problems)
     if plot is not None:
@@ -176,9 +191,11 @@ def report(
 
         rendered = render_comparison(build_comparison(frame, *compare, metric=metric, filters=filters), format.value)
     elif robustness:
-        from fusioncli.results.robustness import build_robustness, render_robustness
+        from fusioncli.results.robustness import build_robustness, render_robustness, with_baseline
 
         view = build_robustness(frame, group_by=fields, sort=sort, filters=filters)
+        if baseline is not None:
+            view = with_baseline(view, baseline)
         rendered, notes_from = render_robustness(view, format.value), view.report
     else:
         from fusioncli.results.aggregate import build_report

@@ -40,29 +40,63 @@ CorruptionFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Generator], tu
 
 @dataclass(frozen=True)
 class Corruption:
-    """One registered corruption: its function and how robustness evaluation uses it."""
+    """One registered corruption (a sensor fault): its function and how robustness evaluation uses it.
+
+    ``modality`` is the sensor the fault belongs to: ``rgb`` and ``lidar`` faults change only that
+    input; ``both`` faults concern the pair (a calibration or timing error between the sensors,
+    a stuck frame of either) -- :attr:`changes` says which inputs they may change. ``physical``
+    is a sentence on what the fault is in a real sensor; ``ladder`` turns a severity into the
+    physical parameter it sets (for ``fusioncli faults``).
+    """
 
     name: str
-    modality: str  # "rgb" or "lidar": the only input it changes
+    modality: str  # "rgb", "lidar" or "both"
     kind: str  # "curve": evaluated over severities; "missing": evaluated at severity 1 only
     apply: CorruptionFn
     description: str
+    physical: str = ""
+    ladder: Callable[[float], str] | None = None
+    changes: tuple[str, ...] = ()  # inputs the fault may change; default: its modality
+
+    @property
+    def inputs_changed(self) -> tuple[str, ...]:
+        """The model inputs (``rgb``, ``lidar``) this fault may change."""
+        if self.changes:
+            return self.changes
+        return ("rgb", "lidar") if self.modality == "both" else (self.modality,)
+
+    def parameter(self, severity: float) -> str:
+        """The physical parameter at ``severity`` (e.g. "45% of beams lost"), or the severity itself."""
+        return f"severity {severity:g}" if self.ladder is None else self.ladder(severity)
 
 
 CORRUPTIONS: dict[str, Corruption] = {}
 
 
 def register_corruption(
-    name: str, *, modality: str, kind: str, description: str
+    name: str,
+    *,
+    modality: str,
+    kind: str,
+    description: str,
+    physical: str = "",
+    ladder: Callable[[float], str] | None = None,
+    changes: tuple[str, ...] = (),
 ) -> Callable[[CorruptionFn], CorruptionFn]:
-    """Decorator adding a corruption function to :data:`CORRUPTIONS` under ``name``."""
-    if modality not in ("rgb", "lidar") or kind not in ("curve", "missing"):
-        raise ValueError(f"corruption {name!r}: modality must be rgb or lidar, kind curve or missing")
+    """Decorator adding a corruption (fault) function to :data:`CORRUPTIONS` under ``name``.
+
+    The public extension point of the fault suite: a plugin registers its own fault the same
+    way the built-ins do, and robustness evaluation picks up every ``curve`` fault registered.
+    """
+    if modality not in ("rgb", "lidar", "both") or kind not in ("curve", "missing"):
+        raise ValueError(f"corruption {name!r}: modality must be rgb, lidar or both, kind curve or missing")
+    if not set(changes) <= {"rgb", "lidar"}:
+        raise ValueError(f"corruption {name!r}: changes must name rgb and/or lidar")
 
     def decorate(fn: CorruptionFn) -> CorruptionFn:
         if name in CORRUPTIONS:
             raise ValueError(f"corruption {name!r} is already registered")
-        CORRUPTIONS[name] = Corruption(name, modality, kind, fn, description)
+        CORRUPTIONS[name] = Corruption(name, modality, kind, fn, description, physical, ladder, changes)
         return fn
 
     return decorate
@@ -81,27 +115,30 @@ def corruption_names(kind: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, c in CORRUPTIONS.items() if kind is None or c.kind == kind)
 
 
-def _check_severity(severity: float) -> float:
+def check_severity(severity: float) -> float:
+    """``severity`` as a float, or ValueError when it is outside [0, 1]."""
     severity = float(severity)
     if not 0.0 <= severity <= 1.0:  # also rejects NaN
         raise ValueError(f"severity must be in [0, 1] (got {severity})")
     return severity
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def uniform(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) draws of ``shape`` from ``generator``, on ``like``'s device."""
     # Drawn on the generator's device (its stream), then moved: the same generator state gives
     # the same numbers whichever device the batch lives on.
     return torch.rand(shape, generator=generator, device=generator.device).to(like.device)
 
 
-def _normal(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def normal(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal draws of ``shape`` from ``generator``, on ``like``'s device."""
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
 
 
 def _missing(x: torch.Tensor, severity: float, generator: torch.Generator) -> torch.Tensor:
     """``x`` with each sample replaced by zeros with probability ``severity`` (all at 1)."""
     # rand is in [0, 1): at severity 1 every sample is dropped, at 0 none.
-    keep = _uniform((x.shape[0],), generator, x) >= severity
+    keep = uniform((x.shape[0],), generator, x) >= severity
     return x * keep.view(-1, 1, 1, 1).to(x.dtype)
 
 
@@ -110,12 +147,14 @@ def _missing(x: torch.Tensor, severity: float, generator: torch.Generator) -> to
     modality="rgb",
     kind="missing",
     description="RGB replaced by zeros (per sample, probability = severity)",
+    physical="the camera delivers no frame (cable, driver or power fault)",
+    ladder=lambda s: f"{100 * s:.0f}% of frames missing",
 )
 def rgb_missing(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The camera is missing: each sample's RGBA becomes zeros with probability ``severity``."""
-    severity = _check_severity(severity)
+    severity = check_severity(severity)
     if severity == 0.0:
         return rgb, xyza
     return _missing(rgb, severity, generator), xyza
@@ -126,12 +165,14 @@ def rgb_missing(
     modality="lidar",
     kind="missing",
     description="LiDAR replaced by zeros, i.e. no returns (per sample, probability = severity)",
+    physical="the LiDAR delivers no scan (cable, driver or power fault)",
+    ladder=lambda s: f"{100 * s:.0f}% of scans missing",
 )
 def lidar_missing(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The LiDAR is missing: each sample's XYZA becomes zeros (no return anywhere) with probability ``severity``."""
-    severity = _check_severity(severity)
+    severity = check_severity(severity)
     if severity == 0.0:
         return rgb, xyza
     return rgb, _missing(xyza, severity, generator)
@@ -142,6 +183,8 @@ def lidar_missing(
     modality="rgb",
     kind="curve",
     description=f"Gaussian noise on R, G, B (sigma = {RGB_NOISE_SIGMA} x severity), clamped to [0, 1]",
+    physical="sensor read and shot noise of a camera at high gain",
+    ladder=lambda s: f"sigma {RGB_NOISE_SIGMA * s:.3g}",
 )
 def rgb_noise(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
@@ -152,11 +195,11 @@ def rgb_noise(
     not a sensor measurement (the PNGs are opaque everywhere, alpha = 1), so noise there would
     only test how a model reacts to a channel that never varies in real data.
     """
-    severity = _check_severity(severity)
+    severity = check_severity(severity)
     if severity == 0.0:
         return rgb, xyza
     b, _, h, w = rgb.shape
-    noise = _normal((b, 3, h, w), generator, rgb).to(rgb.dtype)
+    noise = normal((b, 3, h, w), generator, rgb).to(rgb.dtype)
     out = rgb.clone()
     out[:, :3] = (rgb[:, :3] + noise * (RGB_NOISE_SIGMA * severity)).clamp_(0.0, 1.0)
     return out, xyza
@@ -167,6 +210,8 @@ def rgb_noise(
     modality="lidar",
     kind="curve",
     description=f"Gaussian range noise on LiDAR returns (sigma = {LIDAR_NOISE_SIGMA_M:g} m x severity), along each ray",
+    physical="range jitter: timing noise of the time-of-flight measurement, each point moves along its ray",
+    ladder=lambda s: f"sigma {LIDAR_NOISE_SIGMA_M * s:.3g} m",
 )
 def lidar_noise(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
@@ -179,14 +224,14 @@ def lidar_noise(
     [0, 50 m]: noise changes where a return is, never whether there is one (that is
     :func:`lidar_dropout`), so no-return points stay all zeros and alpha is unchanged.
     """
-    severity = _check_severity(severity)
+    severity = check_severity(severity)
     if severity == 0.0:
         return rgb, xyza
     b, _, h, w = xyza.shape
     xyz, alpha = xyza[:, :3], xyza[:, 3:]
     r = torch.linalg.vector_norm(xyz, dim=1, keepdim=True)
     sigma = LIDAR_NOISE_SIGMA_M / MAX_RANGE * severity  # in normalised range units
-    r_new = (r + _normal((b, 1, h, w), generator, xyza).to(xyza.dtype) * sigma).clamp_(0.0, 1.0)
+    r_new = (r + normal((b, 1, h, w), generator, xyza).to(xyza.dtype) * sigma).clamp_(0.0, 1.0)
     has_return = (alpha > 0.5) & (r > 0)
     scale = torch.where(has_return, r_new / r.clamp_min(torch.finfo(r.dtype).tiny), torch.ones_like(r))
     return rgb, torch.cat([xyz * scale, alpha], dim=1)
@@ -196,7 +241,9 @@ def lidar_noise(
     "lidar_dropout",
     modality="lidar",
     kind="curve",
-    description="a fraction = severity of LiDAR returns removed (turned into no-return points)",
+    description="point thinning: a fraction = severity of LiDAR returns removed (turned into no-return points)",
+    physical="returns lost at random (low-reflectance surfaces, a sparser scan pattern)",
+    ladder=lambda s: f"{100 * s:.0f}% of returns removed",
 )
 def lidar_dropout(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
@@ -206,9 +253,9 @@ def lidar_dropout(
     A removed return becomes what a no-return point is after the seed normalisation: x = y =
     z = 0 and a = 0. The expected fraction removed is ``severity`` (per point, independently).
     """
-    severity = _check_severity(severity)
+    severity = check_severity(severity)
     if severity == 0.0:
         return rgb, xyza
     b, _, h, w = xyza.shape
-    keep = _uniform((b, 1, h, w), generator, xyza) >= severity
+    keep = uniform((b, 1, h, w), generator, xyza) >= severity
     return rgb, xyza * keep.to(xyza.dtype)

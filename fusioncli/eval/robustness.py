@@ -1,27 +1,40 @@
-"""Robustness of a trained model: accuracy on corrupted copies of the validation split.
+"""Robustness of a trained model: accuracy on faulty copies of the validation split.
 
 :func:`evaluate_robustness` returns the run record's ``robustness`` dict:
 
 ```
-{"version": 1, "seed": 0, "clean_accuracy": float,
- "curves":  {name: {"severities": [0.0, 0.25, 0.5, 0.75, 1.0], "accuracy": [...],
-                    "f1_macro": [...], "auc": float, "relative_auc": float}},  # rgb_noise, lidar_noise, lidar_dropout
+{"version": 2, "seed": 0, "clean_accuracy": float,
+ "curves":  {name: {"modality": "rgb" | "lidar" | "both",
+                    "severities": [0.0, 0.25, 0.5, 0.75, 1.0], "accuracy": [...],
+                    "f1_macro": [...], "auc": float, "relative_auc": float,
+                    "mean_accuracy": float}},          # every curve fault of the suite
  "missing": {name: {"accuracy": float, "f1_macro": float, "relative": float}},  # rgb_missing, lidar_missing
- "mean_auc": float, "mean_relative_auc": float}
+ "mean_auc": float, "mean_relative_auc": float,
+ "mra": float, "mean_relative_accuracy": float}
 ```
 
 ``auc`` is the trapezoid area under accuracy vs severity over [0, 1] -- the area MultiBench's
 relative robustness is built on -- and ``relative_auc = auc / clean_accuracy`` (``relative``
 likewise for a missing modality; 0 when clean accuracy is 0). A model that ignores a
-corruption has relative AUC 1.
+corruption has relative AUC 1. ``mean_accuracy`` is the accuracy averaged over the severities
+above 0 (the fault's robust accuracy); ``mra`` (mean robust accuracy) averages it over the
+faults, i.e. the accuracy over every (fault, severity > 0), and ``mean_relative_accuracy`` is
+``mra / clean_accuracy`` (MultiCorrupt's mean resistance ability). The relative robust accuracy
+against a baseline (``rra``) needs two runs: :mod:`fusioncli.results.robustness` computes it.
 
-Cost: one inference pass over the validation split per (corruption, severity > 0) plus one
-clean pass -- 15 passes with the default registry -- with the whole split on the device, as
-in training. Severity 0 is the identity, so every curve reuses the clean pass.
+Version 1 records (before the fault suite) hold three curves (rgb_noise, lidar_noise,
+lidar_dropout) and no ``mra``; their ``mean_auc`` is over those three, so compare mean AUCs of
+records of one version only (the report shows each fault separately).
+
+Cost: one inference pass over the validation split per (fault, severity > 0) plus one per
+missing modality and one clean pass -- 14 faults x 4 severities + 2 + 1 = 59 passes with the
+default suite -- with the whole split on the device, as in training. Severity 0 is the
+identity, so every curve reuses the clean pass. (Measured in benchmarks/RESULTS.md.)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -33,15 +46,16 @@ from fusioncli.config import RunConfig
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.eval.corruptions import Corruption, get_corruption
+from fusioncli.eval.faults import fault_names
 from fusioncli.record import RunRecord
 from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
 from fusioncli.train.loop import RunResult, derived_seed, run_data
 from fusioncli.train.metrics import classification_metrics
 from fusioncli.train.probes import clock
 
-ROBUSTNESS_VERSION = 1
+ROBUSTNESS_VERSION = 2
 SEVERITIES = (0.0, 0.25, 0.5, 0.75, 1.0)
-CURVES = ("rgb_noise", "lidar_noise", "lidar_dropout")
+CURVES = fault_names()  # the registry's curve faults at import (plugins registered later count too)
 MISSING = ("rgb_missing", "lidar_missing")
 
 
@@ -74,10 +88,17 @@ def _corrupted(
 
 
 def evaluate_robustness(
-    model: nn.Module, data: PreparedData, cfg: RunConfig, *, seed: int = 0, batch_size: int | None = None
+    model: nn.Module,
+    data: PreparedData,
+    cfg: RunConfig,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    faults: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy and macro F1 of ``model`` on corrupted copies of ``data``'s validation split.
+    """Accuracy and macro F1 of ``model`` on faulty copies of ``data``'s validation split.
 
+    ``faults``: the curve faults to evaluate (default: every registered one, registry order).
     ``data`` is the data as trained on (already limited); ``cfg`` the run's config, whose
     device, precision and batch size are used (resolved here if it is not yet); ``batch_size``
     fixes the inference batch instead (default: :func:`~fusioncli.train.engine.eval_batch_size`).
@@ -95,6 +116,10 @@ def evaluate_robustness(
             "the dataset has no validation samples", hint="robustness is measured on the validation split"
         )
     step = batch_size if batch_size is not None else eval_batch_size(device, cfg.batch_size)
+    names = tuple(faults) if faults is not None else fault_names()
+    for name in names:
+        if get_corruption(name).kind != "curve":
+            raise BadInputError(f"{name!r} is not a fault evaluated over severities (it is a missing modality)")
 
     def classes(corruption: Corruption | None, severity: float) -> torch.Tensor:
         corrupt = None
@@ -112,7 +137,7 @@ def evaluate_robustness(
         with torch.inference_mode(), cudnn_mode(device, precision):
             clean_preds = classes(None, 0.0)
             missing_preds = {name: classes(get_corruption(name), 1.0) for name in MISSING}
-            curve_preds = {name: [classes(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in CURVES}
+            curve_preds = {name: [classes(get_corruption(name), s) for s in SEVERITIES if s > 0] for name in names}
     finally:
         model.train(was_training)
 
@@ -136,20 +161,26 @@ def evaluate_robustness(
             f1s.append(f1)
         auc = trapezoid_auc(SEVERITIES, accs)
         curves[name] = {
+            "modality": get_corruption(name).modality,
             "severities": list(SEVERITIES),
             "accuracy": accs,
             "f1_macro": f1s,
             "auc": auc,
             "relative_auc": _ratio(auc, clean_acc),
+            "mean_accuracy": sum(accs[1:]) / len(accs[1:]),
         }
+    n = len(curves)
+    mra = sum(c["mean_accuracy"] for c in curves.values()) / n if n else math.nan
     return {
         "version": ROBUSTNESS_VERSION,
         "seed": seed,
         "clean_accuracy": clean_acc,
         "curves": curves,
         "missing": missing,
-        "mean_auc": sum(c["auc"] for c in curves.values()) / len(curves),
-        "mean_relative_auc": sum(c["relative_auc"] for c in curves.values()) / len(curves),
+        "mean_auc": sum(c["auc"] for c in curves.values()) / n if n else math.nan,
+        "mean_relative_auc": sum(c["relative_auc"] for c in curves.values()) / n if n else math.nan,
+        "mra": mra,
+        "mean_relative_accuracy": _ratio(mra, clean_acc) if n else math.nan,
     }
 
 
@@ -175,7 +206,8 @@ def summary_rows(robustness: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per condition for a table: ``{"condition", "accuracy", "relative", "auc", "relative_auc"}``.
 
     Clean first, then each missing modality (accuracy and relative accuracy), then each curve
-    (its accuracy at the worst severity, AUC and relative AUC), then the mean over curves.
+    (its accuracy at the worst severity, AUC and relative AUC), then the mean over faults
+    (mra and mra / clean accuracy as accuracy and relative; mean AUC and mean relative AUC).
     Values that do not apply are None.
     """
     clean = robustness["clean_accuracy"]
@@ -198,9 +230,9 @@ def summary_rows(robustness: dict[str, Any]) -> list[dict[str, Any]]:
         )
     rows.append(
         {
-            "condition": "mean over curves",
-            "accuracy": None,
-            "relative": None,
+            "condition": "mean over faults",
+            "accuracy": robustness.get("mra"),  # version 1 records have no mra
+            "relative": robustness.get("mean_relative_accuracy"),
             "auc": robustness["mean_auc"],
             "relative_auc": robustness["mean_relative_auc"],
         }

@@ -43,7 +43,7 @@ from fusioncli.errors import BadInputError
 from fusioncli.record import DatasetInfo, Metrics, RunRecord
 from fusioncli.train.checkpoint import load_checkpoint
 from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
-from fusioncli.train.metrics import classification_metrics, confusion_matrix
+from fusioncli.train.metrics import calibration_metrics, classification_metrics, confusion_matrix
 
 EVALUATION_SCHEMA = 1
 SPLITS = ("auto", "val", "train", "all")
@@ -148,7 +148,7 @@ def evaluate_checkpoint(
     n = len(scored)
     step = batch_size if batch_size is not None else eval_batch_size(dev, 1)
     with cudnn_mode(dev, resolved.precision):
-        scores = predict(model, scored, device=dev, precision=resolved.precision, batch_size=step)
+        scores = predict(model, scored, device=dev, precision=resolved.precision, batch_size=step, keep_logits=True)
     assert scores.loss_sum is not None
     labels = scored.labels.cpu()
     predicted = scores.classes.cpu()
@@ -156,6 +156,7 @@ def evaluate_checkpoint(
         "loss": float(scores.loss_sum) / n,
         **classification_metrics(labels, predicted, scored.class_names),
         "confusion": confusion_matrix(labels, predicted, scored.num_classes).tolist(),
+        "calibration": None if scores.logits is None else calibration_metrics(scores.logits, labels),
     }
 
     robust = None
@@ -216,6 +217,7 @@ def transferred_record(record: RunRecord, evaluation: dict[str, Any]) -> RunReco
             f1_macro=m["f1_macro"],
             per_class=m["per_class"],
             confusion=m["confusion"],
+            calibration=m.get("calibration"),
         ),
         evaluation["robustness"],
         DatasetInfo(scored["fingerprint"], tuple(scored["class_names"]), n_train=0, n_val=scored["n"]),

@@ -19,6 +19,7 @@ import pandas as pd
 from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, NUMERIC_CONFIG_FIELDS
 from fusioncli.errors import BadInputError
 from fusioncli.record import FINISHED
+from fusioncli.results.gain import add_gain
 from fusioncli.results.stats import mean_ci95
 
 MIB = 2**20
@@ -36,6 +37,9 @@ class Metric:
     digits: int  # decimals in tables
     per_config: bool = False  # constant for a configuration (params): no mean/std split
     highlight: bool = True  # mark the best value in tables
+    # Added after stores were first written: a column only when some selected run has the
+    # figure, so reports of older stores keep their exact columns (tests/test_compat.py).
+    optional: bool = False
 
 
 METRICS: tuple[Metric, ...] = (
@@ -58,6 +62,15 @@ METRICS: tuple[Metric, ...] = (
     Metric("robust_auc_pct", "robust AUC (%)", "robust_mean_auc", 100.0, "max", 2),
     Metric("acc_rgb_missing_pct", "acc. RGB missing (%)", "acc_rgb_missing", 100.0, "max", 2),
     Metric("acc_lidar_missing_pct", "acc. LiDAR missing (%)", "acc_lidar_missing", 100.0, "max", 2),
+    # mRA: accuracy over every (fault, severity > 0) of the sensor-fault suite.
+    Metric("mra_pct", "mRA (%)", "robust_mra", 100.0, "max", 2, optional=True),
+    # Calibration on validation (from the last epoch's logits): ECE over 15 equal-width bins,
+    # Brier score, NLL; ECE after temperature scaling, scored on the half it was not fitted on.
+    Metric("ece_pct", "ECE (%)", "ece", 100.0, "min", 2, optional=True),
+    Metric("brier", "Brier", "brier", 1.0, "min", 4, optional=True),
+    Metric("nll", "NLL", "nll", 1.0, "min", 4, optional=True),
+    Metric("ece_scaled_pct", "ECE after T (%)", "ece_half_scaled", 100.0, "min", 2, optional=True),
+    Metric("temperature", "T", "temperature", 1.0, "min", 3, optional=True, highlight=False),
 )
 METRICS_BY_KEY = {m.key: m for m in METRICS}
 
@@ -78,6 +91,8 @@ SORT_ALIASES = {
     "auc": "robust_auc_pct",
     "rgb_missing": "acc_rgb_missing_pct",
     "lidar_missing": "acc_lidar_missing_pct",
+    "mra": "mra_pct",
+    "ece": "ece_pct",
     "own": "own_accuracy_pct",
     "change": "accuracy_change_pts",
     "delta": "accuracy_change_pts",
@@ -97,14 +112,70 @@ def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["status"] == FINISHED].copy()
 
 
-def run_metrics(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per run: id, status, config fields, each metric in display units, error and provenance."""
+def active_metrics(runs: pd.DataFrame) -> list[Metric]:
+    """The metrics a report of ``runs`` has columns for: every standing one, and each optional
+    one that some run has a value of."""
+    return [
+        m
+        for m in METRICS
+        if not m.optional or (m.source in runs.columns and pd.to_numeric(runs[m.source], errors="coerce").notna().any())
+    ]
+
+
+def run_metrics(runs: pd.DataFrame, *, faults: bool = False) -> pd.DataFrame:
+    """Per run: id, status, config fields, each metric in display units, error and provenance.
+
+    ``faults`` adds, for runs evaluated with the sensor-fault suite, one column per fault and
+    severity (``<fault>_sev<s>_acc_pct``) and per fault its mean over severities and its AUC
+    (``<fault>_acc_pct``, ``<fault>_auc_pct``): :func:`fault_columns`.
+    """
     table = runs[["run_id", "status", *CONFIG_FIELDS]].copy()
-    for metric in METRICS:
+    for metric in active_metrics(runs):
         table[metric.key] = pd.to_numeric(runs[metric.source], errors="coerce").astype("float64") * metric.scale
     for extra in ("error", "dataset_fingerprint", "device_name", "finished_at"):
         table[extra] = runs[extra]
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    if faults and "robustness_json" in runs.columns:
+        per_fault = fault_columns(runs["robustness_json"].tolist())
+        if not per_fault.empty:
+            table = pd.concat([table, per_fault], axis=1)
+    return table
+
+
+def fault_columns(robustness: Sequence[object]) -> pd.DataFrame:
+    """One row per stored ``robustness_json`` text: accuracy (%) per fault and severity, mean and AUC.
+
+    Only records of the sensor-fault suite (robustness version >= 2) give values; older
+    records (three noise curves, before the suite) and runs without robustness give nulls, and
+    a list with no suite record at all gives an empty frame (no columns).
+    """
+    import json
+    import math
+
+    rows: list[dict[str, float]] = []
+    order: dict[str, None] = {}
+    for text in robustness:
+        row: dict[str, float] = {}
+        try:
+            rob = json.loads(str(text)) if isinstance(text, str) else None
+        except ValueError:
+            rob = None
+        if isinstance(rob, dict) and isinstance(rob.get("version"), int) and rob["version"] >= 2:
+            for name, curve in (rob.get("curves") or {}).items():
+                if not isinstance(curve, dict):
+                    continue
+                for severity, acc in zip(curve.get("severities") or [], curve.get("accuracy") or []):
+                    if isinstance(severity, (int, float)) and severity > 0 and isinstance(acc, (int, float)):
+                        row[f"{name}_sev{severity:g}_acc_pct"] = 100.0 * acc
+                for key, column in (("mean_accuracy", "acc_pct"), ("auc", "auc_pct")):
+                    value = curve.get(key)
+                    if isinstance(value, (int, float)) and math.isfinite(value):
+                        row[f"{name}_{column}"] = 100.0 * value
+        order.update(dict.fromkeys(row))
+        rows.append(row)
+    if not order:
+        return pd.DataFrame(index=range(len(rows)))
+    return pd.DataFrame(rows, columns=list(order), dtype="float64")
 
 
 def check_group_by(group_by: Sequence[str]) -> list[str]:
@@ -129,8 +200,9 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
     """
     fields = check_group_by(group_by)
     per_run = run_metrics(finished_runs(runs))
+    metrics = [m for m in METRICS if m.key in per_run.columns]
     columns = [*fields, "n", "seeds", "run_ids"]
-    for metric in METRICS:
+    for metric in metrics:
         columns += [metric.key] if metric.per_config else [f"{metric.key}_{s}" for s in STAT_SUFFIXES]
     if per_run.empty:
         return pd.DataFrame(columns=columns)
@@ -142,7 +214,7 @@ def aggregate(runs: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY) ->
         row["n"] = len(group)
         row["seeds"] = ",".join(str(s) for s in sorted(group["seed"].dropna().unique()))
         row["run_ids"] = ",".join(sorted(group["run_id"]))
-        for metric in METRICS:
+        for metric in metrics:
             values = group[metric.key].to_numpy(dtype="float64")
             values = values[~np.isnan(values)]
             mean, lo, hi = mean_ci95(values)
@@ -292,7 +364,7 @@ def build_report(
         )
     n_failed = int((selected["status"] != FINISHED).sum())
     if per_run:
-        table = run_metrics(selected)
+        table = run_metrics(selected, faults=True)
         fields = list(CONFIG_FIELDS)
     else:
         table = aggregate(selected, fields)
@@ -301,6 +373,7 @@ def build_report(
                 f"none of the {len(selected)} selected runs finished ({n_failed} failed)",
                 hint="see their errors with `fusioncli report --runs`",
             )
+        table = add_gain(table, finished_runs(selected), fields)
     table = sort_table(table, column, ascending)
     return Report(
         table=table,

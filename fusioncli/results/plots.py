@@ -2,8 +2,10 @@
 
 The seed notebook plotted accuracy and training time per configuration as bar charts; we draw
 the same (with 95 % CI error bars when there are several seeds) plus two trade-off scatters:
-accuracy vs parameters and accuracy vs training time. When runs carry robustness results,
-``robustness.png`` adds accuracy vs corruption severity (one panel per corruption); when they
+accuracy vs parameters and accuracy vs training time, and ``pareto.png``: accuracy vs inference
+FLOPs coloured by mRA, with the Pareto front ringed. When runs carry robustness results,
+``robustness.png`` adds accuracy vs corruption severity (one panel per corruption) and
+``robustness_matrix.png`` a configuration x fault heatmap of robust accuracy; when they
 span several training-set sizes (``--train-per-class``), ``learning_curve.png`` adds accuracy
 vs training samples per class.
 """
@@ -196,6 +198,121 @@ def write_robustness_plot(view: Any, out_dir: Path) -> Path:
     return path
 
 
+PARETO_PLOT = "pareto.png"
+
+
+def pareto_mask(points: np.ndarray) -> list[bool]:
+    """Which rows of ``points`` (n, k), every column "higher is better", no other row dominates.
+
+    Row ``j`` dominates row ``i`` when it is at least as good in every column and better in one.
+    Rows with a NaN are never on the front (and never dominate).
+    """
+    points = np.asarray(points, dtype="float64")
+    finite = np.isfinite(points).all(axis=1)
+    front = []
+    for i in range(len(points)):
+        if not finite[i]:
+            front.append(False)
+            continue
+        others = points[finite]
+        dominated = ((others >= points[i]).all(axis=1) & (others > points[i]).any(axis=1)).any()
+        front.append(not bool(dominated))
+    return front
+
+
+def pareto_points(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration of an aggregate ``table``: accuracy (%), GFLOPs per sample, mRA (%) (or NaN
+    without fault-suite results), and whether it is on the Pareto front of the three (of the
+    first two when no configuration has an mRA)."""
+    by_id = runs.set_index("run_id")
+    rows = []
+    for _, config in table.iterrows():
+        ids = [r for r in str(config["run_ids"]).split(",") if r in by_id.index]
+
+        def mean(column: str, ids: list[str] = ids) -> float:
+            if column not in by_id.columns:
+                return float("nan")
+            values = pd.to_numeric(by_id.loc[ids, column], errors="coerce").astype("float64")
+            return float(values.mean()) if values.notna().any() else float("nan")
+
+        rows.append({"accuracy_pct": float(config["accuracy_pct_mean"]), "gflops": mean("flops_per_sample") / 1e9,
+                     "mra_pct": 100 * mean("robust_mra")})  # fmt: skip
+    points = pd.DataFrame(rows, columns=["accuracy_pct", "gflops", "mra_pct"])
+    criteria = points[["accuracy_pct", "gflops", "mra_pct"]].to_numpy(dtype="float64").copy()
+    criteria[:, 1] *= -1  # fewer FLOPs is better
+    if not np.isfinite(criteria[:, 2]).any():
+        criteria = criteria[:, :2]
+    points["pareto"] = pareto_mask(criteria)
+    return points
+
+
+def write_pareto_plot(runs: pd.DataFrame, table: pd.DataFrame, fields: Sequence[str], out_dir: Path) -> Path:
+    """Write ``pareto.png``: accuracy vs inference FLOPs per sample, coloured by mRA when the runs
+    have fault-suite results; configurations no other beats on all of accuracy, FLOPs and mRA
+    (the Pareto front) are ringed and labelled."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = pareto_points(runs, table)
+    labels = config_labels(table, fields)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    robust = bool(np.isfinite(points["mra_pct"]).any())
+    if robust:
+        image = ax.scatter(
+            points["gflops"], points["accuracy_pct"], c=points["mra_pct"], cmap="viridis", s=40, zorder=2
+        )
+        fig.colorbar(image, ax=ax, label="mRA: accuracy under sensor faults (%)")
+    else:
+        ax.scatter(points["gflops"], points["accuracy_pct"], color="tab:blue", s=40, zorder=2)
+    front = points[points["pareto"]]
+    ax.scatter(front["gflops"], front["accuracy_pct"], s=160, facecolors="none", edgecolors="red", zorder=3,
+               label="Pareto front (no other is better on all" + (" three)" if robust else " two)"))  # fmt: skip
+    for (_, point), label in zip(points.iterrows(), labels):
+        if point["pareto"]:
+            ax.annotate(label, (point["gflops"], point["accuracy_pct"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("inference GFLOPs per sample")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Accuracy vs cost" + (", colour: robustness" if robust else ""))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    path = out_dir / PARETO_PLOT
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+MATRIX_PLOT = "robustness_matrix.png"
+
+
+def write_robustness_matrix(view: Any, out_dir: Path) -> Path:
+    """Write ``robustness_matrix.png``: a heatmap of robust accuracy (%) per configuration (rows)
+    and fault (columns, mean over severities > 0), with mRA as the last column; return its path."""
+    from fusioncli.results.robustness import fault_means
+
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    means = fault_means(view)
+    columns = [*view.corruptions, "mra"]
+    values = means[columns].to_numpy(dtype="float64")
+    labels = config_labels(view.configs, view.fields)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(columns), 1.2 + 0.42 * len(labels)))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(columns)), [c if c != "mra" else "mRA" for c in columns], rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for (row, col), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 60 else "black")  # fmt: skip
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    ax.set_title("Robust accuracy per fault (mean over severities 0.25-1)")
+    path = out_dir / MATRIX_PLOT
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 LEARNING_CURVE_PLOT = "learning_curve.png"
 
 
@@ -270,8 +387,8 @@ def write_report_plots(
     sort: str | None = None,
     filters: Sequence[str] = (),
 ) -> list[Path]:
-    """Every chart ``report --plot`` writes for these runs: the four per-configuration charts,
-    plus ``robustness.png`` when a selected run has robustness results and
+    """Every chart ``report --plot`` writes for these runs: the four per-configuration charts and
+    ``pareto.png``, plus ``robustness.png`` and ``robustness_matrix.png`` when a selected run has robustness results and
     ``learning_curve.png`` when the selected runs have several training-set sizes."""
     from fusioncli.results.aggregate import build_report, filter_runs, parse_filters
     from fusioncli.results.robustness import build_robustness, has_robustness
@@ -279,9 +396,11 @@ def write_report_plots(
     check_available()
     report = build_report(runs, group_by=group_by, sort=sort, filters=filters)
     paths = write_plots(report.table, out_dir, report.fields)
+    paths.append(write_pareto_plot(filter_runs(runs, parse_filters(filters)), report.table, report.fields, out_dir))
     if has_robustness(filter_runs(runs, parse_filters(filters))):
         view = build_robustness(runs, group_by=group_by, sort=sort, filters=filters)
         paths.append(write_robustness_plot(view, out_dir))
+        paths.append(write_robustness_matrix(view, out_dir))
     curve = write_learning_curve(filter_runs(runs, parse_filters(filters)), out_dir)
     if curve is not None:
         paths.append(curve)

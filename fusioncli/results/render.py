@@ -20,6 +20,7 @@ from rich.table import Table
 
 from fusioncli.config import CONFIG_FIELDS, DATA_LIMIT_FIELDS, HASH_NEUTRAL, NUMERIC_CONFIG_FIELDS
 from fusioncli.results.aggregate import METRICS, Metric
+from fusioncli.results.gain import gain_cell
 
 FORMATS = ("table", "markdown", "csv", "json", "latex")
 CI_NOTE = "mean ± 95% CI half-width over seeds (Student t, n-1 df; mean only when n = 1); n = runs averaged"
@@ -186,6 +187,12 @@ def build_display(table: pd.DataFrame, fields: Sequence[str], *, per_run: bool =
         numeric.append(True)
         columns.append(cells)
         best.append(_best_mask(table[column], metric.better) if metric.highlight else [False] * len(table))
+    if not per_run and "gain_pts" in table.columns:
+        gains = [gain_cell(row) for _, row in table.iterrows()]
+        headers += ["gain vs best unimodal (pts, 95% CI)", "gain test (Holm)"]
+        numeric += [True, False]
+        columns += [[g[0] for g in gains], [g[1] for g in gains]]
+        best += [[False] * len(table), [False] * len(table)]
     if per_run and "error" in table.columns and table["error"].notna().any():
         headers.append("error")
         numeric.append(False)
@@ -198,6 +205,12 @@ def build_display(table: pd.DataFrame, fields: Sequence[str], *, per_run: bool =
         notes = []
     else:
         notes = [CI_NOTE if len(table) and int(pd.to_numeric(table["n"]).max()) >= 2 else SINGLE_NOTE]
+        if "gain_method" in table.columns:
+            methods = sorted({str(m) for m in table["gain_method"] if not is_missing(m)})
+            notes.append(
+                "gain = accuracy minus the better unimodal baseline's (same data and settings), paired by seed; "
+                f"CI and p from {' / '.join(methods)}; p Holm-adjusted over the fusion rows"
+            )
     return DisplayTable(headers=headers, rows=rows, best=best_rows, numeric=numeric, caption=caption, notes=notes)
 
 

@@ -41,8 +41,13 @@ from fusioncli.results.render import (
 )
 from fusioncli.results.stats import mean_ci95
 
-# Display order of the corruptions the evaluator produces; others follow alphabetically.
-CORRUPTION_ORDER = ("rgb_noise", "lidar_noise", "lidar_dropout")
+# Display order of the faults the evaluator produces (fusioncli.eval's registry order; results
+# stay torch-free, so the names are written out); others follow alphabetically.
+CORRUPTION_ORDER = (
+    "rgb_noise", "lidar_noise", "lidar_dropout", "beam_loss", "fov_loss", "fog", "crosstalk",
+    "occlusion", "brightness", "darkness", "motion_blur", "misalignment", "desync", "stuck_sensor",
+)  # fmt: skip
+UNIMODAL = ("rgb-only", "lidar-only")  # what --baseline unimodal picks from
 MISSING_KINDS = ("rgb_missing", "lidar_missing")
 MEAN = "mean"  # the row of mean AUC / mean relative AUC over corruptions
 CLEAN = "clean"
@@ -63,6 +68,7 @@ class RobustnessView:
     configs: pd.DataFrame
     long: pd.DataFrame
     report: Report
+    baseline: str | None = None  # set by with_baseline: the long table holds rRA rows
 
     @property
     def corruptions(self) -> list[str]:
@@ -125,8 +131,12 @@ def _collect(records: list[dict[str, Any]]) -> dict[tuple[str, str, float], list
                 put(name, "accuracy", round(_number(severity), 6), acc)
             put(name, "auc", math.nan, curve.get("auc"))
             put(name, "relative_auc", math.nan, curve.get("relative_auc"))
+            if "mean_accuracy" in curve:  # the fault suite's records (version 2) only
+                put(name, "mean_accuracy", math.nan, curve.get("mean_accuracy"))
         put(MEAN, "auc", math.nan, rob.get("mean_auc"))
         put(MEAN, "relative_auc", math.nan, rob.get("mean_relative_auc"))
+        if "mra" in rob:
+            put(MEAN, "mra", math.nan, rob.get("mra"))
         missing = _as_dict(rob.get("missing"))
         for kind in MISSING_KINDS:
             entry = _as_dict(missing.get(kind))
@@ -139,7 +149,7 @@ def _order(key: tuple[str, str, float], curves: list[str]) -> tuple[int, int, fl
     corruption, measure, severity = key
     groups = [CLEAN, *curves, MEAN, *MISSING_KINDS]
     rank = groups.index(corruption) if corruption in groups else len(groups)
-    measures = ("accuracy", "auc", "relative_auc", "relative")
+    measures = ("accuracy", "auc", "relative_auc", "relative", "mean_accuracy", "mra", "rra")
     return (rank, measures.index(measure) if measure in measures else 9, -1.0 if math.isnan(severity) else severity)
 
 
@@ -321,6 +331,133 @@ def _best(values: list[float]) -> list[bool]:
     return [not math.isnan(v) and math.isclose(v, top, rel_tol=1e-12, abs_tol=0.0) for v in values]
 
 
+def fault_means(view: RobustnessView) -> pd.DataFrame:
+    """Per configuration (rows, ``view.configs`` order) and fault (columns): accuracy (%) averaged
+    over the severities above 0 -- the fault's robust accuracy -- and ``mra``, its mean over the
+    faults (the accuracy over every (fault, severity > 0) cell). NaN where a configuration has no
+    figure. Computed from the per-severity means, so it works for every record version."""
+    long = view.long
+    points = long[(long["measure"] == "accuracy") & long["corruption"].isin(view.corruptions)]
+    points = points[points["severity"].to_numpy(dtype="float64") > 0]
+    table = points.groupby(["config", "corruption"])["pct_mean"].mean().unstack("corruption")
+    table = table.reindex(index=range(len(view.configs)), columns=view.corruptions)
+    table["mra"] = table[view.corruptions].mean(axis=1, skipna=False)
+    return table
+
+
+def _same_except_strategy(view: RobustnessView, i: int, j: int) -> bool:
+    others = [f for f in view.fields if f != "strategy"]
+    a, b = view.configs.iloc[i], view.configs.iloc[j]
+    return all(format_value_or_none(a[f]) == format_value_or_none(b[f]) for f in others)
+
+
+def format_value_or_none(value: object) -> str:
+    return "<none>" if is_missing(value) else str(value)
+
+
+def baseline_configs(view: RobustnessView, baseline: str) -> list[int | None]:
+    """For each configuration, the index of its baseline configuration, or None.
+
+    ``baseline`` is a strategy name, or ``unimodal``: of ``rgb-only`` / ``lidar-only``, the one
+    with the higher mRA. The baseline of a configuration agrees with it on every other grouped
+    field (same data, settings and training); a baseline is its own baseline (rRA 0).
+    """
+    if "strategy" not in view.fields:
+        raise BadInputError("--baseline names a strategy: group by strategy (drop --group-by or include strategy)")
+    names = UNIMODAL if baseline == "unimodal" else (baseline,)
+    strategies = view.configs["strategy"].astype(str).tolist()
+    if not any(s in names for s in strategies):
+        raise BadInputError(
+            f"--baseline {baseline}: no selected configuration with robustness results has "
+            + ("strategy rgb-only or lidar-only" if baseline == "unimodal" else f"strategy {baseline}"),
+            hint=f"strategies with robustness results: {', '.join(sorted(set(strategies)))}",
+        )
+    mra = fault_means(view)["mra"].to_numpy(dtype="float64")
+    found: list[int | None] = []
+    for i in range(len(view.configs)):
+        candidates = [
+            j
+            for j, s in enumerate(strategies)
+            if s in names and _same_except_strategy(view, i, j) and np.isfinite(mra[j])
+        ]
+        found.append(max(candidates, key=lambda j: mra[j]) if candidates else None)
+    return found
+
+
+def with_baseline(view: RobustnessView, baseline: str) -> RobustnessView:
+    """``view`` with relative robust accuracy against ``baseline`` added to its long table.
+
+    MultiCorrupt's convention: per fault, ``rRA = sum_s acc(model, s) / sum_s acc(baseline, s) - 1``
+    over the severities above 0 (rows ``measure = rra``, one per fault, in %), and their mean over
+    faults (``corruption = mean``). Means over seeds are compared (the baseline's runs need not
+    share seeds); rows without a matching baseline get none.
+    """
+    means = fault_means(view)
+    partner = baseline_configs(view, baseline)
+    rows: list[dict[str, Any]] = []
+    for i, j in enumerate(partner):
+        if j is None:
+            continue
+        ratios = []
+        for fault in view.corruptions:
+            own, base = float(means.at[i, fault]), float(means.at[j, fault])
+            if not (math.isfinite(own) and math.isfinite(base)) or base <= 0:
+                continue
+            ratios.append((fault, 100.0 * (own / base - 1.0)))
+        if not ratios:
+            continue
+        fields = {f: view.configs.iloc[i][f] for f in view.fields}
+        for fault, value in [*ratios, (MEAN, float(np.mean([v for _, v in ratios])))]:
+            rows.append(
+                {"config": i, **fields, "n": int(view.configs.iloc[i]["n"]), "corruption": fault, "measure": "rra",
+                 "severity": math.nan, "pct_mean": value, "pct_std": math.nan, "pct_ci95_lo": math.nan,
+                 "pct_ci95_hi": math.nan}
+            )  # fmt: skip
+    long = pd.concat([view.long, pd.DataFrame(rows, columns=view.long.columns)], ignore_index=True)
+    return RobustnessView(fields=view.fields, configs=view.configs, long=long, report=view.report, baseline=baseline)
+
+
+def matrix_display(view: RobustnessView) -> DisplayTable:
+    """The configuration x fault matrix: robust accuracy (%) per fault (mean over severities > 0),
+    clean accuracy, mRA and, with a baseline, mean rRA; the best per column highlighted."""
+    means = fault_means(view)
+    varying, caption = split_fields(view.configs, view.fields)
+    headers, numeric, columns = field_columns(view.configs, varying)
+    best: list[list[bool]] = [[False] * len(view.configs) for _ in varying]
+    headers.append("n")
+    numeric.append(True)
+    columns.append([str(int(n)) for n in view.configs["n"]])
+    best.append([False] * len(view.configs))
+
+    def add(header: str, values: list[float]) -> None:
+        headers.append(header)
+        numeric.append(True)
+        columns.append(["-" if math.isnan(v) else format_stat(v, None, 1) for v in values])
+        best.append(_best(values))
+
+    clean = [_cell(view.long, i, CLEAN, "accuracy") for i in range(len(view.configs))]
+    add("clean", [math.nan if r is None else float(r["pct_mean"]) for r in clean])
+    for fault in view.corruptions:
+        add(fault, [float(v) for v in means[fault]])
+    add("mRA", [float(v) for v in means["mra"]])
+    if view.baseline is not None:
+        rra = [_cell(view.long, i, MEAN, "rra") for i in range(len(view.configs))]
+        add(f"rRA vs {view.baseline}", [math.nan if r is None else float(r["pct_mean"]) for r in rra])
+    rows = [list(r) for r in zip(*columns)]
+    notes = [
+        "accuracy (%) under each fault, mean over severities 0.25-1 and over seeds; mRA = mean over faults "
+        "(`fusioncli faults` lists them)"
+        + (
+            f"; rRA = mean over faults of (accuracy / {view.baseline}'s accuracy - 1), in % (MultiCorrupt)"
+            if view.baseline is not None
+            else ""
+        )
+    ]
+    return DisplayTable(
+        headers=headers, rows=rows, best=[list(r) for r in zip(*best)], numeric=numeric, caption=caption, notes=notes
+    )
+
+
 def machine_frame(view: RobustnessView) -> pd.DataFrame:
     """The csv / json rows: the tidy table with config fields first, without the internal index."""
     return machine_columns(view.long.drop(columns=["config"]), per_run=False)
@@ -328,6 +465,7 @@ def machine_frame(view: RobustnessView) -> pd.DataFrame:
 
 CURVES_TITLE = "Accuracy under corruption"
 MISSING_TITLE = "Missing modality"
+MATRIX_TITLE = "Robust accuracy per fault"
 
 
 def render_robustness(view: RobustnessView, fmt: str) -> str | list[Table]:
@@ -336,7 +474,11 @@ def render_robustness(view: RobustnessView, fmt: str) -> str | list[Table]:
         return to_csv(machine_frame(view))
     if fmt == "json":
         return to_json(machine_frame(view))
-    shown = [(CURVES_TITLE, curves_display(view)), (MISSING_TITLE, missing_display(view))]
+    shown = [
+        (MATRIX_TITLE, matrix_display(view)),
+        (CURVES_TITLE, curves_display(view)),
+        (MISSING_TITLE, missing_display(view)),
+    ]
     displays = [(title, d) for title, d in shown if d is not None]
     if fmt == "markdown":
         return "\n".join(f"### {title}\n\n{to_markdown(d)}" for title, d in displays)

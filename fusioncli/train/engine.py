@@ -100,6 +100,7 @@ class Predictions:
 
     classes: torch.Tensor  # (n,) predicted class per sample; (K, n) for stacked logits
     loss_sum: torch.Tensor | None  # float64 sum of the cross-entropy: () or (K,); None without loss
+    logits: torch.Tensor | None = None  # fp32 (n, classes) or (K, n, classes) when asked for
 
 
 def predict(
@@ -112,6 +113,7 @@ def predict(
     indices: torch.Tensor | None = None,
     loss: bool = True,
     inputs: InputsFn | None = None,
+    keep_logits: bool = False,
 ) -> Predictions:
     """Run ``forward`` over samples of ``data`` in batches of ``batch_size``, without gradients.
 
@@ -120,13 +122,15 @@ def predict(
     then ``forward`` under :func:`autocast`; loss and argmax are computed on fp32 logits even
     under bf16. ``forward`` returns ``(B, classes)`` logits, or ``(K, B, classes)`` for K
     stacked models, whose per-model loss sums and classes come back as ``(K,)`` and ``(K, n)``.
-    With ``loss`` the cross-entropy against ``data.labels`` is summed (float64 accumulator).
+    With ``loss`` the cross-entropy against ``data.labels`` is summed (float64 accumulator);
+    with ``keep_logits`` the fp32 logits come back too (calibration reads them: no second pass).
 
     The caller puts models in eval mode and holds :func:`cudnn_mode` (training already does).
     """
     n = len(data) if indices is None else indices.numel()
     loss_sum: torch.Tensor | None = None
     classes = []
+    kept: list[torch.Tensor] = []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             b = slice(start, start + batch_size) if indices is None else indices[start : start + batch_size]
@@ -142,7 +146,13 @@ def predict(
                     loss_sum = torch.zeros(batch_loss.shape, device=device, dtype=torch.float64)
                 loss_sum += batch_loss
             classes.append(logits.argmax(dim=-1))
-    return Predictions(classes=torch.cat(classes, dim=-1), loss_sum=loss_sum)
+            if keep_logits:
+                kept.append(logits)
+    return Predictions(
+        classes=torch.cat(classes, dim=-1),
+        loss_sum=loss_sum,
+        logits=torch.cat(kept, dim=-2) if keep_logits else None,
+    )
 
 
 def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

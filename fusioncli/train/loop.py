@@ -35,9 +35,9 @@ from torch import nn
 from fusioncli.config import RunConfig, run_id
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.record import DatasetInfo, Metrics, RunRecord
+from fusioncli.record import DatasetInfo, Metrics, RunRecord, pack_correct
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
-from fusioncli.train.metrics import classification_metrics
+from fusioncli.train.metrics import calibration_metrics, classification_metrics
 from fusioncli.train.probes import clock, environment_info, peak_memory, reset_peak_memory, utc_now
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -188,6 +188,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     epoch_seconds: list[float] = []
     train_phase_seconds: list[float] = []
     preds = val_labels
+    val_logits: torch.Tensor | None = None
     val_loss = float("nan")
     callback_seconds = 0.0
     with engine.cudnn_mode(device, precision):
@@ -217,8 +218,9 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
             val = engine.predict(
                 model, work, indices=val_idx, device=device, precision=precision,
                 batch_size=engine.eval_batch_size(device, cfg.batch_size),
+                keep_logits=epoch == cfg.epochs,  # the last epoch's logits give the calibration
             )  # fmt: skip
-            val_loss_sum, preds = val.loss_sum, val.classes
+            val_loss_sum, preds, val_logits = val.loss_sum, val.classes, val.logits
             assert val_loss_sum is not None  # predict sums the loss unless asked not to
             correct = (preds == val_labels).sum()
             # the one host-device sync of the epoch
@@ -257,6 +259,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
         val_labels=val_labels,
         preds=preds,
         val_loss=val_loss,
+        val_logits=val_logits,
         history=history,
         params=params,
         flops=flops,
@@ -286,6 +289,7 @@ def finished_record(
     started_at: str,
     memory: dict[str, Any] | None = None,
     timing_notes: dict[str, Any] | None = None,
+    val_logits: torch.Tensor | None = None,
 ) -> RunRecord:
     """The record of a finished run from what its training measured.
 
@@ -293,7 +297,8 @@ def finished_record(
     the same keys and meanings whichever produced it. ``work`` is the data as trained on
     (limited), ``fingerprint`` that of the full dataset the run id refers to. ``memory``
     defaults to the device's peaks now; ``timing_notes`` adds keys to ``timing`` (e.g. how a
-    stacked group's time was shared out).
+    stacked group's time was shared out). ``val_logits`` (the last validation pass's) give the
+    metrics' ``calibration`` (:func:`fusioncli.train.metrics.calibration_metrics`).
     """
     n_train = int((~work.is_val).sum())
     if cfg.epochs > 1:
@@ -314,6 +319,8 @@ def finished_record(
             val_accuracy=summary["accuracy"],
             f1_macro=summary["f1_macro"],
             per_class=summary["per_class"],
+            calibration=None if val_logits is None else calibration_metrics(val_logits, val_labels),
+            val_correct=pack_correct((preds == val_labels).cpu().numpy()),
         ),
         history=history,
         params=params,

@@ -348,8 +348,11 @@ class _StackedGroup:
     def set_mode(self, training: bool) -> None:
         self.base.train(training)
 
-    def evaluate(self, val_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each member's validation loss sum (K,) and predicted classes (K, n_val), on the device."""
+    def evaluate(
+        self, val_idx: torch.Tensor, *, keep_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Each member's validation loss sum (K,), predicted classes (K, n_val) and, with
+        ``keep_logits``, logits (K, n_val, classes), on the device."""
 
         def forward(rgb: torch.Tensor, xyza: torch.Tensor) -> torch.Tensor:
             return self.eval_forward(self.params, self.buffers, rgb, xyza)  # (K, B, classes)
@@ -358,9 +361,10 @@ class _StackedGroup:
             forward, self.work, indices=val_idx, device=self.device, precision=self.precision,
             # K models see each chunk at once: on the CPU keep the activations near the loop's.
             batch_size=engine.eval_batch_size(self.device, self.batch_size, members=self.k),
+            keep_logits=keep_logits,
         )  # fmt: skip
         assert val.loss_sum is not None
-        return val.loss_sum, val.classes
+        return val.loss_sum, val.classes, val.logits
 
     def member_model(self, index: int, cfg: RunConfig, num_classes: int) -> nn.Module:
         """Member ``index`` as a real model on the device (channels_last, eval mode), like train_run's."""
@@ -475,6 +479,7 @@ def train_stacked(
     epoch_seconds: list[float] = []
     train_phase_seconds: list[float] = []
     preds = val_labels.expand(k, n_val)
+    val_logits: torch.Tensor | None = None
     val_losses = [float("nan")] * k
     callback_seconds = 0.0
     with engine.cudnn_mode(device, precision):
@@ -492,7 +497,7 @@ def train_stacked(
                 group.step(orders[..., start : start + first.batch_size])
             t_train = clock(device)
             group.set_mode(False)
-            val_loss_sums, preds = group.evaluate(val_idx)
+            val_loss_sums, preds, val_logits = group.evaluate(val_idx, keep_logits=epoch == first.epochs)
             correct = (preds == val_labels).sum(dim=1)
             # the one host-device sync of the epoch
             sums = torch.stack([group.loss_sums, val_loss_sums, correct.to(torch.float64)]).tolist()
@@ -565,6 +570,7 @@ def train_stacked(
             val_labels=val_labels,
             preds=preds[i],
             val_loss=val_losses[i],
+            val_logits=None if val_logits is None else val_logits[i],
             history=histories[i],
             params=params,
             flops=flops,

@@ -117,6 +117,7 @@ def test_plot(results: Path, tmp_path: Path) -> None:
         "accuracy.png",
         "accuracy_vs_params.png",
         "accuracy_vs_time.png",
+        "pareto.png",
         "train_time.png",
     ]
 
@@ -227,7 +228,7 @@ def test_plot_with_robustness(robust_results: Path, tmp_path: Path) -> None:
     result = _report(robust_results, "--robustness", "--plot", str(tmp_path / "plots"))
     assert result.exit_code == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert "robustness.png" in names and len(names) == 5
+    assert {"robustness.png", "robustness_matrix.png", "pareto.png"} <= set(names) and len(names) == 7
     assert "robustness.png" in result.stderr
 
 

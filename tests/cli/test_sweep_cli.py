@@ -296,7 +296,7 @@ def test_robustness_and_modality_dropout_reach_every_record(cache_dir: Path, tmp
     assert row["modality_dropout"] == 0.3
     record = json.loads((results / "records" / f"{row['run_id']}.json").read_text())
     assert record["config"]["modality_dropout"] == 0.3
-    assert set(record["robustness"]["curves"]) == {"rgb_noise", "lidar_noise", "lidar_dropout"}
+    assert {"rgb_noise", "lidar_noise", "lidar_dropout", "beam_loss", "desync"} <= set(record["robustness"]["curves"])
     assert set(record["robustness"]["missing"]) == {"rgb_missing", "lidar_missing"}
 
 

@@ -100,7 +100,7 @@ def test_robustness_and_modality_dropout_in_the_json_record(cache_dir: Path) -> 
     record = json.loads(result.stdout)
     assert record["config"]["modality_dropout"] == 0.3
     rob = record["robustness"]
-    assert set(rob["curves"]) == {"rgb_noise", "lidar_noise", "lidar_dropout"}
+    assert {"rgb_noise", "lidar_noise", "lidar_dropout", "fog", "misalignment"} <= set(rob["curves"])
     assert set(rob["missing"]) == {"rgb_missing", "lidar_missing"}
     assert rob["clean_accuracy"] == record["metrics"]["val_accuracy"]
     assert record["timing"]["robustness_seconds"] > 0
@@ -110,7 +110,7 @@ def test_robustness_and_modality_dropout_in_the_json_record(cache_dir: Path) -> 
 def test_robustness_table(cache_dir: Path) -> None:
     result = runner.invoke(app, ["train", *ROBUST_QUICK, "--cache-dir", str(cache_dir)])
     assert result.exit_code == 0, result.stderr
-    for text in ("robustness", "rgb_missing", "lidar_missing", "rgb_noise", "lidar_dropout", "relative AUC", "mean over curves"):
+    for text in ("robustness", "rgb_missing", "lidar_missing", "rgb_noise", "lidar_dropout", "relative AUC", "mean over faults"):
         assert text in result.stdout, text
     assert "modality dropout" in result.stdout and "0.3" in result.stdout
 

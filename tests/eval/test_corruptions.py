@@ -55,9 +55,10 @@ def change(name: str, before: tuple[torch.Tensor, torch.Tensor], after: tuple[to
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(corruption_names()) == set(NAMES)
+    # the first five, in registration order; the rest of the suite (fusioncli.eval.faults) follows
+    assert corruption_names()[: len(NAMES)] == NAMES
     assert corruption_names("missing") == ("rgb_missing", "lidar_missing")
-    assert corruption_names("curve") == ("rgb_noise", "lidar_noise", "lidar_dropout")
+    assert corruption_names("curve")[:3] == ("rgb_noise", "lidar_noise", "lidar_dropout")
     assert get_corruption("lidar_dropout").apply is lidar_dropout
     assert {CORRUPTIONS[n].modality for n in ("rgb_missing", "rgb_noise")} == {"rgb"}
     with pytest.raises(BadInputError, match="unknown corruption 'blur'; known: rgb_missing"):

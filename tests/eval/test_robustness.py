@@ -25,7 +25,8 @@ from fusioncli.train.loop import RunResult, train_run
 
 pytestmark = pytest.mark.numeric
 
-CURVE_KEYS = {"severities", "accuracy", "f1_macro", "auc", "relative_auc"}
+CURVE_KEYS = {"modality", "severities", "accuracy", "f1_macro", "auc", "relative_auc", "mean_accuracy"}
+FIRST_THREE = ("rgb_noise", "lidar_noise", "lidar_dropout")
 # The figures compared with pytest.approx are float64 arithmetic on non-negative numbers (no
 # cancellation): a trapezoid over 5 points (4 x (difference, sum, product, halving) + 3 sums:
 # 19 roundings), a relative score (1 more), a mean over 3 curves (3 more), an F1 (10): each
@@ -100,10 +101,13 @@ def test_dict_structure_and_values_by_hand(monkeypatch: pytest.MonkeyPatch) -> N
     # rgb_noise replaced by a corruption whose accuracy at severity s is exactly 1 - s.
     monkeypatch.setitem(CORRUPTIONS, "rgb_noise", Corruption("rgb_noise", "rgb", "curve", flip_first, "test"))
     model = BrightnessOracle()
-    rob = evaluate_robustness(model, labelled_by_brightness(n_val=8), cpu_fp32(), seed=5)
+    rob = evaluate_robustness(model, labelled_by_brightness(n_val=8), cpu_fp32(), seed=5, faults=FIRST_THREE)
 
-    assert set(rob) == {"version", "seed", "clean_accuracy", "curves", "missing", "mean_auc", "mean_relative_auc"}
-    assert rob["version"] == 1 and rob["seed"] == 5
+    assert set(rob) == {
+        "version", "seed", "clean_accuracy", "curves", "missing", "mean_auc", "mean_relative_auc", "mra",
+        "mean_relative_accuracy",
+    }  # fmt: skip
+    assert rob["version"] == 2 and rob["seed"] == 5
     assert rob["clean_accuracy"] == 1.0
     assert set(rob["curves"]) == {"rgb_noise", "lidar_noise", "lidar_dropout"}
     assert set(rob["missing"]) == {"rgb_missing", "lidar_missing"}
@@ -116,6 +120,8 @@ def test_dict_structure_and_values_by_hand(monkeypatch: pytest.MonkeyPatch) -> N
     assert flipped["accuracy"] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert flipped["auc"] == close(0.5)  # area under 1 - s
     assert flipped["relative_auc"] == close(0.5)
+    assert flipped["mean_accuracy"] == close((0.75 + 0.5 + 0.25 + 0.0) / 4)
+    assert flipped["modality"] == "rgb" and rob["curves"]["lidar_dropout"]["modality"] == "lidar"
     for name in ("lidar_noise", "lidar_dropout"):  # the oracle ignores LiDAR
         assert rob["curves"][name]["accuracy"] == [1.0] * 5
         assert rob["curves"][name]["auc"] == close(1.0)
@@ -125,6 +131,21 @@ def test_dict_structure_and_values_by_hand(monkeypatch: pytest.MonkeyPatch) -> N
     assert rob["missing"]["lidar_missing"] == close({"accuracy": 1.0, "f1_macro": 1.0, "relative": 1.0})
     assert rob["mean_auc"] == close((0.5 + 1.0 + 1.0) / 3)
     assert rob["mean_relative_auc"] == close((0.5 + 1.0 + 1.0) / 3)
+    # mra: accuracy over every (fault, severity > 0): (0.375 + 1 + 1) / 3; clean is 1
+    assert rob["mra"] == close((0.375 + 1.0 + 1.0) / 3)
+    assert rob["mean_relative_accuracy"] == close(rob["mra"])
+
+
+def test_the_whole_suite_by_default_and_single_sensor_faults_leave_the_other_sensor_alone() -> None:
+    from fusioncli.eval.faults import fault_names
+
+    rob = evaluate_robustness(BrightnessOracle(), labelled_by_brightness(n_val=8), cpu_fp32())
+    assert tuple(rob["curves"]) == fault_names() and len(fault_names()) == 14
+    for name in fault_names("lidar"):  # the oracle reads only RGB: LiDAR faults cannot move it
+        assert rob["curves"][name]["accuracy"] == [1.0] * 5, name
+    assert rob["curves"]["darkness"]["accuracy"][-1] == 0.5  # 10 % of the light: red is below 0.5
+    with pytest.raises(BadInputError, match="missing modality"):
+        evaluate_robustness(BrightnessOracle(), labelled_by_brightness(), cpu_fp32(), faults=["rgb_missing"])
 
 
 def test_relative_scores_are_against_clean_accuracy(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,6 +180,13 @@ def test_batches_larger_than_the_eval_batch() -> None:
     data = labelled_by_brightness(n_val=10)
     whole = evaluate_robustness(BrightnessOracle(), data, cpu_fp32(), batch_size=64)
     batched = evaluate_robustness(BrightnessOracle(), data, cpu_fp32(), batch_size=3)  # 4 batches, last partial
+    # Each sample's draws are its own, so batching does not matter -- except to the faults that
+    # take another frame from the batch (desync, stuck_sensor).
+    for rob in (whole, batched):
+        for name in ("desync", "stuck_sensor"):
+            rob["curves"].pop(name)
+        for key in ("mean_auc", "mean_relative_auc", "mra", "mean_relative_accuracy"):
+            rob.pop(key)
     assert whole == batched
 
 
@@ -188,7 +216,7 @@ def test_same_seed_same_numbers_other_seed_other_noise() -> None:
 
 
 def test_summary_rows() -> None:
-    rob = evaluate_robustness(BrightnessOracle(), labelled_by_brightness(), cpu_fp32())
+    rob = evaluate_robustness(BrightnessOracle(), labelled_by_brightness(), cpu_fp32(), faults=FIRST_THREE)
     rows = summary_rows(rob)
     assert [r["condition"] for r in rows] == [
         "clean",
@@ -197,11 +225,11 @@ def test_summary_rows() -> None:
         "rgb_noise (severity 1)",
         "lidar_noise (severity 1)",
         "lidar_dropout (severity 1)",
-        "mean over curves",
+        "mean over faults",
     ]
     assert rows[1]["accuracy"] == rob["missing"]["rgb_missing"]["accuracy"]
     assert rows[3]["auc"] == rob["curves"]["rgb_noise"]["auc"] and rows[0]["auc"] is None
-    assert rows[-1]["relative_auc"] == rob["mean_relative_auc"]
+    assert rows[-1]["relative_auc"] == rob["mean_relative_auc"] and rows[-1]["accuracy"] == rob["mra"]
 
 
 @pytest.mark.slow

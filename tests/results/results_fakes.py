@@ -31,6 +31,16 @@ NEW_COLUMNS = (
     "robust_mean_relative_auc",
     "acc_rgb_missing",
     "acc_lidar_missing",
+    "robust_mra",
+    "ece",
+    "brier",
+    "nll",
+    "temperature",
+    "ece_half_raw",
+    "ece_half_scaled",
+    "nll_half_raw",
+    "nll_half_scaled",
+    "val_correct",
     "robustness_json",
 )
 

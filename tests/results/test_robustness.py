@@ -115,7 +115,7 @@ def test_records_without_the_missing_part() -> None:
     assert missing_display(view) is None
     text = render_robustness(view, "markdown")
     assert "### Accuracy under corruption" in text and "Missing modality" not in text
-    assert len(render_robustness(view, "table")) == 1
+    assert len(render_robustness(view, "table")) == 2  # the fault matrix and the curves
 
 
 def test_one_seed_shows_means_only() -> None:
@@ -161,9 +161,9 @@ def test_human_formats() -> None:
     assert "### Accuracy under corruption" in md and "### Missing modality" in md
     assert "| late | rgb_noise | 2 |" in md
     tex = render_robustness(view, "latex")
-    assert tex.count("\\begin{tabular}") == 2
+    assert tex.count("\\begin{tabular}") == 3
     tables = render_robustness(view, "table")
-    assert [t.title for t in tables] == ["Accuracy under corruption", "Missing modality"]
+    assert [t.title for t in tables] == ["Robust accuracy per fault", "Accuracy under corruption", "Missing modality"]
 
 
 def test_robustness_plot(tmp_path: Path) -> None:
@@ -175,8 +175,9 @@ def test_robustness_plot(tmp_path: Path) -> None:
     assert path.name == ROBUSTNESS_PLOT
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 5000
-    # The report's plot set gains robustness.png only when runs have robustness results.
+    # The report's plot set gains robustness.png and the fault matrix only when runs have
+    # robustness results (the four charts and the Pareto view are always there).
     with_rob = write_report_plots(runs_frame(_records()), tmp_path / "a")
-    assert [p.name for p in with_rob][-1] == ROBUSTNESS_PLOT and len(with_rob) == 5
+    assert [p.name for p in with_rob][-2:] == [ROBUSTNESS_PLOT, "robustness_matrix.png"] and len(with_rob) == 7
     without = write_report_plots(runs_frame([record("late", 0)]), tmp_path / "b")
-    assert ROBUSTNESS_PLOT not in [p.name for p in without] and len(without) == 4
+    assert ROBUSTNESS_PLOT not in [p.name for p in without] and len(without) == 5

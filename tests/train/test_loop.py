@@ -106,8 +106,19 @@ def test_record_has_the_documented_shape(prepared: PreparedData) -> None:
         "class_names": list(prepared.class_names),
     }
     m = rec["metrics"]
-    assert set(m) == {"val_loss", "val_accuracy", "f1_macro", "per_class"}
+    assert set(m) == {"val_loss", "val_accuracy", "f1_macro", "per_class", "calibration", "val_correct"}
     assert set(m["per_class"]) == set(prepared.class_names)
+    cal = m["calibration"]  # from the last validation pass's logits
+    assert cal["bins"] == 15 and cal["fit_n"] + cal["score_n"] == rec["dataset"]["n_val"]
+    # nll is the validation loss recomputed in float64 from the fp32 logits; the loop's loss is
+    # fp32 cross-entropy per sample (log-softmax of 2 logits: a few roundings of u32 = 6e-8
+    # relative to the logits' size, here < 10) summed in float64: 1e-5 absolute is a wide margin.
+    assert cal["nll"] == pytest.approx(m["val_loss"], rel=0, abs=1e-5)
+    assert 0 <= cal["ece"] <= 1 and 0 <= cal["brier"] <= 2 and cal["temperature"] > 0
+    from fusioncli.record import unpack_correct
+
+    right = unpack_correct(m["val_correct"], rec["dataset"]["n_val"])
+    assert right.sum() / len(right) == m["val_accuracy"]  # the same count over the same samples
     assert sum(c["support"] for c in m["per_class"].values()) == rec["dataset"]["n_val"]
     assert m["val_loss"] == rec["history"][-1]["val_loss"]
     assert m["val_accuracy"] == rec["history"][-1]["val_accuracy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -102,3 +104,64 @@ def test_confusion_matrix_rejects_bad_input() -> None:
         confusion_matrix(torch.tensor([0, 3]), torch.tensor([0, 1]), 2)
     with pytest.raises(ValueError, match="labels"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]), 2)
+
+
+# -- calibration ----------------------------------------------------------------------------------
+
+from fusioncli.train.metrics import calibration_metrics, calibration_scores, fit_temperature  # noqa: E402
+
+
+def logits_for(p1: list[float]) -> torch.Tensor:
+    """Two-class logits whose softmax gives class 1 probability ``p1`` (float64)."""
+    p = torch.tensor(p1, dtype=torch.float64)
+    return torch.stack([torch.log1p(-p), torch.log(p)], dim=1)
+
+
+def test_ece_brier_nll_by_hand() -> None:
+    # confidences 0.9 (right), 0.9 (wrong), 0.7, 0.7 (both right): bins 13 and 10 of 15
+    logits = logits_for([0.9, 0.9, 0.3, 0.3])
+    labels = torch.tensor([1, 0, 0, 0])
+    s = calibration_scores(logits, labels)
+    # ECE = 2/4 |0.5 - 0.9| + 2/4 |1 - 0.7| = 0.35; Brier (0.02 + 1.62 + 0.18 + 0.18) / 4 = 0.5.
+    # Softmax of log-probabilities returns them to a few u64 (log, exp, a sum of 2, a division:
+    # < 10 roundings, each relative u64): all within 1e-14 of the exact values.
+    assert s["ece"] == pytest.approx(0.35, rel=1e-14, abs=0)
+    assert s["brier"] == pytest.approx(0.5, rel=1e-14, abs=0)
+    nll = -(math.log(0.9) + math.log(0.1) + 2 * math.log(0.7)) / 4
+    assert s["nll"] == pytest.approx(nll, rel=1e-14, abs=0)
+
+
+def test_a_perfectly_confident_right_model_is_perfectly_calibrated() -> None:
+    s = calibration_scores(torch.tensor([[0.0, 50.0], [50.0, 0.0]]), torch.tensor([1, 0]))
+    # exp(-50) = 2e-22: below u64 relative to 1, so the top probability rounds to exactly 1; the
+    # other is 2e-22, whose square (twice) is the Brier score
+    assert s["ece"] == 0.0
+    assert s["brier"] == pytest.approx(2 * math.exp(-50) ** 2, rel=1e-12)
+    assert s["nll"] == pytest.approx(0.0, abs=1e-21)
+
+
+def test_temperature_scaling_undoes_overconfidence() -> None:
+    # Labels drawn from softmax(z); the model reports 3 z: overconfident by a temperature of 3.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 2, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(z, dim=1), 1, generator=g).flatten()
+    t = fit_temperature(3 * z, labels)
+    # the maximum-likelihood temperature on 20,000 draws: its SE here is about 0.03; 0.15 = 5 SE
+    assert t == pytest.approx(3.0, abs=0.15)
+
+    def nll(temp: float) -> float:
+        return calibration_scores(3 * z, labels, temperature=temp)["nll"]
+
+    assert nll(t) <= nll(t * 1.01) and nll(t) <= nll(t / 1.01)  # a minimum
+    full = calibration_metrics(3 * z, labels)
+    assert full["fit_n"] == full["score_n"] == 10_000
+    assert full["scaled_half"]["nll"] < full["raw_half"]["nll"]
+    assert full["scaled_half"]["ece"] < full["raw_half"]["ece"]
+    assert full["nll"] == pytest.approx(nll(1.0), rel=1e-14)
+
+
+def test_calibration_input_checks() -> None:
+    with pytest.raises(ValueError, match="logits must be"):
+        calibration_scores(torch.zeros(3, 2), torch.tensor([0, 1]))
+    empty = calibration_scores(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+    assert all(math.isnan(v) for v in empty.values())
