@@ -105,3 +105,27 @@ def test_a_checkpoint_brings_its_input_step_back(tmp_path: Path) -> None:
 def test_records_written_before_the_option_read_as_the_seeds() -> None:
     old = RunRecord.failed({"strategy": "late"}, None, "x", started_at=None, finished_at="2024-01-01T00:00:00+00:00")
     assert old.lidar_norm == "seed"
+
+
+def test_a_sweep_trains_both_inputs_and_the_report_tells_them_apart(cache_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from fusioncli.cli import app
+
+    runner = CliRunner()
+    results = tmp_path / "results"
+    sweep = runner.invoke(
+        app,
+        ["sweep", "--strategies", "lidar-only", "--lrs", "1e-3", "--schedulers", "constant", "--epochs", "1",
+         "--batch-size", "8", "--lidar-norms", "seed,nearest", "--device", "cpu", "--precision", "fp32",
+         "--cache-dir", str(cache_dir), "--results-dir", str(results), "--format", "json"],
+    )  # fmt: skip
+    assert sweep.exit_code == 0, sweep.output
+    records = [json.loads(p.read_text()) for p in sorted((results / "records").glob("*.json"))]
+    assert sorted(r["config"]["lidar_norm"] for r in records) == ["nearest", "seed"]
+    assert len({r["run_id"] for r in records}) == 2
+    report = runner.invoke(app, ["report", "--results-dir", str(results), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    assert sorted(row["lidar_norm"] for row in json.loads(report.stdout)) == ["nearest", "seed"]
