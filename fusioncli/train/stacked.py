@@ -396,7 +396,7 @@ def _check_group(cfgs: Sequence[RunConfig]) -> None:
     keys = {stack_key(c) for c in cfgs}
     if len(keys) > 1:
         raise BadInputError(
-            "these runs cannot train together: a stacked group must share strategy, backbone, epochs, "
+            "these runs cannot train together: a stacked group must share strategy, backbone, --lidar-norm, epochs, "
             "batch size, device, precision, --limit-per-class and --train-per-class",
             hint="split them with fusioncli.train.stacked.group_configs()",
         )
