@@ -275,6 +275,8 @@ def main() -> None:
                                 "seconds": seconds, "precision": record["config"]["precision"],
                                 "threads": args.threads,
                             })  # fmt: skip
+                            if args.json:  # after every run: a run cut short keeps what it finished
+                                save_json(args.json, sys.argv, time.perf_counter() - started, runs, [])
                             print(
                                 f"  {norm:<9} train {'all' if size is None else size:>5} {strategy:<22} seed {seed}: "
                                 f"val acc {curve[-1]:.4f} ({seconds:.0f} s; by epoch "
@@ -288,9 +290,16 @@ def main() -> None:
     print(f"\ntotal {total:.0f} s ({total / 60:.1f} min)\n")
     summary_rows = print_tables(runs, strategies, report_epochs)
     if args.json:
-        args.json.write_text(
-            json.dumps({"command": sys.argv, "seconds": total, "runs": runs, "summary": summary_rows}, indent=1)
-        )
+        save_json(args.json, sys.argv, total, runs, summary_rows)
+
+
+def save_json(
+    path: Path, command: list[str], seconds: float, runs: list[dict[str, Any]], summary: list[dict[str, Any]]
+) -> None:
+    """Every run's accuracy curve (and the summary) as JSON, replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"command": command, "seconds": seconds, "runs": runs, "summary": summary}, indent=1))
+    tmp.replace(path)
 
 
 def merge(paths: Sequence[Path], report_epochs: Sequence[int]) -> None:
