@@ -11,7 +11,8 @@ from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, out, report_errors
 from fusioncli.errors import BadInputError
-from fusioncli.models import BACKBONES, get_strategy
+from fusioncli.models import BACKBONES, DEFAULT_INPUT_SIZE, get_backbone, get_strategy
+from fusioncli.models.backbones import as_input_size, format_input_size
 
 # Choices come from the backbone presets, plus "all".
 BackboneChoice = Enum("BackboneChoice", {name: name for name in (*BACKBONES, "all")}, type=str)  # type: ignore[misc]  # members known at run time only
@@ -30,10 +31,13 @@ def _human(n: int) -> str:
 _WIDTH_FOR_DESCRIPTION = 110
 
 
-def _table(rows: list[dict[str, Any]], *, with_description: bool) -> Table:
+def _table(
+    rows: list[dict[str, Any]], *, with_description: bool, input_size: tuple[int, int], num_classes: int
+) -> Table:
     # Names and numbers never wrap; the description takes whatever width is left.
     table = Table(
-        title="Fusion strategies (FLOPs: one forward pass, one sample)",
+        title=f"Fusion strategies for {format_input_size(input_size)} inputs and {num_classes} classes "
+        "(FLOPs: one forward pass, one sample)",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
@@ -83,15 +87,19 @@ def strategies(
         Path | None,
         typer.Option(
             "--cache-dir",
-            help="Size the models for this prepared cache's classes; with --check, a batch of its shape "
-            "(default 64x64, 2 classes).",
+            help="Size the models for this prepared cache's image size and classes (parameters, FLOPs; with "
+            "--check, a batch of its shape). Default: 64x64 inputs, 2 classes.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """List the fusion strategies with parameter counts and forward FLOPs per sample.
 
+    Sized for 64x64 inputs and 2 classes, or with --cache-dir for that cache's images and classes.
+
     Example: fusioncli strategies --backbone all --format json
+
+    For your data:  fusioncli strategies --cache-dir .fusioncli/cache
 
     Check a plugin:  fusioncli --plugin my_fusion.py strategies --check my-fusion
     """
@@ -100,42 +108,63 @@ def strategies(
         return
     from fusioncli.models import describe_strategies  # builds each model: torch loads here
 
-    num_classes = 2 if cache_dir is None else _cache_shape(cache_dir)[0]
-    rows = describe_strategies(backbone.value, num_classes)
+    num_classes, size = (2, DEFAULT_INPUT_SIZE) if cache_dir is None else _cache_shape(cache_dir)
+    rows = describe_strategies(backbone.value, num_classes, size)
     if format is OutputFormat.json:
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False)
     else:
-        out.print(_table(rows, with_description=out.width >= _WIDTH_FOR_DESCRIPTION))
+        wide = out.width >= _WIDTH_FOR_DESCRIPTION
+        out.print(_table(rows, with_description=wide, input_size=size, num_classes=num_classes))
 
 
-def _cache_shape(cache_dir: Path) -> tuple[int, int]:
-    """(classes, image size) of the prepared cache at ``cache_dir``."""
-    from fusioncli.models.backbones import INPUT_SIZE
+def _cache_shape(cache_dir: Path) -> tuple[int, tuple[int, int]]:
+    """(classes, (H, W) image size) of the prepared cache at ``cache_dir``, without loading it.
+
+    The classes come from its manifest, the size from its RGB shard's ``.npy`` header (what
+    :func:`fusioncli.data.cache.load_cache` will hand to training), so nothing is read but a few
+    hundred bytes.
+    """
+    import numpy as np
+
+    from fusioncli.data.cache import PREPARE_HINT, RGB_FILE
     from fusioncli.sweep.plan import cache_manifest
 
-    manifest = cache_manifest(cache_dir)
-    return len(manifest["class_names"]), int(manifest.get("size", INPUT_SIZE))
+    manifest = cache_manifest(cache_dir)  # no or a bad manifest: says to run `fusioncli prepare`
+    path = Path(cache_dir) / RGB_FILE
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: unreadable ({exc})", hint=f"rebuild the cache: {PREPARE_HINT} --force") from None
+    if len(shape) != 4:
+        raise BadInputError(
+            f"{path}: holds an array of shape {shape}, expected (N, 4, H, W)",
+            hint=f"rebuild the cache: {PREPARE_HINT} --force",
+        )
+    return len(manifest["class_names"]), as_input_size(tuple(int(n) for n in shape[-2:]))
 
 
 def _check(name: str, backbone: str, cache_dir: Path | None, format: OutputFormat) -> None:
     """`strategies --check NAME`: the contract check, one line per problem, exit 2 on any."""
-    from fusioncli.models.backbones import INPUT_SIZE
     from fusioncli.models.check import check_strategy  # torch loads here
 
     spec = get_strategy(name)  # an unknown name: the known ones, exit 2
-    num_classes, size = (2, INPUT_SIZE) if cache_dir is None else _cache_shape(cache_dir)
+    num_classes, size = (2, DEFAULT_INPUT_SIZE) if cache_dir is None else _cache_shape(cache_dir)
     backbones = BACKBONES if backbone == "all" else (backbone,)
+    for bb in backbones:
+        get_backbone(bb, size)  # an input too small for the backbone: that, not a failed contract
     problems = [
         f"{p} (backbone {bb})" if len(backbones) > 1 else p
         for bb in backbones
-        for p in check_strategy(name, bb, num_classes, size=size)
+        for p in check_strategy(name, bb, num_classes, input_size=size)
     ]
     where = f" from plugin {spec.plugin.file}" if spec.plugin is not None else ""
-    shape = f"{size}x{size}, {num_classes} classes, backbone {'/'.join(backbones)}"
+    shape = f"{format_input_size(size)}, {num_classes} classes, backbone {'/'.join(backbones)}"
     if format is OutputFormat.json:
         plugin = None if spec.plugin is None else spec.plugin.to_json()
-        row = {"name": name, "ok": not problems, "problems": problems, "size": size, "num_classes": num_classes,
-               "backbones": list(backbones), "plugin": plugin}  # fmt: skip
+        # "size": the side of a square input (None for another shape), as before input_size existed.
+        side = size[0] if size[0] == size[1] else None
+        row = {"name": name, "ok": not problems, "problems": problems, "input_size": list(size), "size": side,
+               "num_classes": num_classes, "backbones": list(backbones), "plugin": plugin}  # fmt: skip
         out.print(json.dumps(row, indent=2), markup=False, highlight=False)
     if problems:
         raise BadInputError(problems, hint=f"strategy {name!r}{where} fails the builder contract ({shape})")

@@ -1,7 +1,8 @@
 """Models: shared blocks, fusion operators, and the strategy registry.
 
-``create_model(name, backbone, num_classes)`` builds any registered strategy; every model is
-called as ``model(rgb, xyza) -> logits``. Importing this package registers the built-in
+``create_model(name, backbone, num_classes, input_size=(H, W))`` builds any registered strategy
+for the data's image size (64 x 64 by default); every model is called as
+``model(rgb, xyza) -> logits``. Importing this package registers the built-in
 strategies (:mod:`fusioncli.models.strategies`, :mod:`fusioncli.models.zoo`) without importing
 torch: names, descriptions and backbones are known at once, and torch loads when a model is
 built or measured (``parameter_counts``, ``flops_per_sample``, ``describe_strategies``).
@@ -9,11 +10,13 @@ built or measured (``parameter_counts``, ``flops_per_sample``, ``describe_strate
 
 from typing import Any
 
-from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, BackboneSpec
+from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, DEFAULT_INPUT_SIZE, BackboneSpec
 from fusioncli.models.registry import (
     StrategySpec,
     create_model,
+    get_backbone,
     get_strategy,
+    model_input_size,
     register_strategy,
     strategy_names,
     strategy_specs,
@@ -40,12 +43,15 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BACKBONES",
     "BACKBONE_SPECS",
+    "DEFAULT_INPUT_SIZE",
     "BackboneSpec",
     "StrategySpec",
     "create_model",
     "describe_strategies",
     "flops_per_sample",
+    "get_backbone",
     "get_strategy",
+    "model_input_size",
     "parameter_counts",
     "register_strategy",
     "strategy_names",

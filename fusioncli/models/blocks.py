@@ -3,12 +3,14 @@
 A *backbone* is a conv stem (3x3 convs, padding 1, each followed by ReLU and MaxPool2) plus the
 MLP that the seed's ``Embedder`` puts after it. Strategies reuse the two parts:
 
-* the **stem** turns one (B, C, 64, 64) input into a feature map (the intermediate features),
+* the **stem** turns one (B, C, H, W) input into a feature map (the intermediate features),
 * the **embedder** (stem + MLP) turns an input into a vector (late fusion),
 * the **map head** (flatten + the same MLP shape, ending in ``num_classes``) classifies a
   (fused) feature map -- the seed's intermediate-fusion head.
 
 ``seed`` reproduces the seed's models exactly; ``lab`` is the NVIDIA assessment's wider embedder.
+The layers after a flatten are sized from the spec's input size (``BackboneSpec.input_size``,
+64 x 64 unless the data says otherwise), so the same builder fits any image size.
 """
 
 from __future__ import annotations
@@ -83,14 +85,16 @@ def conv_stem(backbone: BackboneSpec, in_channels: int = INPUT_CHANNELS) -> Conv
 
 
 def map_head(backbone: BackboneSpec, channels: int, num_classes: int) -> MLP:
-    """Classifier for a (B, channels, s, s) map of the backbone: flatten -> backbone MLP -> classes.
+    """Classifier for a (B, channels, h, w) map of the backbone (``backbone.out_shape``):
+    flatten -> backbone MLP -> classes.
 
     For ``seed`` this is the seed's intermediate head, Linear(C*64, 1000) -> ReLU ->
     Linear(1000, 100) -> ReLU -> Linear(100, classes); for ``lab`` it is Linear(C*16, 100) ->
     ReLU -> Linear(100, classes), the lab embedder's own MLP shape (kept proportionate to the
-    lab backbone instead of bolting the seed's 1000-wide layer onto it).
+    lab backbone instead of bolting the seed's 1000-wide layer onto it). Those sizes are at 64 x 64;
+    the first Linear takes ``channels * out_positions`` features at any input size.
     """
-    return MLP(channels * backbone.out_size * backbone.out_size, backbone.hidden, num_classes)
+    return MLP(channels * backbone.out_positions, backbone.hidden, num_classes)
 
 
 class TwoStreamModel(nn.Module):

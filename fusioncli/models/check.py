@@ -10,12 +10,13 @@ never trained, never saved and never moved to the GPU).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from fusioncli.models.backbones import INPUT_CHANNELS, INPUT_SIZE
+from fusioncli.models.backbones import DEFAULT_INPUT_SIZE, INPUT_CHANNELS, as_input_size, format_input_size
 from fusioncli.models.registry import create_model
 
 CHECK_BATCH = 4
@@ -43,18 +44,20 @@ def check_strategy(
     backbone: str = "seed",
     num_classes: int = 2,
     *,
-    size: int = INPUT_SIZE,
+    input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
     lidar_norm: str = "seed",
     batch: int = CHECK_BATCH,
 ) -> list[str]:
-    """Problems found building strategy ``name`` and training it one step (empty: it passed)."""
+    """Problems found building strategy ``name`` for ``input_size`` images (one side or (H, W))
+    and training it one step (empty: it passed)."""
+    h, w = as_input_size(input_size)
     torch.manual_seed(0)
     try:
-        model = create_model(name, backbone, num_classes, lidar_norm=lidar_norm)
+        model = create_model(name, backbone, num_classes, lidar_norm=lidar_norm, input_size=(h, w))
     except Exception as exc:  # noqa: BLE001 - reported as the check's finding
-        return [f"{name}: does not build: {exc}"]
+        return [f"{name}: does not build for {format_input_size((h, w))} inputs: {exc}"]
     model.train()
-    shape = (batch, INPUT_CHANNELS, size, size)
+    shape = (batch, INPUT_CHANNELS, h, w)
     rgb, xyza = torch.rand(shape), torch.rand(shape)
     xyza[:, 3] = (xyza[:, 3] > 0.3).float()  # the return mask is 0/1
     try:

@@ -2,7 +2,10 @@
 
 A builder takes the backbone preset and the number of classes and returns a model whose forward
 is ``model(rgb, xyza) -> logits (B, num_classes)`` and whose top-level children (and any
-parameters set directly on it) are named ``encoder*``, ``fusion*`` or ``head*``::
+parameters set directly on it) are named ``encoder*``, ``fusion*`` or ``head*``. The input size
+reaches a builder through the preset (``backbone.input_size``, (H, W); ``backbone.out_shape``
+and ``backbone.flat_features`` are the stem's output at that size), never as an argument of its
+own, so a builder written for 64 x 64 data keeps its signature::
 
     @register_strategy("my-fusion", description="what it does, in one line")
     def build_my_fusion(backbone: BackboneSpec, num_classes: int) -> nn.Module:
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fusioncli.errors import BadInputError, RunFailedError
-from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, BackboneSpec
+from fusioncli.models.backbones import BACKBONE_SPECS, BACKBONES, DEFAULT_INPUT_SIZE, BackboneSpec, as_input_size
 
 if TYPE_CHECKING:  # the registry itself is torch-free; models are built by the builders
     from torch import nn
@@ -29,6 +32,9 @@ Builder = Callable[[BackboneSpec, int], "nn.Module"]
 # Prefixes of the top-level module names; parameter_counts splits the parameters by them.
 PART_PREFIXES: tuple[str, ...] = ("encoder", "fusion", "head")
 MODALITIES: tuple[str, ...] = ("rgb", "lidar")
+# create_model notes the input size a model was built for on the model itself, so whatever
+# holds the model later (FLOP counts, checkpoints, Ray's weights) knows it without being told.
+INPUT_SIZE_ATTR = "fusioncli_input_size"
 
 
 @dataclass(frozen=True)
@@ -124,25 +130,47 @@ def plugin_source(name: str) -> PluginSource | None:
     return None if spec is None else spec.plugin
 
 
-def get_backbone(name: str) -> BackboneSpec:
-    """The backbone preset ``name``; an unknown name raises BadInputError listing the known ones."""
+def get_backbone(name: str, input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE) -> BackboneSpec:
+    """The backbone preset ``name`` sized for ``input_size`` (one side or (H, W); default 64 x 64).
+
+    An unknown name raises BadInputError listing the known ones; an input too small for the
+    backbone's pooling raises BadInputError naming the size and the minimum.
+    """
     try:
-        return BACKBONE_SPECS[name]
+        spec = BACKBONE_SPECS[name]
     except KeyError:
         raise BadInputError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}") from None
+    size = as_input_size(input_size)
+    return spec if size == spec.input_size else spec.at(size)
 
 
-def create_model(name: str, backbone: str = "seed", num_classes: int = 2, *, lidar_norm: str = "seed") -> nn.Module:
-    """Build strategy ``name`` on ``backbone`` with a ``num_classes``-way head.
+def model_input_size(model: object) -> tuple[int, int]:
+    """The (H, W) input size ``model`` was built for by :func:`create_model` (64 x 64 for a model
+    built otherwise: the size every model had before sizes varied)."""
+    size = getattr(model, INPUT_SIZE_ATTR, None)
+    return DEFAULT_INPUT_SIZE if size is None else as_input_size(size)
 
-    ``lidar_norm`` (a run's ``--lidar-norm``) attaches the LiDAR input step
-    (:func:`fusioncli.models.inputs.attach_lidar_norm`); ``seed`` leaves the builder's model as
-    it is. The model is built on the current default device (wrap in ``with
+
+def create_model(
+    name: str,
+    backbone: str = "seed",
+    num_classes: int = 2,
+    *,
+    lidar_norm: str = "seed",
+    input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
+) -> nn.Module:
+    """Build strategy ``name`` on ``backbone`` with a ``num_classes``-way head, for ``input_size``
+    images (one side or (H, W); the data's ``rgb.shape[-2:]``, 64 x 64 by default).
+
+    The builder sees the size through the backbone spec (``backbone.input_size``); the model
+    remembers it (:func:`model_input_size`). ``lidar_norm`` (a run's ``--lidar-norm``) attaches
+    the LiDAR input step (:func:`fusioncli.models.inputs.attach_lidar_norm`); ``seed`` leaves the
+    builder's model as it is. The model is built on the current default device (wrap in ``with
     torch.device("meta"):`` to size it without allocating). Unknown names raise
-    :class:`BadInputError` listing known ones.
+    :class:`BadInputError` listing known ones; so does an input too small for the backbone.
     """
     spec = get_strategy(name)
-    bb = get_backbone(backbone)
+    bb = get_backbone(backbone, input_size)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise BadInputError(f"num_classes must be a positive integer, got {num_classes!r}")
     if spec.plugin is None:
@@ -155,6 +183,8 @@ def create_model(name: str, backbone: str = "seed", num_classes: int = 2, *, lid
                 f"strategy {name!r} from plugin {spec.plugin.file} failed to build: {type(exc).__name__}: {exc}"
             ) from exc
     _check_part_names(name, model)
+    # A plain attribute: not a parameter, buffer or child, so weights and part counts are unchanged.
+    setattr(model, INPUT_SIZE_ATTR, bb.input_size)
     if lidar_norm == "seed":
         return model
     from fusioncli.models.inputs import attach_lidar_norm  # torch-side: the registry stays torch-free

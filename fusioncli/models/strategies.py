@@ -1,10 +1,11 @@
 """The built-in fusion strategies, one registered builder each.
 
-Every builder receives the backbone preset (:class:`~fusioncli.models.blocks.BackboneSpec`) and
-the number of classes. With the ``seed`` backbone, ``late`` and ``intermediate-*`` are exactly
-the seed's models; the other strategies and the ``lab`` backbone reuse the same parts so that a
-comparison changes one thing at a time. Importing this module registers them (the package's
-``__init__`` does so).
+Every builder receives the backbone preset (:class:`~fusioncli.models.blocks.BackboneSpec`, sized
+for the data's images: its ``input_size``) and the number of classes. With the ``seed`` backbone,
+``late`` and ``intermediate-*`` are exactly the seed's models; the other strategies and the
+``lab`` backbone reuse the same parts so that a comparison changes one thing at a time. Sizes
+quoted below are at 64 x 64 inputs; the flattened layers follow ``backbone.out_shape`` at other
+sizes. Importing this module registers them (the package's ``__init__`` does so).
 """
 
 from __future__ import annotations

@@ -145,12 +145,14 @@ def build_cross_attention(backbone: BackboneSpec, num_classes: int) -> nn.Module
     """Cross-modal attention (MulT, Tsai et al. 2019; TransFuser, Prakash et al. 2021) between
     the two conv stems' maps.
 
-    Tokens: the 8 x 8 (``seed``) / 4 x 4 (``lab``) positions of each map, Linear(C, 64) plus a
-    learned positional embedding; RGB attends to LiDAR and LiDAR to RGB (one pre-norm block per
-    direction: LayerNorm, 4-head attention, residual; LayerNorm, FFN 64 -> 128 -> 64, residual).
-    The attended tokens return to their positions, both maps concatenated (128 channels) -> the
-    backbone's map head (``seed``: Linear(8192, 1000) -> 100 -> classes; ``lab``:
-    Linear(2048, 100) -> classes). Fusion: 88,320 (``seed``) / 94,976 (``lab``) parameters.
+    Tokens: the 8 x 8 (``seed``) / 4 x 4 (``lab``) positions of each map at 64 x 64 inputs (the
+    stem's ``out_shape`` at other sizes), Linear(C, 64) plus a learned positional embedding per
+    position; RGB attends to LiDAR and LiDAR to RGB (one pre-norm block per direction: LayerNorm,
+    4-head attention, residual; LayerNorm, FFN 64 -> 128 -> 64, residual). The attended tokens
+    return to their positions, both maps concatenated (128 channels) -> the backbone's map head
+    (``seed``: Linear(8192, 1000) -> 100 -> classes; ``lab``: Linear(2048, 100) -> classes).
+    Fusion: 88,320 (``seed``) / 94,976 (``lab``) parameters at 64 x 64 (the positional
+    embeddings, 2 x 64 per position, follow the input size).
 
     Not mean-pooled before the head, though MulT-style models often pool: on these stems'
     small-object maps a pooled head barely trained (``seed``, 64 synthetic samples, 60 full-batch
@@ -161,9 +163,8 @@ def build_cross_attention(backbone: BackboneSpec, num_classes: int) -> nn.Module
     from fusioncli.models.fusion_zoo import CrossAttentionFusion
 
     c = backbone.out_channels
-    fusion = CrossAttentionFusion(
-        c, c, tokens=backbone.out_size * backbone.out_size, dim=ATTENTION_DIM, heads=ATTENTION_HEADS
-    )
+    # One token per position of the stem's map (its out_shape follows the input size).
+    fusion = CrossAttentionFusion(c, c, tokens=backbone.out_positions, dim=ATTENTION_DIM, heads=ATTENTION_HEADS)
     return TwoStreamModel(
         encoder_rgb=conv_stem(backbone),
         encoder_lidar=conv_stem(backbone),
