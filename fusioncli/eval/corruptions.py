@@ -20,6 +20,7 @@ measures the severity, not fresh noise at each level.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,10 +97,30 @@ def register_corruption(
     def decorate(fn: CorruptionFn) -> CorruptionFn:
         if name in CORRUPTIONS:
             raise ValueError(f"corruption {name!r} is already registered")
-        CORRUPTIONS[name] = Corruption(name, modality, kind, fn, description, physical, ladder, changes)
-        return fn
+        guarded = _guarded(fn)
+        CORRUPTIONS[name] = Corruption(name, modality, kind, guarded, description, physical, ladder, changes)
+        return guarded
 
     return decorate
+
+
+def _guarded(fn: CorruptionFn) -> CorruptionFn:
+    """``fn`` behind the contract's common part: severity checked, severity 0 the identity.
+
+    Every registered fault (built-in or a plugin's) gets it here, so a fault's body only says
+    what the fault does at a severity in (0, 1].
+    """
+
+    @functools.wraps(fn)
+    def apply(
+        rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        severity = check_severity(severity)
+        if severity == 0.0:
+            return rgb, xyza
+        return fn(rgb, xyza, severity, generator)
+
+    return apply
 
 
 def get_corruption(name: str) -> Corruption:
@@ -135,6 +156,26 @@ def normal(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tenso
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device)
 
 
+def with_colour(rgb: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """``rgb`` with R, G, B from ``colour`` (its first 3 channels) and alpha kept.
+
+    Camera faults change only R, G, B: alpha is not a measurement (the PNGs are opaque
+    everywhere), so changing it would only test a channel that never varies in real data.
+    """
+    return torch.cat([colour[:, :3].to(rgb.dtype), rgb[:, 3:]], dim=1)
+
+
+def noisy_colour(rgb: torch.Tensor, generator: torch.Generator, *, gain: float, sigma: float) -> torch.Tensor:
+    """R, G, B scaled by ``gain`` plus Gaussian noise of std ``sigma``, clamped to [0, 1]; alpha kept.
+
+    The noise is one standard normal draw per colour value, so the same generator state gives
+    the same draws whatever ``gain`` and ``sigma`` are (severities stay coupled).
+    """
+    b, _, h, w = rgb.shape
+    noise = normal((b, 3, h, w), generator, rgb).to(rgb.dtype)
+    return with_colour(rgb, (rgb[:, :3] * gain + noise * sigma).clamp(0.0, 1.0))
+
+
 def _missing(x: torch.Tensor, severity: float, generator: torch.Generator) -> torch.Tensor:
     """``x`` with each sample replaced by zeros with probability ``severity`` (all at 1)."""
     # rand is in [0, 1): at severity 1 every sample is dropped, at 0 none.
@@ -154,9 +195,6 @@ def rgb_missing(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The camera is missing: each sample's RGBA becomes zeros with probability ``severity``."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     return _missing(rgb, severity, generator), xyza
 
 
@@ -172,9 +210,6 @@ def lidar_missing(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The LiDAR is missing: each sample's XYZA becomes zeros (no return anywhere) with probability ``severity``."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     return rgb, _missing(xyza, severity, generator)
 
 
@@ -195,14 +230,7 @@ def rgb_noise(
     not a sensor measurement (the PNGs are opaque everywhere, alpha = 1), so noise there would
     only test how a model reacts to a channel that never varies in real data.
     """
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
-    b, _, h, w = rgb.shape
-    noise = normal((b, 3, h, w), generator, rgb).to(rgb.dtype)
-    out = rgb.clone()
-    out[:, :3] = (rgb[:, :3] + noise * (RGB_NOISE_SIGMA * severity)).clamp_(0.0, 1.0)
-    return out, xyza
+    return noisy_colour(rgb, generator, gain=1.0, sigma=RGB_NOISE_SIGMA * severity), xyza
 
 
 @register_corruption(
@@ -224,9 +252,6 @@ def lidar_noise(
     [0, 50 m]: noise changes where a return is, never whether there is one (that is
     :func:`lidar_dropout`), so no-return points stay all zeros and alpha is unchanged.
     """
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, w = xyza.shape
     xyz, alpha = xyza[:, :3], xyza[:, 3:]
     r = torch.linalg.vector_norm(xyz, dim=1, keepdim=True)
@@ -253,9 +278,6 @@ def lidar_dropout(
     A removed return becomes what a no-return point is after the seed normalisation: x = y =
     z = 0 and a = 0. The expected fraction removed is ``severity`` (per point, independently).
     """
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, w = xyza.shape
     keep = uniform((b, 1, h, w), generator, xyza) >= severity
     return rgb, xyza * keep.to(xyza.dtype)

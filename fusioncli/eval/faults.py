@@ -40,12 +40,12 @@ from fusioncli.data.projection import ANGLE_START_DEG, ANGLE_STEP_DEG, MAX_RANGE
 from fusioncli.eval.corruptions import (
     CORRUPTIONS,
     Corruption,
-    check_severity,
     corruption_names,
     get_corruption,
-    normal,
+    noisy_colour,
     register_corruption,
     uniform,
+    with_colour,
 )
 
 # Severity 1 of each fault, in physical units. Chosen so that severity 1 is severe but not the
@@ -93,11 +93,6 @@ def _range_m(xyza: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(xyza[:, :3], dim=1, keepdim=True) * MAX_RANGE
 
 
-def _rgb_only(rgb: torch.Tensor, new_rgb: torch.Tensor) -> torch.Tensor:
-    """``rgb`` with R, G, B from ``new_rgb`` and alpha kept (alpha is not a measurement)."""
-    return torch.cat([new_rgb[:, :3].to(rgb.dtype), rgb[:, 3:]], dim=1)
-
-
 # -- LiDAR -------------------------------------------------------------------------------------
 
 
@@ -113,9 +108,6 @@ def beam_loss(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each beam (a column: one zenith angle) of each sample is lost with probability 0.75 x severity."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, _, w = xyza.shape
     keep = uniform((b, 1, 1, w), generator, xyza) >= BEAM_LOSS_MAX * severity
     return rgb, xyza * keep.to(xyza.dtype)
@@ -137,9 +129,6 @@ def fov_loss(
     The start is ``u x (H - width)`` with one draw ``u`` per sample, so a higher severity's sector
     contains the lower one's (same draws).
     """
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, _ = xyza.shape
     width = round(FOV_LOSS_MAX * severity * h)
     start = (uniform((b,), generator, xyza) * (h - width)).floor().view(b, 1, 1, 1)
@@ -168,9 +157,6 @@ def fog(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Beer-Lambert two-way loss by range, then near backscatter returns (Hahner et al.'s fog, simplified)."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, w = xyza.shape
     u_loss, u_back, u_range = uniform((b, 3, h, w), generator, xyza).unsqueeze(2).unbind(1)
     r = _range_m(xyza)
@@ -192,9 +178,6 @@ def crosstalk(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A share 0.15 x severity of rays (return or not) gets a spurious return at a random range."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, w = xyza.shape
     u_hit, u_range = uniform((b, 2, h, w), generator, xyza).unsqueeze(2).unbind(1)
     lo, hi = CROSSTALK_RANGE_M
@@ -216,9 +199,6 @@ def occlusion(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """R, G, B set to grey 0.5 inside a square centred at a random point (a larger severity's square contains it)."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, w = rgb.shape
     centre = uniform((b, 2), generator, rgb).T
     half_h, half_w = OCCLUSION_MAX * severity * h / 2, OCCLUSION_MAX * severity * w / 2
@@ -226,7 +206,7 @@ def occlusion(
     rows = torch.arange(h, device=rgb.device, dtype=cy.dtype).view(1, 1, h, 1) + 0.5
     cols = torch.arange(w, device=rgb.device, dtype=cx.dtype).view(1, 1, 1, w) + 0.5
     inside = ((rows - cy).abs() < half_h) & ((cols - cx).abs() < half_w)
-    return _rgb_only(rgb, torch.where(inside, torch.full_like(rgb, OCCLUSION_LEVEL), rgb)), xyza
+    return with_colour(rgb, torch.where(inside, torch.full_like(rgb, OCCLUSION_LEVEL), rgb)), xyza
 
 
 @register_corruption(
@@ -241,10 +221,7 @@ def brightness(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Overexposure: R, G, B raised by 0.6 x severity and clipped at 1 (no draws)."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
-    return _rgb_only(rgb, (rgb + BRIGHTNESS_MAX * severity).clamp(0.0, 1.0)), xyza
+    return with_colour(rgb, (rgb + BRIGHTNESS_MAX * severity).clamp(0.0, 1.0)), xyza
 
 
 @register_corruption(
@@ -264,14 +241,8 @@ def darkness(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Low light: intensities scaled down and read noise added (the same normal draws at every severity)."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
-    b, _, h, w = rgb.shape
-    noise = normal((b, 3, h, w), generator, rgb).to(rgb.dtype)
     gain = 1.0 - (1.0 - DARKNESS_GAIN_MIN) * severity
-    dark = (rgb[:, :3] * gain + noise * (DARKNESS_NOISE_SIGMA * severity)).clamp(0.0, 1.0)
-    return _rgb_only(rgb, dark), xyza
+    return noisy_colour(rgb, generator, gain=gain, sigma=DARKNESS_NOISE_SIGMA * severity), xyza
 
 
 @register_corruption(
@@ -286,16 +257,13 @@ def motion_blur(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear motion blur: the mean over a line of pixels (zeros, i.e. black, beyond the border)."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b = rgb.shape[0]
     vertical = (uniform((b,), generator, rgb) < 0.5).view(b, 1, 1, 1)
     n = 1 + 2 * round(BLUR_MAX_PX / 2 * severity)
     colour = rgb[:, :3].contiguous()
     horiz = F.avg_pool2d(colour, (1, n), stride=1, padding=(0, n // 2), count_include_pad=True)
     vert = F.avg_pool2d(colour, (n, 1), stride=1, padding=(n // 2, 0), count_include_pad=True)
-    return _rgb_only(rgb, torch.where(vertical, vert, horiz)), xyza
+    return with_colour(rgb, torch.where(vertical, vert, horiz)), xyza
 
 
 # -- both sensors ------------------------------------------------------------------------------
@@ -322,9 +290,6 @@ def misalignment(
     ``severity`` times the maxima. Points rotated in from outside the map are no-returns (zeros).
     Only the LiDAR input changes: the camera is the reference frame.
     """
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b, _, h, w = xyza.shape
     u = uniform((b, 2), generator, xyza).T.to(torch.float64)
     angle = math.radians(MISALIGN_MAX_DEG * severity) * torch.where(u[0] < 0.5, -1.0, 1.0)
@@ -356,9 +321,6 @@ def desync(
     The other frame is one of the same batch (the frames around it in time); a batch of one sample
     has no other frame and is left as is.
     """
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b = xyza.shape[0]
     u = uniform((b, 2), generator, xyza).T
     if b < 2:
@@ -381,9 +343,6 @@ def stuck_sensor(
     rgb: torch.Tensor, xyza: torch.Tensor, severity: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Affected samples see, on one sensor, the frame of one sample of the batch (the frozen frame)."""
-    severity = check_severity(severity)
-    if severity == 0.0:
-        return rgb, xyza
     b = rgb.shape[0]
     u = uniform((b, 3), generator, rgb).T
     # one frozen frame per batch, picked on the device (no host sync)
