@@ -3,12 +3,19 @@
 The tracker libraries are imported only when a tracker is asked for (``--help`` stays fast).
 """
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from fusioncli.cli._common import debug_enabled, err
+from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 WandbOption = Annotated[
     bool,
@@ -52,6 +59,62 @@ TrackerTimeoutOption = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class TrackerChoice:
+    """What a command line asked of the trackers (``train`` and ``sweep``'s tracker options)."""
+
+    wandb: bool = False
+    wandb_project: str | None = None
+    mlflow: bool = False
+    mlflow_uri: str | None = None
+    mlflow_experiment: str | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def wanted(self) -> bool:
+        """Whether any tracker was asked for."""
+        return self.wandb or self.mlflow
+
+
+NO_TRACKERS = TrackerChoice()  # a command's placeholder default; tracker_options passes the real choice
+
+# The options tracker_options adds: parameter name -> (annotation, default).
+_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "wandb": (WandbOption, False),
+    "wandb_project": (WandbProjectOption, None),
+    "mlflow": (MlflowOption, False),
+    "mlflow_uri": (MlflowUriOption, None),
+    "mlflow_experiment": (MlflowExperimentOption, None),
+    "tracker_timeout": (TrackerTimeoutOption, DEFAULT_TIMEOUT_S),
+}
+
+
+def tracker_options(command: F) -> F:
+    """Decorate a command so it takes the tracker options (``--wandb`` ... ``--tracker-timeout``).
+
+    The command declares a ``trackers_chosen: TrackerChoice`` parameter; the options take its
+    place in ``--help`` and the command receives their values there.
+    """
+    signature = inspect.signature(command)
+    generated = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, (annotation, default) in _OPTIONS.items()
+    ]
+    params: list[inspect.Parameter] = []
+    for name, param in signature.parameters.items():
+        # keyword-only throughout: Typer passes every option by name
+        params.extend(generated if name == "trackers_chosen" else [param.replace(kind=inspect.Parameter.KEYWORD_ONLY)])
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _OPTIONS}
+        timeout = values.pop("tracker_timeout")
+        return command(trackers_chosen=TrackerChoice(**values, timeout=timeout), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]  # read by inspect.signature (Typer)
+    return wrapper  # type: ignore[return-value]  # the command, called by Typer with the generated options
+
+
 def warn_problem(line: str) -> None:
     """One tracker problem, printed as it happens."""
     from rich.markup import escape
@@ -59,26 +122,16 @@ def warn_problem(line: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def build_trackers(
-    *,
-    wandb: bool,
-    mlflow: bool,
-    results_dir: Path | None,
-    mlflow_uri: str | None,
-    mlflow_experiment: str | None,
-    wandb_project: str | None,
-    timeout: float,
-    dry_run: bool = False,
-) -> list[Any]:
+def build_trackers(choice: TrackerChoice, *, results_dir: Path | None, dry_run: bool = False) -> list[Any]:
     """The trackers asked for, checked before any training (also on a dry run, which creates
     nothing); a missing extra or an unreachable server is a BadInputError (exit 2)."""
-    if not (wandb or mlflow):
+    if not choice.wanted:
         return []
     from fusioncli.tracking import make_trackers, probe_trackers
 
     trackers = make_trackers(
-        wandb=wandb, mlflow=mlflow, results_dir=results_dir, mlflow_uri=mlflow_uri,
-        mlflow_experiment=mlflow_experiment, wandb_project=wandb_project, timeout=timeout,
+        wandb=choice.wandb, mlflow=choice.mlflow, results_dir=results_dir, mlflow_uri=choice.mlflow_uri,
+        mlflow_experiment=choice.mlflow_experiment, wandb_project=choice.wandb_project, timeout=choice.timeout,
         on_problem=warn_problem, quiet=not debug_enabled(),
     )  # fmt: skip
     probe_trackers(trackers, create=not dry_run)
@@ -108,25 +161,13 @@ def print_tracker_problems(problems: list[str]) -> None:
     )
 
 
-def publish_store(
-    store: Any,
-    *,
-    mlflow: bool,
-    wandb: bool,
-    mlflow_uri: str | None,
-    mlflow_experiment: str | None,
-    wandb_project: str | None,
-    timeout: float,
-) -> int:
+def publish_store(store: Any, choice: TrackerChoice) -> int:
     """``report --to-mlflow/--to-wandb``: log the store's finished runs a tracker does not hold
     yet (one tracker run each); returns the exit code (0, or 3 when a tracker missed some)."""
     from fusioncli.tracking import EXIT_TRACKER_MISSED
     from fusioncli.tracking.publish import publish_records
 
-    trackers = build_trackers(
-        wandb=wandb, mlflow=mlflow, results_dir=store.root, mlflow_uri=mlflow_uri,
-        mlflow_experiment=mlflow_experiment, wandb_project=wandb_project, timeout=timeout,
-    )  # fmt: skip
+    trackers = build_trackers(choice, results_dir=store.root)
     published = publish_records(trackers, store, store.records())
     where = ", ".join(t.destination for t in trackers)
     err.print(

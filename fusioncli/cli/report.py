@@ -174,13 +174,13 @@ def report(
     store = open_store(results, must_exist=True)
     tracker_code = 0
     if to_mlflow or to_wandb:
-        from fusioncli.cli._tracking import publish_store
-        from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
+        from fusioncli.cli._tracking import TrackerChoice, publish_store
 
-        tracker_code = publish_store(
-            store, mlflow=to_mlflow, wandb=to_wandb, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment,
-            wandb_project=wandb_project, timeout=DEFAULT_TIMEOUT_S,
+        choice = TrackerChoice(
+            mlflow=to_mlflow, wandb=to_wandb, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment,
+            wandb_project=wandb_project,
         )  # fmt: skip
+        tracker_code = publish_store(store, choice)
     fields = [f.strip() for f in group_by.split(",")] if group_by is not None else None
     frame = _read_runs(store)
     filters = filter or []

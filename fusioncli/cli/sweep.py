@@ -11,19 +11,15 @@ from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, ResultsDirOption, RobustnessOption
 from fusioncli.cli._sweep_view import equal_steps_line, execute_sweep, outcomes_json, print_plan, print_summary
 from fusioncli.cli._tracking import (
-    MlflowExperimentOption,
-    MlflowOption,
-    MlflowUriOption,
-    TrackerTimeoutOption,
-    WandbOption,
-    WandbProjectOption,
+    NO_TRACKERS,
+    TrackerChoice,
     build_trackers,
     print_tracker_problems,
+    tracker_options,
 )
 from fusioncli.config import config_fields
 from fusioncli.paths import default_cache_dir, default_results_dir
 from fusioncli.sweep.plan import BACKENDS, DEFAULT_MAX_GROUP, EXECUTORS
-from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
 
 # How a sweep trains its runs, and where: the plan's choices.
 Executor = Enum("Executor", {name: name for name in EXECUTORS}, type=str)  # type: ignore[misc]
@@ -108,6 +104,7 @@ def _resolved_sweep(ctx: typer.Context, cache: Path, results: Path) -> dict[str,
 
 @report_errors
 @run_config_options(grid=True)
+@tracker_options
 def sweep(
     ctx: typer.Context,
     run_options: dict[str, Any],
@@ -149,12 +146,7 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the runs (and which are already done) without training.")
     ] = False,
-    wandb: WandbOption = False,
-    wandb_project: WandbProjectOption = None,
-    mlflow: MlflowOption = False,
-    mlflow_uri: MlflowUriOption = None,
-    mlflow_experiment: MlflowExperimentOption = None,
-    tracker_timeout: TrackerTimeoutOption = DEFAULT_TIMEOUT_S,
+    trackers_chosen: TrackerChoice = NO_TRACKERS,
     log_existing: Annotated[
         bool,
         typer.Option(
@@ -285,7 +277,7 @@ def sweep(
         from fusioncli.sweep.ray_backend import import_ray
 
         import_ray()  # a missing extra is a usage error, before the plan costs time
-    if log_existing and not (wandb or mlflow):
+    if log_existing and not trackers_chosen.wanted:
         from fusioncli.errors import BadInputError
 
         raise BadInputError("--log-existing logs to a tracker: give --mlflow and/or --wandb too")
@@ -293,10 +285,7 @@ def sweep(
     plan = plan_sweep(spec, cache, store)
     if equal_steps:
         err.print(f"equal steps: {equal_steps_line(plan)}", highlight=False, soft_wrap=True)
-    trackers = build_trackers(
-        wandb=wandb, mlflow=mlflow, results_dir=results, mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment,
-        wandb_project=wandb_project, timeout=tracker_timeout, dry_run=dry_run,
-    )  # fmt: skip
+    trackers = build_trackers(trackers_chosen, results_dir=results, dry_run=dry_run)
     if dry_run:
         print_plan(plan, format)
         return

@@ -12,17 +12,13 @@ from fusioncli.cli._config_options import run_config_options
 from fusioncli.cli._options import CacheDirOption, RobustnessOption
 from fusioncli.cli._tables import robustness_table
 from fusioncli.cli._tracking import (
-    MlflowExperimentOption,
-    MlflowOption,
-    MlflowUriOption,
-    TrackerTimeoutOption,
-    WandbOption,
-    WandbProjectOption,
+    NO_TRACKERS,
+    TrackerChoice,
     build_trackers,
     print_tracker_problems,
+    tracker_options,
 )
 from fusioncli.paths import default_cache_dir, default_results_dir
-from fusioncli.tracking.base import DEFAULT_TIMEOUT_S
 
 if TYPE_CHECKING:
     from fusioncli.record import RunRecord
@@ -90,6 +86,7 @@ def _summary_tables(record: "RunRecord") -> list[Table]:
 
 @report_errors
 @run_config_options()
+@tracker_options
 def train(
     run_options: dict[str, Any],
     robustness: RobustnessOption = False,
@@ -101,12 +98,7 @@ def train(
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table: summary tables; json: the run record.")
     ] = OutputFormat.table,
-    wandb: WandbOption = False,
-    wandb_project: WandbProjectOption = None,
-    mlflow: MlflowOption = False,
-    mlflow_uri: MlflowUriOption = None,
-    mlflow_experiment: MlflowExperimentOption = None,
-    tracker_timeout: TrackerTimeoutOption = DEFAULT_TIMEOUT_S,
+    trackers_chosen: TrackerChoice = NO_TRACKERS,
     results_dir: Annotated[
         Path | None,
         typer.Option(
@@ -135,10 +127,8 @@ def train(
     config = RunConfig(**run_options).resolve()
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     trackers = build_trackers(
-        wandb=wandb, mlflow=mlflow, results_dir=results_dir if results_dir is not None else default_results_dir(),
-        mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, wandb_project=wandb_project,
-        timeout=tracker_timeout,
-    )  # fmt: skip
+        trackers_chosen, results_dir=results_dir if results_dir is not None else default_results_dir()
+    )
     tracking = _open_tracking(trackers, config, cache) if trackers else None
     err.print(
         f"training {config.strategy}/{config.backbone} on {config.device} ({config.precision}), {config.epochs} epochs",

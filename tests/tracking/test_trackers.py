@@ -180,7 +180,9 @@ def test_a_locked_database_is_a_problem_of_that_run_only(
             lock.execute("COMMIT")
 
     store = ResultsStore(tmp_path / "results")
-    trackers = make_trackers(mlflow=True, mlflow_uri=mlflow_uri, timeout=1.0)
+    # The limit bounds how long the locked close waits (sqlite's own busy wait may answer first);
+    # it must also leave the unlocked calls before it time on a loaded machine (1 s did not).
+    trackers = make_trackers(mlflow=True, mlflow_uri=mlflow_uri, timeout=5.0)
     configs = grid(strategies=["late", "intermediate-add"], lrs=[1e-3], epochs=2)
     summary = run_sweep(configs, tiny_data(), store, train_fn=LockingTrainer(), trackers=trackers, on_run_end=release)
     first, second = summary.outcomes
