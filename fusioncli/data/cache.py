@@ -45,16 +45,18 @@ from datetime import datetime, timezone
 from multiprocessing import get_context
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from fusioncli import __version__
 from fusioncli.atomic import atomic_directory, atomic_write_json
+from fusioncli.data.geometry import GEOMETRY_FILE, Geometry, read_geometry, reference_size, size_text
 from fusioncli.data.layout import (
     ANGLE_FILES,
     CHANNELS,
     SIZE,
+    FileStat,
     InvalidFile,
     Layout,
     Problem,
@@ -63,6 +65,16 @@ from fusioncli.data.layout import (
     decode_png,
     discover,
     read_angles,
+)
+from fusioncli.data.manifest import (
+    DEFAULT_VAL_FRACTION,
+    Row,
+    SampleCodec,
+    SampleTable,
+    empty_split_problem,
+    image_sizes,
+    read_table,
+    rows_text,
 )
 from fusioncli.errors import BadInputError, RunFailedError
 
@@ -74,6 +86,9 @@ if TYPE_CHECKING:  # torch is imported lazily: decoding workers import this modu
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# Caches built from a --manifest dataset: any (H, W), a `geometry` record (camera or lidar).
+# Their own version, so an older fusioncli refuses them cleanly; DLI caches stay version 1.
+MANIFEST_FORMAT_VERSION = 2
 FORMAT_NAME = "fusioncli-cache"
 MANIFEST = "manifest.json"
 RGB_FILE = "rgb.npy"
@@ -115,6 +130,9 @@ class PrepareSummary:
     notes: tuple[str, ...] = ()
     cache_bytes: int = 0
     seconds: float = 0.0
+    manifest: Path | None = None  # --manifest datasets: the manifest file
+    image_size: tuple[int, int] = (SIZE, SIZE)  # (H, W) of the cached samples
+    geometry: str = "lidar"  # "lidar" or "camera"
 
     @property
     def n_train(self) -> int:
@@ -141,6 +159,12 @@ class PrepareSummary:
             "notes": list(self.notes),
             "cache_bytes": self.cache_bytes,
             "seconds": round(self.seconds, 4),
+            # --manifest datasets only, so the DLI form stays as it was
+            **(
+                {"manifest": str(self.manifest), "image_size": list(self.image_size), "geometry": self.geometry}
+                if self.manifest is not None
+                else {}
+            ),
         }
 
 
@@ -163,6 +187,13 @@ def describe_split(options: dict[str, Any]) -> str:
     """Human form of the split options."""
     if options["split"] == "seed":
         return f"seed split: last {SEED_VAL_PER_CLASS} samples of each class are validation"
+    if options["split"] == "column":
+        return "the manifest's split column"
+    if options["split"] == "column+fraction":
+        return (
+            f"the manifest's split column; rows without one: stratified {options['val_fraction']:.0%} validation"
+            f" per class (split seed {options['split_seed']})"
+        )
     return f"stratified {options['val_fraction']:.0%} validation per class (split seed {options['split_seed']})"
 
 
@@ -222,9 +253,10 @@ def _file_digest(path: Path) -> bytes:
         return hashlib.sha256(fh.read()).digest()
 
 
-def stat_signature(layout: Layout) -> str:
+def stat_signature(layout: Layout | Sequence[FileStat]) -> str:
     """A hash of (path, size, mtime_ns) of every input file: equal means nothing was touched."""
-    text = "\n".join([f"{path}\0{size}\0{mtime}" for path, size, mtime in layout.stats])
+    stats = layout.stats if isinstance(layout, Layout) else layout
+    text = "\n".join([f"{path}\0{size}\0{mtime}" for path, size, mtime in stats])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -303,42 +335,94 @@ def _pwrite_all(path: Path, arr: np.ndarray, offset: int) -> None:
         os.close(fd)
 
 
+class Codec(Protocol):
+    """Turns one sample's file contents into the cache's arrays (see :class:`DliCodec`)."""
+
+    @property
+    def target(self) -> tuple[int, int]: ...
+
+    def decode(
+        self, rgb: bytes | None, depth: bytes | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None, list[tuple[int, str]], tuple[int, int] | None]: ...
+
+
+class DliCodec:
+    """Decodes one DLI sample: a 64x64 RGBA PNG and a (64, 64) float32 ``.npy``, each on its own.
+
+    The decoding workers take a codec, so the DLI folders and ``--manifest`` datasets
+    (:class:`fusioncli.data.manifest.SampleCodec`) share them.
+    """
+
+    target = (SIZE, SIZE)
+
+    def decode(
+        self, rgb: bytes | None, depth: bytes | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None, list[tuple[int, str]], tuple[int, int] | None]:
+        problems: list[tuple[int, str]] = []
+        arrays: list[np.ndarray | None] = []
+        for which, (data, decode) in enumerate(((rgb, decode_png), (depth, decode_depth))):
+            arr = None
+            if data is not None:
+                try:
+                    arr = decode(data)
+                except InvalidFile as exc:
+                    problems.append((which, str(exc)))
+            arrays.append(arr)
+        return arrays[0], arrays[1], problems, self.target
+
+
 def _decode_chunk(
-    root: str, staging: str, offsets: dict[str, int], start: int, pairs: Sequence[tuple[str, str]]
-) -> tuple[int, list[tuple[int, str, str]], list[tuple[bytes, bytes]]]:
+    root: str,
+    staging: str,
+    offsets: dict[str, int],
+    start: int,
+    pairs: Sequence[tuple[str, str]],
+    codec: Codec | None = None,
+) -> tuple[int, list[tuple[int, str, str]], list[tuple[bytes, bytes]], list[tuple[int, int] | None]]:
     """Validate and decode samples ``start ...`` into the staging shards (rows fixed upfront).
 
     ``offsets`` gives where each shard's data starts (after its .npy header). Returns (start,
-    problems as (row, path, reason), per-sample (png, npy) digests). Bad rows are left zero;
-    the caller drops them (``--skip-invalid``) or refuses the whole build.
+    problems as (row, path, reason), per-sample (png, npy) digests, each depth map's size
+    before resizing). Bad rows are left zero; the caller drops them (``--skip-invalid``) or
+    refuses the whole build. ``codec`` decodes a sample (default: :class:`DliCodec`).
     """
-    rgb = np.zeros((len(pairs), CHANNELS, SIZE, SIZE), dtype=np.uint8)
-    depth = np.zeros((len(pairs), SIZE, SIZE), dtype=np.float32)
+    codec = codec or DliCodec()
+    h, w = codec.target
+    rgb = np.zeros((len(pairs), CHANNELS, h, w), dtype=np.uint8)
+    depth = np.zeros((len(pairs), h, w), dtype=np.float32)
     problems: list[tuple[int, str, str]] = []
     digests: list[tuple[bytes, bytes]] = []
-    for i, (png, npy) in enumerate(pairs):
+    sizes: list[tuple[int, int] | None] = []
+    for i, files in enumerate(pairs):
+        contents: list[bytes | None] = []
         pair_digest = []
-        for rel, decode, out in ((png, decode_png, rgb), (npy, decode_depth, depth)):
+        read_problems = []
+        for which, rel in enumerate(files):
             try:
                 data = _read_file(os.path.join(root, rel))
             except OSError as exc:
-                problems.append((start + i, rel, f"cannot read ({exc.strerror or exc})"))
+                read_problems.append((which, f"cannot read ({exc.strerror or exc})"))
                 pair_digest.append(b"unreadable")
+                contents.append(None)
                 continue
             pair_digest.append(hashlib.sha256(data).digest())
-            try:
-                arr = decode(data)
-            except InvalidFile as exc:
-                problems.append((start + i, rel, str(exc)))
-                continue
-            out[i] = arr.transpose(2, 0, 1) if arr.ndim == 3 else arr
+            contents.append(data)
         digests.append((pair_digest[0], pair_digest[1]))
+        image, dmap, sample_problems, size = codec.decode(contents[0], contents[1])
+        sizes.append(size)
+        # The rgb file's problems first, then the depth file's (sorted is stable).
+        for which, reason in sorted(read_problems + sample_problems, key=lambda p: p[0]):
+            problems.append((start + i, files[which], reason))
+        if image is not None:
+            rgb[i] = image.transpose(2, 0, 1)
+        if dmap is not None:
+            depth[i] = dmap
     # Workers write their rows straight into the shard files (pwrite at the row's offset):
     # no array crosses a pipe, and no memory map needs flushing.
     for name, arr in ((RGB_FILE, rgb), (DEPTH_FILE, depth)):
         row_bytes = arr[0].nbytes if len(arr) else 0
         _pwrite_all(Path(staging) / name, arr, offsets[name] + start * row_bytes)
-    return start, problems, digests
+    return start, problems, digests, sizes
 
 
 def _worker_count(n_samples: int, workers: int | None) -> int:
@@ -367,21 +451,28 @@ def _mp_context() -> BaseContext:
     return get_context("spawn")
 
 
-def _decode_all(
-    layout: Layout, staging: Path, progress: Progress, workers: int | None
-) -> tuple[list[Problem], list[int], list[tuple[bytes, bytes]]]:
-    """Decode every sample into the staging shards; returns problems, bad rows, digests."""
-    samples = layout.samples
-    n = len(samples)
+def _decode_rows(
+    root: Path,
+    pairs: Sequence[tuple[str, str]],
+    staging: Path,
+    progress: Progress,
+    workers: int | None,
+    codec: Codec | None = None,
+) -> tuple[list[tuple[int, str, str]], list[tuple[bytes, bytes]], list[tuple[int, int] | None]]:
+    """Decode every (rgb, depth) pair into the staging shards (created with ``n`` rows).
+
+    Returns the problems as (row, path, reason), the per-sample digests and depth sizes.
+    """
+    n = len(pairs)
+    h, w = (codec or DliCodec()).target
     n_workers = _worker_count(n, workers)
     # Chunks small enough to balance the workers and move the progress bar, large enough that
     # per-task overhead (opening the shard files, pickling paths) stays negligible.
     size = max(64, min(1024, -(-n // (n_workers * 8))))
-    pairs = [(s.png, s.npy) for s in samples]
     offsets = {}
-    for name, row_bytes in ((RGB_FILE, CHANNELS * SIZE * SIZE), (DEPTH_FILE, SIZE * SIZE * 4)):
+    for name, row_bytes in ((RGB_FILE, CHANNELS * h * w), (DEPTH_FILE, h * w * 4)):
         offsets[name] = (staging / name).stat().st_size - n * row_bytes  # data follows the header
-    tasks = [(str(layout.data_dir), str(staging), offsets, i, pairs[i : i + size]) for i in range(0, n, size)]
+    tasks = [(str(root), str(staging), offsets, i, pairs[i : i + size], codec) for i in range(0, n, size)]
     results = []
     progress(0, total=n)
     if n_workers == 1:
@@ -398,15 +489,25 @@ def _decode_all(
         except BrokenProcessPool as exc:
             raise RunFailedError(f"a decoding worker process died ({exc}); was it killed, or out of memory?") from None
     results.sort(key=lambda r: r[0])
-    problems: list[Problem] = []
-    bad_rows: set[int] = set()
+    problems: list[tuple[int, str, str]] = []
     digests: list[tuple[bytes, bytes]] = []
-    for _, chunk_problems, chunk_digests in results:
-        for row, path, reason in chunk_problems:
-            problems.append(Problem(path, reason))
-            bad_rows.add(row)
+    sizes: list[tuple[int, int] | None] = []
+    for _, chunk_problems, chunk_digests, chunk_sizes in results:
+        problems += chunk_problems
         digests += chunk_digests
-    return problems, sorted(bad_rows), digests
+        sizes += chunk_sizes
+    return problems, digests, sizes
+
+
+def _decode_all(
+    layout: Layout, staging: Path, progress: Progress, workers: int | None
+) -> tuple[list[Problem], list[int], list[tuple[bytes, bytes]]]:
+    """Decode every sample into the staging shards; returns problems, bad rows, digests."""
+    pairs = [(s.png, s.npy) for s in layout.samples]
+    raw_problems, digests, _ = _decode_rows(layout.data_dir, pairs, staging, progress, workers)
+    problems = [Problem(path, reason) for _, path, reason in raw_problems]
+    bad_rows = sorted({row for row, _, _ in raw_problems})
+    return problems, bad_rows, digests
 
 
 # --- the cache folder --------------------------------------------------------------------------
@@ -420,6 +521,12 @@ def _check_target(data_dir: Path, cache_dir: Path) -> None:
         raise BadInputError(f"--cache-dir {cache_dir} contains the data folder {data_dir}; choose another folder")
     if data in cache.parents:
         raise BadInputError(f"--cache-dir {cache_dir} is inside the data folder {data_dir}; choose another folder")
+    _check_cache_folder(cache_dir)
+
+
+def _check_cache_folder(cache_dir: Path) -> None:
+    """Refuse an existing ``cache_dir`` that holds anything but a cache's files."""
+    cache = cache_dir.resolve()
     if cache.exists():
         if not cache.is_dir():
             raise BadInputError(f"--cache-dir {cache_dir} exists and is not a folder")
@@ -474,7 +581,7 @@ def read_manifest(cache_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         return None
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in (FORMAT_VERSION, MANIFEST_FORMAT_VERSION):
         return None
     return manifest
 
@@ -502,7 +609,17 @@ def _cache_bytes(cache_dir: Path) -> int:
 def _summary_from_manifest(
     manifest: dict[str, Any], cache_dir: Path, data_dir: Path, how: str, seconds: float
 ) -> PrepareSummary:
-    skipped = tuple(Problem(p["path"], p["reason"]) for p in manifest["orphans"] + manifest["invalid"])
+    skipped = tuple(
+        Problem(p["path"], p["reason"], row=p.get("row"), source=p.get("source", ""))
+        for p in manifest["orphans"] + manifest["invalid"]
+    )
+    extra: dict[str, Any] = {}
+    if manifest.get("source") == "manifest":
+        extra = {
+            "manifest": Path(manifest["manifest"]),
+            "image_size": tuple(manifest["image_size"]),
+            "geometry": manifest["geometry"]["kind"],
+        }
     return PrepareSummary(
         cache_dir=cache_dir,
         data_dir=data_dir,
@@ -516,6 +633,7 @@ def _summary_from_manifest(
         notes=tuple(manifest["notes"]),
         cache_bytes=_cache_bytes(cache_dir),
         seconds=seconds,
+        **extra,
     )
 
 
@@ -581,8 +699,8 @@ def _compact(staging: Path, keep: np.ndarray) -> None:
         os.replace(tmp, staging / name)
 
 
-def _write_index(path: Path, samples: Sequence[Sample], labels: np.ndarray, is_val: np.ndarray) -> None:
-    """The human-readable Parquet index of the cache (one row per sample)."""
+def _write_parquet(path: Path, columns: dict[str, np.ndarray | Sequence[str]], categorical: Sequence[str]) -> None:
+    """A Parquet table of int64 (numpy) and string columns; ``categorical`` ones dictionary-encoded."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -598,16 +716,25 @@ def _write_index(path: Path, samples: Sequence[Sample], labels: np.ndarray, is_v
         buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
         return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
 
-    columns = {
-        "row": ints(np.arange(len(samples))),
-        "class_name": strings([s.class_name for s in samples]).dictionary_encode(),
-        "label": ints(labels),
-        "stem": strings([s.stem for s in samples]),
-        "split": strings(["val" if v else "train" for v in is_val]).dictionary_encode(),
-        "png": strings([s.png for s in samples]),
-        "npy": strings([s.npy for s in samples]),
+    arrays = []
+    for name, values in columns.items():
+        arr = ints(values) if isinstance(values, np.ndarray) else strings(values)
+        arrays.append(arr.dictionary_encode() if name in categorical else arr)
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
+
+
+def _write_index(path: Path, samples: Sequence[Sample], labels: np.ndarray, is_val: np.ndarray) -> None:
+    """The human-readable Parquet index of the cache (one row per sample)."""
+    columns: dict[str, np.ndarray | Sequence[str]] = {
+        "row": np.arange(len(samples)),
+        "class_name": [s.class_name for s in samples],
+        "label": labels,
+        "stem": [s.stem for s in samples],
+        "split": ["val" if v else "train" for v in is_val],
+        "png": [s.png for s in samples],
+        "npy": [s.npy for s in samples],
     }
-    pq.write_table(pa.Table.from_arrays(list(columns.values()), names=list(columns)), path)
+    _write_parquet(path, columns, categorical=("class_name", "split"))
 
 
 def _class_problems(layout: Layout) -> list[str]:
@@ -761,6 +888,391 @@ def _build(
     return manifest
 
 
+# --- --manifest datasets ------------------------------------------------------------------------
+
+MAX_IMAGE_SIZE = 4096  # --size: a typo guard (a 4096x4096 sample is 80 MB in the cache)
+
+
+def _manifest_options(
+    split: str, val_fraction: float | None, split_seed: int, skip_invalid: bool, size: int | None
+) -> dict[str, Any]:
+    """The prepare options of a --manifest build (part of its fingerprint; never a DLI key set)."""
+    return {
+        "source": "manifest",
+        "split": split,
+        "val_fraction": None if val_fraction is None else float(val_fraction),
+        "split_seed": int(split_seed),
+        "skip_invalid": bool(skip_invalid),
+        "size": size,
+    }
+
+
+def _manifest_fingerprint(
+    table: SampleTable, geometry: Geometry, options: dict[str, Any], digests: Sequence[tuple[bytes, bytes]]
+) -> str:
+    """Options, geometry, every row as written and every file's bytes, in row order."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": MANIFEST_FORMAT_VERSION, **options}, sort_keys=True).encode() + b"\n")
+    h.update(json.dumps(geometry.canonical(), sort_keys=True).encode() + b"\n")
+    for row, (rgb_d, depth_d) in zip(table.rows, digests, strict=True):
+        h.update(json.dumps([row.rgb, row.depth, row.label, row.split]).encode() + b"\0" + rgb_d + depth_d + b"\n")
+    return h.hexdigest()[:32]
+
+
+def _manifest_stats(table: SampleTable, geometry: Geometry) -> list[FileStat]:
+    stats = list(table.stats)
+    for path in geometry.files:
+        try:
+            st = path.stat()
+            stats.append((f"geometry:{path}", st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((f"geometry:{path}", -1, -1))
+    return sorted(stats)
+
+
+def _check_manifest_target(table: SampleTable, cache_dir: Path) -> None:
+    """Refuse a cache folder whose replacement would destroy the manifest or a sample file."""
+    cache = cache_dir.resolve()
+    root = table.root.resolve()
+    if cache == root or cache in root.parents:
+        raise BadInputError(
+            f"--cache-dir {cache_dir} contains the manifest's folder {table.root}; choose another folder"
+        )
+    prefix = str(cache) + os.sep
+    inside = [r.row for r in table.rows if os.path.normpath(os.path.join(root, r.rgb)).startswith(prefix)]
+    inside += [r.row for r in table.rows if os.path.normpath(os.path.join(root, r.depth)).startswith(prefix)]
+    if inside:
+        raise BadInputError(
+            f"--cache-dir {cache_dir} holds files that {table.name} names (row {min(inside)});"
+            " a rebuild would delete them: choose another folder"
+        )
+    _check_cache_folder(cache_dir)
+
+
+def _codec_for(
+    table: SampleTable, geometry: Geometry, size: int | None, geometry_name: str
+) -> tuple[SampleCodec, tuple[int, int] | None]:
+    """The decoding codec, and the native (H, W) the geometry applies to (None: unknown)."""
+    reference = geometry.native_size
+    required, why = reference, ""
+    if geometry.kind == "lidar":
+        assert reference is not None
+        why = f"{geometry_name}'s grids have {reference[0]} azimuth x {reference[1]} zenith angles"
+    elif reference is not None:
+        why = f"{geometry_name} gives the camera's images as {reference[1]} wide x {reference[0]} high"
+    else:
+        # No size in the toml: the intrinsics are for the size of most images (headers only).
+        reference = reference_size(geometry, image_sizes(table.root, [r.rgb for r in table.rows]))
+        required = reference
+        if reference is not None:
+            why = f"most rows are {size_text(*reference)}; pass --size N to resize every sample to NxN"
+    if geometry.kind == "camera" and size is not None:
+        required = None  # each image is a scaled copy of the reference camera
+    target = (size, size) if size is not None else (reference or (1, 1))
+    codec = SampleCodec(target, required, why, geometry.depth_scale, geometry.no_return)
+    return codec, reference
+
+
+def _manifest_split(
+    rows: Sequence[Row], labels: np.ndarray, names: Sequence[str], options: dict[str, Any]
+) -> np.ndarray:
+    """Validation mask of the kept rows: the split column, and/or the seeded stratified split."""
+    is_val = np.array([r.split == "val" for r in rows], dtype=bool)
+    if options["split"] != "column":
+        free = np.flatnonzero([not r.split for r in rows])  # no split column, or an empty cell
+        free_rows = [rows[i] for i in free.tolist()]
+        present = sorted(set(labels[free].tolist()))
+        remap = {c: i for i, c in enumerate(present)}
+        sub = np.array([remap[c] for c in labels[free].tolist()], dtype=np.int64)
+        mask = split_mask(
+            sub,
+            [r.rgb for r in free_rows],
+            [names[c] for c in present],
+            options["val_fraction"],
+            options["split_seed"],
+        )
+        is_val[free] = mask
+    problems = [
+        f"class {name!r} has no training sample" for c, name in enumerate(names) if not (~is_val & (labels == c)).any()
+    ]
+    if not is_val.any():
+        problems.append("no validation sample: mark some rows val in the split column")
+    if problems:
+        raise BadInputError(problems, hint="change the split column, or pass --val-fraction for rows without a split")
+    return is_val
+
+
+def prepare_manifest(
+    manifest: Path,
+    cache_dir: Path,
+    *,
+    geometry: Path | None = None,
+    size: int | None = None,
+    val_fraction: float | None = None,
+    split_seed: int = 0,
+    skip_invalid: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> PrepareSummary:
+    """Turn a ``--manifest`` dataset (:mod:`fusioncli.data.manifest`) into a fingerprinted cache.
+
+    ``geometry`` defaults to ``dataset.toml`` beside the manifest (:mod:`fusioncli.data.geometry`).
+    ``size`` resizes every sample to size x size (RGB bilinear, depth nearest neighbour, the
+    geometry to match); without it every sample must have the same size, which the cache keeps.
+    Split: a ``split`` column decides where it has a value; ``val_fraction`` splits the rows
+    without one (every row has one: refused); without a ``split`` column, ``val_fraction``
+    (default 0.2) splits every class, stratified and seeded as :func:`split_mask` does.
+
+    As :func:`prepare`: every problem is reported at once in one :class:`BadInputError`
+    (nothing written) unless ``skip_invalid`` leaves out the rows with bad files; an unchanged
+    input (manifest content, every file's bytes, geometry and options) is a cache hit.
+    """
+    t0 = time.perf_counter()
+    progress = progress or _no_progress
+    manifest = Path(manifest)
+    cache_dir = Path(cache_dir)
+    option_problems = []
+    if val_fraction is not None and not (0.0 < float(val_fraction) < 1.0):
+        option_problems.append(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE):
+        option_problems.append(f"--size must be a whole number of pixels from 1 to {MAX_IMAGE_SIZE}, got {size}")
+    if option_problems:
+        raise BadInputError(option_problems)
+    stats_taken_ns = time.time_ns()
+    table, problems = read_table(manifest)
+    geometry_path = Path(geometry) if geometry is not None else manifest.parent / GEOMETRY_FILE
+    geometry_name = str(geometry) if geometry is not None else GEOMETRY_FILE
+    geo, geometry_problems = read_geometry(geometry_path, display=geometry_name, beside=manifest.name)
+    problems += geometry_problems
+    if table is not None:
+        problems += table.problems
+    if table is None or geo is None:
+        raise BadInputError([str(p) for p in problems], hint=MANIFEST_HINT)
+
+    png_depth = [r.row for r in table.rows if r.depth.lower().endswith(".png")]
+    if png_depth and geo.depth_scale is None:
+        # Said once, before decoding: every one of those rows would fail for this one reason.
+        problems.append(
+            Problem(
+                geometry_name,
+                f"[{geo.kind}] has no depth_scale (metres per stored unit), but {table.name}"
+                f" {rows_text(png_depth)} name PNG depth images",
+                skippable=False,
+            )
+        )
+        raise BadInputError([str(p) for p in problems], hint=MANIFEST_HINT)
+    if table.has_split and val_fraction is None:
+        split = "column"
+        empty = empty_split_problem(table)
+        if empty is not None:
+            problems.append(empty)
+    elif table.has_split:
+        split = "column+fraction"
+        if not table.rows_without_split():
+            problems.append(
+                Problem(
+                    table.name,
+                    "every row has a split value, so --val-fraction has nothing to split; drop --val-fraction"
+                    " (it splits only rows whose split cell is empty)",
+                    skippable=False,
+                )
+            )
+    else:
+        split = "fraction"
+        val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    options = _manifest_options(split, val_fraction, split_seed, skip_invalid, size)
+    _check_manifest_target(table, cache_dir)
+    stats = _manifest_stats(table, geo)
+
+    if not force and not problems:
+        hit = _try_manifest_hit(table, geo, cache_dir, options, stats, stats_taken_ns)
+        if hit is not None:
+            cached, how = hit
+            return _summary_from_manifest(cached, cache_dir, table.root, how, time.perf_counter() - t0)
+
+    codec, reference = _codec_for(table, geo, size, geometry_name)
+    _remove_stale_staging(cache_dir)
+    built = _build_manifest(
+        table,
+        geo,
+        geometry_name,
+        codec,
+        reference,
+        options,
+        problems,
+        stats,
+        stats_taken_ns,
+        cache_dir,
+        progress,
+        workers,
+    )
+    return _summary_from_manifest(built, cache_dir, table.root, "built", time.perf_counter() - t0)
+
+
+MANIFEST_HINT = (
+    "see README.md, 'Your own data': a manifest needs the columns rgb, depth, label[, split] and a dataset.toml"
+)
+
+
+def _try_manifest_hit(
+    table: SampleTable,
+    geometry: Geometry,
+    cache_dir: Path,
+    options: dict[str, Any],
+    stats: Sequence[FileStat],
+    stats_taken_ns: int,
+) -> tuple[dict[str, Any], str] | None:
+    """The manifest and how it was validated, if the cache is current; None otherwise."""
+    cached = read_manifest(cache_dir)
+    if cached is None or cached.get("options") != options or _shard_problems(cache_dir, cached):
+        return None
+    inputs = cached["inputs"]
+    newest = max((mtime for _, _, mtime in stats), default=0)
+    if inputs["stat_signature"] == stat_signature(stats) and newest < inputs["stats_taken_ns"] - RACY_WINDOW_NS:
+        return cached, "stats unchanged"
+    pairs = [(r.rgb, r.depth) for r in table.rows]
+    chunks = [pairs[i : i + 512] for i in range(0, len(pairs), 512)]
+    digests: list[tuple[bytes, bytes]] = []
+    with ThreadPoolExecutor(max_workers=min(4, max(1, len(chunks)))) as pool:
+        for part in pool.map(lambda c: _hash_chunk(table.root, c), chunks):
+            digests += part
+    if _manifest_fingerprint(table, geometry, options, digests) != cached["fingerprint"]:
+        return None
+    cached["inputs"] = {"files": len(stats), "stat_signature": stat_signature(stats), "stats_taken_ns": stats_taken_ns}
+    cached["notes"] = list(table.notes)
+    cached["data_dir"] = str(table.root.absolute())
+    cached["manifest"] = str(table.path.absolute())
+    atomic_write_json(cache_dir / MANIFEST, cached)
+    os.chmod(cache_dir / MANIFEST, 0o666 & ~_umask())
+    return cached, "content unchanged"
+
+
+def _geometry_mismatch(
+    problems: list[Problem], sizes: Sequence[tuple[int, int] | None], codec: SampleCodec, geometry_name: str
+) -> list[Problem]:
+    """One line for a geometry that fits no depth map, instead of one per row."""
+    known = [sz for sz in sizes if sz is not None]
+    if codec.required is None or not known or any(sz == codec.required for sz in known):
+        return problems
+    reasons = {codec.mismatch(sz) for sz in known}
+    seen = sorted(set(known))
+    found = ", ".join(size_text(*sz) for sz in seen)
+    line = Problem(
+        geometry_name,
+        f"does not fit the data: {codec.required_why}, but the depth maps are {found}",
+        skippable=False,
+    )
+    return [line, *(p for p in problems if p.reason not in reasons)]
+
+
+def _build_manifest(
+    table: SampleTable,
+    geo: Geometry,
+    geometry_name: str,
+    codec: SampleCodec,
+    reference: tuple[int, int] | None,
+    options: dict[str, Any],
+    upfront: list[Problem],
+    stats: Sequence[FileStat],
+    stats_taken_ns: int,
+    cache_dir: Path,
+    progress: Progress,
+    workers: int | None,
+) -> dict[str, Any]:
+    """Decode, validate and write a --manifest cache; returns its manifest. Raises on bad input."""
+    t0 = time.perf_counter()
+    skip = options["skip_invalid"]
+    n = len(table.rows)
+    h, w = codec.target
+    with _staging(cache_dir) as staging:
+        for name, dtype, shape in (
+            (RGB_FILE, np.uint8, (n, CHANNELS, h, w)),
+            (DEPTH_FILE, np.float32, (n, h, w)),
+        ):
+            mm = np.lib.format.open_memmap(staging / name, mode="w+", dtype=dtype, shape=shape)
+            del mm
+        pairs = [(r.rgb, r.depth) for r in table.rows]
+        raw, digests, sizes = _decode_rows(table.root, pairs, staging, progress, workers, codec)
+        file_problems = [Problem(path, reason, row=table.rows[i].row, source=table.name) for i, path, reason in raw]
+        if geo.kind == "lidar":
+            file_problems = _geometry_mismatch(file_problems, sizes, codec, geometry_name)
+        problems = [*upfront, *file_problems]
+        fatal = [p for p in problems if not p.skippable] if skip else problems
+        if fatal:
+            hint = "fix the rows above" + ("" if skip else ", or pass --skip-invalid to leave out rows with bad files")
+            raise BadInputError([str(p) for p in fatal], hint=hint)
+
+        keep = np.ones(n, dtype=bool)
+        keep[[i for i, _, _ in raw]] = False
+        if not keep.all():
+            _compact(staging, keep)
+        rows = [r for r, k in zip(table.rows, keep) if k]
+        names = sorted({r.label for r in rows})
+        if len(names) < 2:
+            raise BadInputError(f"after skipping invalid rows, {len(names)} class(es) remain; need at least 2")
+        label_of = {name: i for i, name in enumerate(names)}
+        labels = np.array([label_of[r.label] for r in rows], dtype=np.int64)
+        is_val = _manifest_split(rows, labels, names, options)
+        _save_npy(staging / LABELS_FILE, labels)
+        _save_npy(staging / IS_VAL_FILE, is_val)
+        index: dict[str, np.ndarray | Sequence[str]] = {
+            "row": np.arange(len(rows)),
+            "class_name": [r.label for r in rows],
+            "label": labels,
+            "manifest_row": np.array([r.row for r in rows], dtype=np.int64),
+            "split": ["val" if v else "train" for v in is_val],
+            "rgb": [r.rgb for r in rows],
+            "depth": [r.depth for r in rows],
+        }
+        _write_parquet(staging / INDEX_FILE, index, categorical=("class_name", "split"))
+
+        assert reference is not None  # else every image was unreadable, reported above
+        record = geo.grids(reference, codec.target)
+        lidar_grids: dict[str, Any] = {k: record.pop(k) for k in ("azimuth", "zenith") if k in record}  # as DLI
+        counts = {
+            name: {"train": int(((labels == c) & ~is_val).sum()), "val": int(((labels == c) & is_val).sum())}
+            for c, name in enumerate(names)
+        }
+        manifest: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "version": MANIFEST_FORMAT_VERSION,
+            "fingerprint": _manifest_fingerprint(table, geo, options, digests),
+            "fusioncli_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": "manifest",
+            "data_dir": str(table.root.absolute()),
+            "manifest": str(table.path.absolute()),
+            "geometry_file": str(geo.path.absolute()),
+            "options": options,
+            "class_names": names,
+            "n_samples": len(rows),
+            "counts": counts,
+            "image_size": [h, w],
+            "native_size": list(reference),
+            **lidar_grids,
+            "geometry": record,
+            "layout": {
+                RGB_FILE: f"(N, 4, {h}, {w}) uint8 RGBA, channels first",
+                DEPTH_FILE: f"(N, {h}, {w}) float32 depth in metres"
+                + (" (z-depth)" if geo.kind == "camera" else " (range)")
+                + ", 50.0 = no return",
+                LABELS_FILE: "(N,) int64, classes in name order",
+                IS_VAL_FILE: "(N,) bool",
+                INDEX_FILE: "row, class_name, label, manifest_row, split, rgb, depth",
+            },
+            "files": {name: {"bytes": (staging / name).stat().st_size} for name in sorted(CACHE_FILES - {MANIFEST})},
+            "orphans": [],
+            "invalid": [p.to_dict() for p in problems],
+            "notes": list(table.notes),
+            "inputs": {"files": len(stats), "stat_signature": stat_signature(stats), "stats_taken_ns": stats_taken_ns},
+            "build_seconds": round(time.perf_counter() - t0, 3),
+        }
+        atomic_write_json(staging / MANIFEST, manifest)  # last: only now is the folder a cache
+        _usual_permissions(staging)
+    return manifest
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 
@@ -809,17 +1321,29 @@ def _one_torch_thread(device: torch.device) -> Iterator[None]:
 
 
 def project_into(depth: torch.Tensor, azimuth: np.ndarray, zenith: np.ndarray, chunk: int = 512) -> torch.Tensor:
-    """``project_xyza(depth, azimuth, zenith)`` for (N, 64, 64), written chunk by chunk.
+    """``project_xyza(depth, azimuth, zenith)`` for (N, H, W), written chunk by chunk.
 
     Bit-identical to :func:`fusioncli.data.projection.project_xyza` (same operations, see
     :func:`~fusioncli.data.projection.xyza_from_directions`), but chunks that fit in cache and
     one preallocated output make it several times faster and avoid three 1.3 GB temporaries.
     """
-    import torch
-
-    from fusioncli.data.projection import unit_directions, xyza_from_directions
+    from fusioncli.data.projection import unit_directions
 
     dirs = unit_directions(azimuth, zenith, dtype=depth.dtype, device=depth.device)
+    return project_with(depth, dirs, chunk)
+
+
+def project_with(depth: torch.Tensor, directions: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """XYZA (N, 4, H, W) of depth maps (N, H, W) and a (3, H, W) direction grid, chunk by chunk.
+
+    :func:`~fusioncli.data.projection.xyza_from_directions` per chunk: the values
+    :meth:`PreparedData.lidar` computes per batch, bit for bit.
+    """
+    import torch
+
+    from fusioncli.data.projection import xyza_from_directions
+
+    dirs = directions.to(dtype=depth.dtype, device=depth.device)
     out = torch.empty((depth.shape[0], 4, *depth.shape[-2:]), dtype=depth.dtype, device=depth.device)
     with _one_torch_thread(depth.device):
         for i in range(0, depth.shape[0], chunk):
@@ -843,7 +1367,7 @@ def load_cache(
     import torch
 
     from fusioncli.data.dataset import PreparedData
-    from fusioncli.data.projection import unit_directions
+    from fusioncli.data.geometry import directions as geometry_directions
 
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
@@ -861,21 +1385,21 @@ def load_cache(
     if problems:
         raise BadInputError(problems, hint=f"the cache is damaged; {PREPARE_HINT} --force")
     n = int(manifest["n_samples"])
+    h, w = (int(x) for x in manifest.get("image_size", [SIZE, SIZE]))  # DLI caches: 64x64
     device = torch.device(device)
-    rgb = _map_tensor(cache_dir / RGB_FILE, np.dtype(np.uint8), (n, CHANNELS, SIZE, SIZE)).to(device)
-    depth = _map_tensor(cache_dir / DEPTH_FILE, np.dtype(np.float32), (n, SIZE, SIZE)).to(device)
+    rgb = _map_tensor(cache_dir / RGB_FILE, np.dtype(np.uint8), (n, CHANNELS, h, w)).to(device)
+    depth = _map_tensor(cache_dir / DEPTH_FILE, np.dtype(np.float32), (n, h, w)).to(device)
     labels = _map_tensor(cache_dir / LABELS_FILE, np.dtype(np.int64), (n,)).clone().to(device)
     is_val = _map_tensor(cache_dir / IS_VAL_FILE, np.dtype(np.bool_), (n,)).clone().to(device)
     t_read = time.perf_counter()
-    azimuth = np.asarray(manifest["azimuth"], dtype=np.float32)
-    zenith = np.asarray(manifest["zenith"], dtype=np.float32)
-    directions = unit_directions(azimuth, zenith, device=device)
+    # The DLI angle grids, or a --manifest dataset's lidar grids or camera slopes.
+    directions = geometry_directions(manifest, device=device)
     xyza = None
     if device.type == "cuda":
         # On a GPU projecting everything takes milliseconds and keeps the training step (and
         # its CUDA graph) to one gather. On the CPU it would cost ~1 s and 1.3 GB (most of it
         # first-touch page faults) for what each batch projects in microseconds.
-        xyza = project_into(depth, azimuth, zenith)
+        xyza = project_with(depth, directions)
         torch.cuda.synchronize(xyza.device)
     t_proj = time.perf_counter()
     data = PreparedData(

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import PngImagePlugin
@@ -50,18 +51,28 @@ class Problem:
     """One bad file or folder: its path relative to the data folder and why it is bad.
 
     ``skippable`` is False for problems ``--skip-invalid`` cannot work around (the angle grid
-    is needed to project every depth map of a class).
+    is needed to project every depth map of a class). ``row`` and ``source`` locate a problem
+    of a ``--manifest`` dataset: the manifest's file name and its row (1 = the first sample);
+    ``path`` is then the file as the row names it, or empty for a problem of the row itself.
     """
 
     path: str
     reason: str
     skippable: bool = True
+    row: int | None = None
+    source: str = ""
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        where = [f"{self.source} row {self.row}"] if self.row is not None else []
+        if self.path:
+            where.append(self.path)
+        return f"{': '.join(where)}: {self.reason}"
 
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
+    def to_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": self.path, "reason": self.reason}
+        if self.row is not None:  # DLI problems keep their two keys
+            record.update(row=self.row, source=self.source)
+        return record
 
 
 @dataclass(frozen=True)
