@@ -20,6 +20,13 @@ Plain ``.npy`` tensors were chosen over Parquet binary columns by measurement (`
 that benchmark): the decoding workers write them in place, and :func:`load_cache` memory-maps
 them (copy-on-write) instead of reading them.
 
+A ``--manifest`` dataset (:func:`prepare_manifest`; :mod:`fusioncli.data.manifest`,
+:mod:`fusioncli.data.geometry`) gives the same files at its own size (N, 4, H, W) / (N, H, W),
+with manifest version :data:`MANIFEST_FORMAT_VERSION`: ``image_size``, a ``geometry`` record
+(camera slopes, or the lidar grids at the top level as here), classes in name order, samples in
+manifest row order, and an index with the columns row, class_name, label, manifest_row, split,
+rgb, depth. :func:`load_cache` reads both kinds.
+
 Freshness: the manifest holds a content fingerprint (SHA-256 over every used file's logical
 path and bytes, the angle grids, folder problems and the options that change the output) and a
 stat signature (path, size, mtime_ns of every input file). Same stats -> hit without reading

@@ -17,16 +17,19 @@ import torch
 class PreparedData:
     """All samples of a prepared dataset as tensors (channels first)."""
 
-    rgb: torch.Tensor  # (N, 4, 64, 64) uint8 RGBA; models get rgb.float() / 255
-    # (N, 4, 64, 64) float32 with the seed normalisation (see data.projection), or None: then
+    # Shapes: H = W = 64 for the DLI layout; a --manifest dataset has its own H x W.
+    rgb: torch.Tensor  # (N, 4, H, W) uint8 RGBA; models get rgb.float() / 255
+    # (N, 4, H, W) float32 with the seed normalisation (see data.projection), or None: then
     # lidar() projects depth with ``directions`` per batch.
     xyza: torch.Tensor | None
-    depth: torch.Tensor  # (N, 64, 64) float32 raw depth, 50.0 = no return
+    depth: torch.Tensor  # (N, H, W) float32 depth in metres (camera: z-depth), 50.0 = no return
     labels: torch.Tensor  # (N,) int64 class index
     is_val: torch.Tensor  # (N,) bool, True for validation samples
     class_names: tuple[str, ...]
     fingerprint: str  # content fingerprint of the raw data + prepare options
-    directions: torch.Tensor | None = None  # (3, 64, 64) data.projection.unit_directions
+    # (3, H, W): data.projection.unit_directions, or a camera's non-unit pixel directions
+    # (data.geometry.directions); depth * a / 50 * directions is the XYZ input either way.
+    directions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
