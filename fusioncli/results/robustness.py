@@ -283,18 +283,26 @@ def curves_display(view: RobustnessView) -> DisplayTable:
     )
 
 
+def _config_columns(
+    view: RobustnessView,
+) -> tuple[str, list[str], list[bool], list[list[str]], list[list[bool]]]:
+    """A one-row-per-configuration table's leading columns (the varying fields and n), none
+    highlighted: caption, headers, which are numeric, the columns and their best-cell flags."""
+    varying, caption = split_fields(view.configs, view.fields)
+    headers, numeric, columns = field_columns(view.configs, varying)
+    headers.append("n")
+    numeric.append(True)
+    columns.append([str(int(n)) for n in view.configs["n"]])
+    best = [[False] * len(view.configs) for _ in columns]
+    return caption, headers, numeric, columns, best
+
+
 def missing_display(view: RobustnessView) -> DisplayTable | None:
     """Accuracy (%) with one modality replaced by zeros, per configuration; None without data."""
     long = view.long
     if not long["corruption"].isin(MISSING_KINDS).any():
         return None
-    varying, caption = split_fields(view.configs, view.fields)
-    headers, numeric, columns = field_columns(view.configs, varying)
-    best: list[list[bool]] = [[False] * len(view.configs) for _ in varying]
-    headers.append("n")
-    numeric.append(True)
-    columns.append([str(int(n)) for n in view.configs["n"]])
-    best.append([False] * len(view.configs))
+    caption, headers, numeric, columns, best = _config_columns(view)
     specs = [
         ("clean acc. (%)", CLEAN, "accuracy"),
         ("RGB missing acc. (%)", "rgb_missing", "accuracy"),
@@ -421,13 +429,7 @@ def matrix_display(view: RobustnessView) -> DisplayTable:
     """The configuration x fault matrix: robust accuracy (%) per fault (mean over severities > 0),
     clean accuracy, mRA and, with a baseline, mean rRA; the best per column highlighted."""
     means = fault_means(view)
-    varying, caption = split_fields(view.configs, view.fields)
-    headers, numeric, columns = field_columns(view.configs, varying)
-    best: list[list[bool]] = [[False] * len(view.configs) for _ in varying]
-    headers.append("n")
-    numeric.append(True)
-    columns.append([str(int(n)) for n in view.configs["n"]])
-    best.append([False] * len(view.configs))
+    caption, headers, numeric, columns, best = _config_columns(view)
 
     def add(header: str, values: list[float]) -> None:
         headers.append(header)
