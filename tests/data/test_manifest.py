@@ -350,3 +350,22 @@ def test_dli_manifests_load_as_before(cache_dir: Path) -> None:
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert "image_size" not in manifest and "geometry" not in manifest and manifest["version"] == 1
     assert load_cache(cache_dir).rgb.shape[-2:] == (64, 64)
+
+
+def test_worker_processes_give_the_same_cache(tmp_path: Path) -> None:
+    manifest = mf.write_dataset(tmp_path / "d", per_class=4)
+    one = prepare_manifest(manifest, tmp_path / "c1", workers=1)
+    two = prepare_manifest(manifest, tmp_path / "c2", workers=2, size=8)
+    again = prepare_manifest(manifest, tmp_path / "c3", workers=1, size=8)
+    assert one.fingerprint != two.fingerprint == again.fingerprint
+    a, b = load_cache(tmp_path / "c2"), load_cache(tmp_path / "c3")
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.depth, b.depth)
+
+
+def test_the_fingerprint_of_a_manifest_dataset_is_pinned(tmp_path: Path) -> None:
+    """Run ids hash the dataset fingerprint: an unchanged dataset must keep it across versions."""
+    manifest = mf.write_dataset(tmp_path / "d", per_class=3, geometry="lidar")
+    assert prepare_manifest(manifest, tmp_path / "cache").fingerprint == PINNED_FINGERPRINT
+
+
+PINNED_FINGERPRINT = "de18f51a14ff548cd2e5e603ce2cef33"  # written by the version that added --manifest
