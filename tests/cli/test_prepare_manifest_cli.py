@@ -233,6 +233,7 @@ def test_help_says_how_resizing_works() -> None:
     assert "RGB bilinear, depth by nearest neighbour" in flat
 
 
+@pytest.mark.slow  # a model trains (one epoch of 12 samples); torch and the models load first
 def test_a_manifest_dataset_trains(tmp_path: Path) -> None:
     """64x64, two classes, one epoch: prepare --manifest, then train on its cache."""
     manifest = mf.write_dataset(tmp_path / "d", per_class=6, size=(64, 64))
