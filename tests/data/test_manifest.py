@@ -369,3 +369,16 @@ def test_the_fingerprint_of_a_manifest_dataset_is_pinned(tmp_path: Path) -> None
 
 
 PINNED_FINGERPRINT = "de18f51a14ff548cd2e5e603ce2cef33"  # written by the version that added --manifest
+
+
+@pytest.mark.gpu
+def test_load_camera_cache_on_cuda(tmp_path: Path) -> None:
+    manifest = mf.write_dataset(tmp_path / "d", per_class=3, size=(12, 16))
+    prepare_manifest(manifest, tmp_path / "cache")
+    data = load_cache(tmp_path / "cache", device="cuda")
+    assert data.xyza is not None and data.xyza.is_cuda and data.xyza.shape == (6, 4, 12, 16)
+    cpu = load_cache(tmp_path / "cache")
+    # Elementwise IEEE products and quotients: the same bits on either device (as for DLI caches,
+    # checked there to 1e-6; here both the whole-set and the per-batch path).
+    assert torch.allclose(data.xyza.cpu(), cpu.lidar(slice(None)), atol=1e-6)
+    assert torch.allclose(cpu.to("cuda").lidar(slice(None)).cpu(), cpu.lidar(slice(None)), atol=1e-6)
