@@ -378,7 +378,7 @@ def test_load_camera_cache_on_cuda(tmp_path: Path) -> None:
     data = load_cache(tmp_path / "cache", device="cuda")
     assert data.xyza is not None and data.xyza.is_cuda and data.xyza.shape == (6, 4, 12, 16)
     cpu = load_cache(tmp_path / "cache")
-    # Elementwise IEEE products and quotients: the same bits on either device (as for DLI caches,
-    # checked there to 1e-6; here both the whole-set and the per-batch path).
+    # The whole set projected at load and the per-batch path on the GPU, against the CPU's
+    # (to 1e-6, as test_cache checks DLI caches).
     assert torch.allclose(data.xyza.cpu(), cpu.lidar(slice(None)), atol=1e-6)
     assert torch.allclose(cpu.to("cuda").lidar(slice(None)).cpu(), cpu.lidar(slice(None)), atol=1e-6)
