@@ -8,7 +8,7 @@ weights) and scores it on a split of a prepared cache, optionally with the corru
 robustness suite, and returns an *evaluation record*::
 
     {"schema": 1, "checkpoint": str, "run_id": str | None,
-     "model": {"strategy", "backbone", "num_classes"},
+     "model": {"strategy", "backbone", "num_classes", "input_size"},
      "trained": {"dataset_fingerprint", "val_accuracy", "config"},   # what the checkpoint says
      "dataset": {"fingerprint", "same_as_training": bool, "split": "val" | "train" | "all",
                  "split_note": str, "n": int, "class_names": [...]},
@@ -42,7 +42,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError
 from fusioncli.record import DatasetInfo, Metrics, RunRecord
 from fusioncli.train.checkpoint import load_checkpoint
-from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, predict
+from fusioncli.train.engine import channels_last, cudnn_mode, eval_batch_size, input_size, predict
 from fusioncli.train.metrics import calibration_metrics, classification_metrics, confusion_matrix
 
 EVALUATION_SCHEMA = 1
@@ -106,6 +106,20 @@ def _check_classes(path: Path, info: RunRecord, data: PreparedData, cache_hint: 
         )
 
 
+def _check_input_size(path: Path, model: torch.nn.Module, data: PreparedData, cache_hint: str) -> None:
+    from fusioncli.models import model_input_size
+    from fusioncli.models.backbones import format_input_size
+
+    trained, here = model_input_size(model), input_size(data)
+    if trained != here:
+        cache = f"the cache {cache_hint}" if cache_hint else "the data"
+        raise BadInputError(
+            f"checkpoint {path} was built for {format_input_size(trained)} images; {cache} "
+            f"holds {format_input_size(here)} images",
+            hint="evaluate on data prepared at the size the model was trained on",
+        )
+
+
 def evaluate_checkpoint(
     path: Path,
     data: PreparedData,
@@ -122,8 +136,8 @@ def evaluate_checkpoint(
 
     ``data`` may live on any device; the chosen split is moved to ``device`` once.
     ``batch_size``: samples per inference batch (default: 64 on the CPU, 256 on a GPU).
-    ``cache_hint`` names the cache in error messages. Bad checkpoints, a class mismatch or an
-    empty split raise :class:`BadInputError`.
+    ``cache_hint`` names the cache in error messages. Bad checkpoints, a class mismatch, images of
+    another size than the model was built for, or an empty split raise :class:`BadInputError`.
     """
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"the inference batch size must be at least 1 (got {batch_size})")
@@ -133,6 +147,7 @@ def evaluate_checkpoint(
     dev = torch.device(resolved.device)
     model, info = load_checkpoint(path, dev)
     _check_classes(path, info, data, cache_hint)
+    _check_input_size(path, model, data, cache_hint)
     trained_fp = _base_fingerprint(info.fingerprint)
     same = trained_fp is not None and trained_fp == _base_fingerprint(data.fingerprint)
     split, note = choose_split(split, same)
@@ -173,6 +188,7 @@ def evaluate_checkpoint(
             "strategy": info.config.get("strategy"),
             "backbone": info.config.get("backbone"),
             "num_classes": data.num_classes,
+            "input_size": list(input_size(data)),  # (H, W): the checkpoint's, checked above
         },
         "trained": {
             "dataset_fingerprint": info.fingerprint,

@@ -332,7 +332,9 @@ def _collect(
                 on_epoch(cfg, dict(row))
         if member["status"] == FINISHED:
             weights = member.get("weights")
-            outcomes.append(run.finished(record, partial(model_from_weights, record, weights)))
+            # A payload without input_size comes from a worker that predates sizes: 64 x 64.
+            rebuild = partial(model_from_weights, record, weights, input_size=member.get("input_size"))
+            outcomes.append(run.finished(record, rebuild))
         else:
             outcomes.append(run.failed(record))
     return outcomes
@@ -346,11 +348,12 @@ def weights_to_bytes(model: Any) -> bytes:
     return save(state)
 
 
-def model_from_weights(record: RunRecord, weights: bytes | None) -> Any:
-    """Rebuild the model of a finished ``record`` from :func:`weights_to_bytes` output."""
+def model_from_weights(record: RunRecord, weights: bytes | None, *, input_size: Sequence[int] | None = None) -> Any:
+    """Rebuild the model of a finished ``record`` from :func:`weights_to_bytes` output, for
+    ``input_size`` (H, W) images (the payload's ``input_size``; None: 64 x 64)."""
     from safetensors.torch import load
 
-    from fusioncli.models import create_model
+    from fusioncli.models import DEFAULT_INPUT_SIZE, create_model
 
     if weights is None:
         raise ValueError("the task sent no weights")
@@ -358,8 +361,9 @@ def model_from_weights(record: RunRecord, weights: bytes | None) -> Any:
     if not class_names:
         raise ValueError("the record does not name its classes")
     model = create_model(
-        record.config["strategy"], record.config["backbone"], len(class_names), lidar_norm=record.lidar_norm
-    )
+        record.config["strategy"], record.config["backbone"], len(class_names), lidar_norm=record.lidar_norm,
+        input_size=DEFAULT_INPUT_SIZE if input_size is None else tuple(input_size),
+    )  # fmt: skip
     model.load_state_dict(load(weights), strict=True)
     model.eval()
     return model
@@ -377,7 +381,7 @@ def run_task(
     train_fn: TrainFn | None = None,
     plugins: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One run on a Ray worker: load the cache, train, return ``{"status", "record"[, "weights"]}``.
+    """One run on a Ray worker: load the cache, train, return ``{"status", "record"[, "weights", "input_size"]}``.
 
     Plain data in and out (the config dict, the record as :meth:`RunRecord.to_json`, weights as
     safetensors bytes). An exception in the run comes back as a failed record built here, where
@@ -437,7 +441,10 @@ def _train_loaded(
 def _finished_payload(result: Any, send_weights: bool) -> dict[str, Any]:
     payload: dict[str, Any] = {"status": FINISHED, "record": result.record.to_json()}
     if send_weights:
+        from fusioncli.models import model_input_size
+
         payload["weights"] = weights_to_bytes(result.model)
+        payload["input_size"] = list(model_input_size(result.model))  # what the driver rebuilds it for
     return payload
 
 

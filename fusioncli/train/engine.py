@@ -9,6 +9,7 @@ this module is that way, written once:
 * :func:`cudnn_mode` -- deterministic cuDNN for fp32 runs, autotuned for bf16 (CUDA only);
 * :func:`channels_last` -- the stored images in the layout convolutions prefer, converted once;
 * :func:`batch_inputs` -- the model inputs of the samples at some indices;
+* :func:`input_size` -- the (H, W) of the data's images, what its models are built for;
 * :func:`eval_batch_size` -- how many samples an inference batch holds on a device;
 * :func:`predict` -- the inference loop: autocast -> fp32 logits -> loss sum and argmax.
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from fusioncli.data.dataset import PreparedData
+from fusioncli.errors import BadInputError
 
 # Validation batches (the metrics do not depend on how validation is batched). On a GPU, larger
 # than training ones: no gradients, so memory allows it, and fewer launches. On the CPU, small:
@@ -87,6 +89,22 @@ def channels_last(data: PreparedData) -> PreparedData:
         rgb=data.rgb.contiguous(memory_format=torch.channels_last),
         xyza=None if data.xyza is None else data.xyza.contiguous(memory_format=torch.channels_last),
     )
+
+
+def input_size(data: PreparedData) -> tuple[int, int]:
+    """The (H, W) of ``data``'s images: the input size every model trained or scored on it is built for.
+
+    RGB and depth must agree (each sample's depth map is its image's LiDAR view); a dataset where
+    they do not raises :class:`BadInputError`.
+    """
+    h, w = (int(n) for n in data.rgb.shape[-2:])
+    depth = tuple(int(n) for n in data.depth.shape[-2:])
+    if depth != (h, w):
+        raise BadInputError(
+            f"the dataset's RGB images are {h}x{w} but its depth maps {depth[0]}x{depth[1]}; a model needs one size",
+            hint="prepare the data again so that images and depth maps have the same size",
+        )
+    return h, w
 
 
 def batch_inputs(data: PreparedData, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,5 +191,6 @@ __all__ = [
     "channels_last",
     "cudnn_mode",
     "eval_batch_size",
+    "input_size",
     "predict",
 ]

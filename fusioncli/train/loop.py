@@ -169,7 +169,10 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     val_labels = work.labels[val_idx]
 
     torch.manual_seed(cfg.seed)
-    model = models.create_model(cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm)
+    # Sized for the data: its class count and image size (64 x 64 builds the seed's exact models).
+    model = models.create_model(
+        cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm, input_size=engine.input_size(work)
+    )
     params = models.parameter_counts(model)
     flops = models.flops_per_sample(model)  # zero inputs: draws no random numbers
     model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format

@@ -65,8 +65,8 @@ CUDA_GRAPH_WARMUP_STEPS = 3
 StackedEpochCallback = Callable[[RunConfig, dict[str, Any]], None]
 Params = dict[str, torch.Tensor]
 
-# torch.compile'd stacked forwards, one per architecture, with the meta model each closes over
-# (see _stacked_forward).
+# torch.compile'd stacked forwards, one per architecture (strategy, backbone, LiDAR input,
+# classes, input size), with the meta model each closes over (see _stacked_forward).
 _COMPILED: dict[tuple[Any, ...], tuple[Callable[..., torch.Tensor], nn.Module]] = {}
 
 
@@ -83,7 +83,9 @@ def stack_key(cfg: RunConfig) -> tuple[Any, ...]:
     """The key of the group ``cfg`` can train in: configs with equal keys can train together.
 
     Members of a group share strategy, backbone, LiDAR input, epochs, batch size, device, precision and data
-    limits (``auto`` device/precision are resolved first); lr, scheduler and seed may differ. A
+    limits (``auto`` device/precision are resolved first); lr, scheduler and seed may differ. The
+    data's image size and class count are not in the key: a group trains on one dataset, so its
+    members share them (a compiled forward, kept across groups, is keyed by them too). A
     config that cannot be stacked (:func:`is_stackable`) gets a key made of its whole config,
     so it never shares a key with a different config.
     """
@@ -252,7 +254,8 @@ class _StackedGroup:
         # The architecture without storage: functional_call supplies the stacked slices.
         key = None
         if compile_forward:
-            arch = (first.strategy, first.backbone, first.lidar_norm, work.num_classes)
+            # The architecture: strategy and backbone sized for the data's classes and image size.
+            arch = (first.strategy, first.backbone, first.lidar_norm, work.num_classes, engine.input_size(work))
             key = (*arch, str(self.device), self.precision, per_member_inputs)
         self.train_forward, self.base = _stacked_forward(members[0].to("meta"), per_member_inputs, key)
         self.eval_forward, _ = _stacked_forward(self.base, False, None)
@@ -370,8 +373,11 @@ class _StackedGroup:
         """Member ``index`` as a real model on the device (channels_last, eval mode), like train_run's."""
         from fusioncli import models
 
+        size = engine.input_size(self.work)
         with torch.device("meta"):
-            model = models.create_model(cfg.strategy, cfg.backbone, num_classes, lidar_norm=cfg.lidar_norm)
+            model = models.create_model(
+                cfg.strategy, cfg.backbone, num_classes, lidar_norm=cfg.lidar_norm, input_size=size
+            )
         model = model.to_empty(device=self.device)
         tensor: torch.Tensor
         with torch.no_grad():
@@ -458,9 +464,14 @@ def train_stacked(
     val_labels = work.labels[val_idx]
 
     members = []
+    size = engine.input_size(work)
     for cfg in cfgs:
         torch.manual_seed(cfg.seed)  # each member initialised exactly as train_run does
-        members.append(models.create_model(cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm))
+        members.append(
+            models.create_model(
+                cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm, input_size=size
+            )
+        )
     params = models.parameter_counts(members[0])
     flops = models.flops_per_sample(members[0])  # zero inputs: draws no random numbers
     # One seed for all: one permutation and one gather serve every member.

@@ -76,6 +76,7 @@ def test_round_trip_of_a_trained_channels_last_model(tmp_path: Path) -> None:
         "strategy": "early",
         "backbone": "seed",
         "num_classes": 2,
+        "input_size": [64, 64],
     }
     with torch.no_grad():
         assert torch.allclose(loaded(*inputs()), result.model(*inputs()), atol=1e-5)
