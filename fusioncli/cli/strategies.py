@@ -118,29 +118,22 @@ def strategies(
 
 
 def _cache_shape(cache_dir: Path) -> tuple[int, tuple[int, int]]:
-    """(classes, (H, W) image size) of the prepared cache at ``cache_dir``, without loading it.
+    """(classes, (H, W) image size) of the prepared cache at ``cache_dir``, from its manifest alone.
 
-    The classes come from its manifest, the size from its RGB shard's ``.npy`` header (what
-    :func:`fusioncli.data.cache.load_cache` will hand to training), so nothing is read but a few
-    hundred bytes.
+    The size is the manifest's ``image_size``, which :func:`fusioncli.data.cache.load_cache`
+    holds the shards to; a cache without one (the DLI layout's) is 64x64.
     """
-    import numpy as np
-
-    from fusioncli.data.cache import PREPARE_HINT, RGB_FILE
+    from fusioncli.data.cache import MANIFEST, PREPARE_HINT
     from fusioncli.sweep.plan import cache_manifest
 
     manifest = cache_manifest(cache_dir)  # no or a bad manifest: says to run `fusioncli prepare`
-    path = Path(cache_dir) / RGB_FILE
     try:
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: unreadable ({exc})", hint=f"rebuild the cache: {PREPARE_HINT} --force") from None
-    if len(shape) != 4:
+        size = as_input_size(manifest.get("image_size", DEFAULT_INPUT_SIZE))
+    except BadInputError as exc:
         raise BadInputError(
-            f"{path}: holds an array of shape {shape}, expected (N, 4, H, W)",
-            hint=f"rebuild the cache: {PREPARE_HINT} --force",
-        )
-    return len(manifest["class_names"]), as_input_size(tuple(int(n) for n in shape[-2:]))
+            f"{Path(cache_dir) / MANIFEST}: image_size {exc}", hint=f"rebuild the cache: {PREPARE_HINT} --force"
+        ) from None
+    return len(manifest["class_names"]), size
 
 
 def _check(name: str, backbone: str, cache_dir: Path | None, format: OutputFormat) -> None:

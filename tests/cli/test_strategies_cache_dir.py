@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from fusioncli.cli import app
-from fusioncli.data.cache import MANIFEST, RGB_FILE
+from fusioncli.data.cache import MANIFEST
 from fusioncli.models import describe_strategies, strategy_names
 
 runner = CliRunner()
 
 
 def sized_cache(cache_dir: Path, folder: Path, size: tuple[int, int], classes: list[str]) -> Path:
-    """A copy of the session cache's manifest naming ``classes``, next to an RGB shard of ``size``
-    images: all that `strategies` reads of a cache (it never loads the samples)."""
+    """A copy of the session cache's manifest naming ``classes`` and ``size`` images: all that
+    `strategies` reads of a cache (it never loads the samples)."""
     folder.mkdir()
     manifest = json.loads((cache_dir / MANIFEST).read_text())
     manifest["class_names"] = classes
+    manifest["image_size"] = list(size)  # what load_cache holds the shards to
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    rgb = np.lib.format.open_memmap(folder / RGB_FILE, mode="w+", dtype=np.uint8, shape=(len(classes), 4, *size))
-    del rgb
     return folder
 
 
@@ -80,9 +77,21 @@ def test_a_folder_without_a_cache_says_to_prepare(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no prepared cache" in result.stderr
 
 
-def test_a_cache_without_its_rgb_shard_says_to_rebuild(cache_dir: Path, tmp_path: Path) -> None:
+def test_a_cache_without_an_image_size_is_64_by_64(cache_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
-    shutil.copy(cache_dir / MANIFEST, cache / MANIFEST)
+    manifest = json.loads((cache_dir / MANIFEST).read_text())
+    manifest.pop("image_size", None)  # a DLI-layout cache, or one written before sizes varied
+    (cache / MANIFEST).write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["strategies", "--cache-dir", str(cache), "-f", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert {(tuple(r["input_size"]), r["num_classes"]) for r in json.loads(result.stdout)} == {((64, 64), 2)}
+
+
+def test_a_bad_image_size_in_the_manifest_says_to_rebuild(cache_dir: Path, tmp_path: Path) -> None:
+    cache = sized_cache(cache_dir, tmp_path / "cache", (48, 80), ["a", "b"])
+    manifest = json.loads((cache / MANIFEST).read_text())
+    manifest["image_size"] = [48]
+    (cache / MANIFEST).write_text(json.dumps(manifest))
     result = runner.invoke(app, ["strategies", "--cache-dir", str(cache)])
-    assert result.exit_code == 2 and RGB_FILE in result.stderr and "--force" in result.stderr
+    assert result.exit_code == 2 and "image_size" in result.stderr and "--force" in result.stderr
