@@ -29,6 +29,10 @@ from fusioncli.machine import DEVICE_PATTERN, PRECISIONS, resolve_device, resolv
 SCHEDULERS = ("cosine", "constant")
 # What the LiDAR branch sees (fusioncli.models.inputs): the seed's XYZA, or relative to the nearest surface.
 LIDAR_NORMS = ("seed", "nearest")
+# What the camera branch sees (fusioncli.models.inputs): the seed's pixel / 255, or each image standardised.
+RGB_NORMS = ("seed", "standard")
+# The fields that pick a model's input steps (create_model's keyword arguments of the same names).
+INPUT_NORM_FIELDS = ("lidar_norm", "rgb_norm")
 
 # A Checker validates one field value: (problem or None, the normalised value).
 Checker = Callable[[str, Any], tuple[str | None, Any]]
@@ -231,6 +235,20 @@ class RunConfig:
         ),
     )  # fmt: skip
 
+    # The camera input step in front of the model (fusioncli.models.inputs); "seed" (the
+    # default) feeds pixel / 255 unchanged, exactly as before the option existed.
+    rgb_norm: str = _meta(
+        "seed",
+        FieldInfo(
+            "--rgb-norm",
+            "Camera input the model sees: seed (pixel / 255, the seed notebook's) or standard (R, G, B of each "
+            "image shifted and scaled to mean 0, std 1; learns dark, low-contrast images much sooner).",
+            _one_of(RGB_NORMS), choices=RGB_NORMS, hash_neutral="seed",
+            grid_flag="--rgb-norms", grid_help="Comma list of camera inputs: seed, standard.",
+            grid_default="seed", axis="rgb_norms",
+        ),
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         problems: list[str] = []
         for f, info in config_fields():
@@ -251,6 +269,11 @@ class RunConfig:
         device = resolve_device(self.device)
         precision = resolve_precision(self.precision, device)
         return replace(self, device=device, precision=precision)
+
+    @property
+    def input_norms(self) -> dict[str, str]:
+        """The model's input steps, as :func:`fusioncli.models.create_model`'s keyword arguments."""
+        return {name: getattr(self, name) for name in INPUT_NORM_FIELDS}
 
     @property
     def is_resolved(self) -> bool:

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fusioncli.config import CONFIG_FIELDS, DEFAULTS, ROW_DEFAULTS, RunConfig, config_fields, plugin_of
+from fusioncli.config import (
+    CONFIG_FIELDS,
+    DEFAULTS,
+    INPUT_NORM_FIELDS,
+    ROW_DEFAULTS,
+    RunConfig,
+    config_fields,
+    plugin_of,
+)
 
 RECORD_SCHEMA = 1
 FINISHED = "finished"
@@ -288,7 +296,13 @@ class RunRecord:
     @property
     def lidar_norm(self) -> str:
         """The run's LiDAR input step (records written before ``--lidar-norm`` existed: the seed's)."""
-        return str(self.config.get("lidar_norm", DEFAULTS["lidar_norm"]))
+        return self.input_norms["lidar_norm"]
+
+    @property
+    def input_norms(self) -> dict[str, str]:
+        """The run's model input steps, as ``create_model``'s keyword arguments (a record written
+        before an option existed: the seed's step)."""
+        return {name: str(self.config.get(name, DEFAULTS[name])) for name in INPUT_NORM_FIELDS}
 
     def run_config(self) -> RunConfig:
         """The config as a :class:`RunConfig` (raises BadInputError for an unknown field)."""

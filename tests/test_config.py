@@ -28,6 +28,7 @@ def test_defaults_are_the_seed_notebooks() -> None:
         "train_per_class": None,
         "modality_dropout": 0.0,
         "lidar_norm": "seed",  # the seed notebook's XYZA, unchanged
+        "rgb_norm": "seed",  # the seed notebook's pixel / 255, unchanged
     }
 
 

@@ -157,15 +157,17 @@ def create_model(
     num_classes: int = 2,
     *,
     lidar_norm: str = "seed",
+    rgb_norm: str = "seed",
     input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
 ) -> nn.Module:
     """Build strategy ``name`` on ``backbone`` with a ``num_classes``-way head, for ``input_size``
     images (one side or (H, W); the data's ``rgb.shape[-2:]``, 64 x 64 by default).
 
     The builder sees the size through the backbone spec (``backbone.input_size``); the model
-    remembers it (:func:`model_input_size`). ``lidar_norm`` (a run's ``--lidar-norm``) attaches
-    the LiDAR input step (:func:`fusioncli.models.inputs.attach_lidar_norm`); ``seed`` leaves the
-    builder's model as it is. The model is built on the current default device (wrap in ``with
+    remembers it (:func:`model_input_size`). ``lidar_norm`` and ``rgb_norm`` (a run's
+    ``--lidar-norm`` / ``--rgb-norm``, :attr:`RunConfig.input_norms`) attach the input steps
+    (:func:`fusioncli.models.inputs.attach_input_norms`); ``seed`` leaves the builder's model as
+    it is. The model is built on the current default device (wrap in ``with
     torch.device("meta"):`` to size it without allocating). Unknown names raise
     :class:`BadInputError` listing known ones; so does an input too small for the backbone.
     """
@@ -185,11 +187,11 @@ def create_model(
     _check_part_names(name, model)
     # A plain attribute: not a parameter, buffer or child, so weights and part counts are unchanged.
     setattr(model, INPUT_SIZE_ATTR, bb.input_size)
-    if lidar_norm == "seed":
+    if lidar_norm == "seed" and rgb_norm == "seed":
         return model
-    from fusioncli.models.inputs import attach_lidar_norm  # torch-side: the registry stays torch-free
+    from fusioncli.models.inputs import attach_input_norms  # torch-side: the registry stays torch-free
 
-    return attach_lidar_norm(model, lidar_norm)
+    return attach_input_norms(model, lidar_norm=lidar_norm, rgb_norm=rgb_norm)
 
 
 def _check_part_names(name: str, model: nn.Module) -> None:

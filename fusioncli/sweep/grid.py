@@ -162,7 +162,7 @@ def parse_choices(text: str, flag: str, choices: Sequence[str]) -> list[str]:
 
 # Product order of the axes, outermost first. Seeds innermost, so the runs of one configuration
 # follow each other; an axis field not named here goes just outside the seeds.
-AXIS_ORDER = ("strategy", "lidar_norm", "lr", "scheduler", "train_per_class", "seed")
+AXIS_ORDER = ("strategy", "lidar_norm", "rgb_norm", "lr", "scheduler", "train_per_class", "seed")
 
 
 def _ordered_axes() -> list[str]:

@@ -361,8 +361,8 @@ def model_from_weights(record: RunRecord, weights: bytes | None, *, input_size: 
     if not class_names:
         raise ValueError("the record does not name its classes")
     model = create_model(
-        record.config["strategy"], record.config["backbone"], len(class_names), lidar_norm=record.lidar_norm,
-        input_size=DEFAULT_INPUT_SIZE if input_size is None else tuple(input_size),
+        record.config["strategy"], record.config["backbone"], len(class_names),
+        input_size=DEFAULT_INPUT_SIZE if input_size is None else tuple(input_size), **record.input_norms,
     )  # fmt: skip
     model.load_state_dict(load(weights), strict=True)
     model.eval()

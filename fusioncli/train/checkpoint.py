@@ -125,7 +125,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     except (ValueError, KeyError, TypeError) as exc:
         raise BadInputError(f"checkpoint info {sidecar} is not valid: {exc}") from None
     model = create_model(
-        spec["strategy"], spec["backbone"], int(spec["num_classes"]), lidar_norm=record.lidar_norm, input_size=size
+        spec["strategy"], spec["backbone"], int(spec["num_classes"]), input_size=size, **record.input_norms
     )
     try:
         state = load_file(str(path), device=str(device))

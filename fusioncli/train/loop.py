@@ -171,7 +171,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     torch.manual_seed(cfg.seed)
     # Sized for the data: its class count and image size (64 x 64 builds the seed's exact models).
     model = models.create_model(
-        cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm, input_size=engine.input_size(work)
+        cfg.strategy, cfg.backbone, work.num_classes, input_size=engine.input_size(work), **cfg.input_norms
     )
     params = models.parameter_counts(model)
     flops = models.flops_per_sample(model)  # zero inputs: draws no random numbers

@@ -93,7 +93,7 @@ def stack_key(cfg: RunConfig) -> tuple[Any, ...]:
     if not is_stackable(c):
         return ("alone", *sorted(c.to_dict().items()))
     return (
-        "stack", c.strategy, c.backbone, c.lidar_norm, c.epochs, c.batch_size, c.device, c.precision,
+        "stack", c.strategy, c.backbone, c.lidar_norm, c.rgb_norm, c.epochs, c.batch_size, c.device, c.precision,
         c.limit_per_class, c.train_per_class,
     )  # fmt: skip
 
@@ -255,7 +255,8 @@ class _StackedGroup:
         key = None
         if compile_forward:
             # The architecture: strategy and backbone sized for the data's classes and image size.
-            arch = (first.strategy, first.backbone, first.lidar_norm, work.num_classes, engine.input_size(work))
+            norms = tuple(first.input_norms.values())
+            arch = (first.strategy, first.backbone, *norms, work.num_classes, engine.input_size(work))
             key = (*arch, str(self.device), self.precision, per_member_inputs)
         self.train_forward, self.base = _stacked_forward(members[0].to("meta"), per_member_inputs, key)
         self.eval_forward, _ = _stacked_forward(self.base, False, None)
@@ -375,9 +376,7 @@ class _StackedGroup:
 
         size = engine.input_size(self.work)
         with torch.device("meta"):
-            model = models.create_model(
-                cfg.strategy, cfg.backbone, num_classes, lidar_norm=cfg.lidar_norm, input_size=size
-            )
+            model = models.create_model(cfg.strategy, cfg.backbone, num_classes, input_size=size, **cfg.input_norms)
         model = model.to_empty(device=self.device)
         tensor: torch.Tensor
         with torch.no_grad():
@@ -468,9 +467,7 @@ def train_stacked(
     for cfg in cfgs:
         torch.manual_seed(cfg.seed)  # each member initialised exactly as train_run does
         members.append(
-            models.create_model(
-                cfg.strategy, cfg.backbone, work.num_classes, lidar_norm=cfg.lidar_norm, input_size=size
-            )
+            models.create_model(cfg.strategy, cfg.backbone, work.num_classes, input_size=size, **cfg.input_norms)
         )
     params = models.parameter_counts(members[0])
     flops = models.flops_per_sample(members[0])  # zero inputs: draws no random numbers

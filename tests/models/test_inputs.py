@@ -1,4 +1,4 @@
-"""The LiDAR input step (`--lidar-norm`): what a model computes from the seed's XYZA first."""
+"""The input steps (`--lidar-norm`, `--rgb-norm`): what a model computes from the seed's inputs first."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusioncli.config import LIDAR_NORMS, RunConfig, run_id
+from fusioncli.config import LIDAR_NORMS, RGB_NORMS, RunConfig, run_id
 from fusioncli.data.projection import MAX_RANGE, default_angles, project_xyza, ray_directions
 from fusioncli.models import create_model, parameter_counts
-from fusioncli.models.inputs import NEAREST_RANK, TRANSFORMS, nearest_xyza
+from fusioncli.models.inputs import NEAREST_RANK, RGB_STD_FLOOR, RGB_TRANSFORMS, TRANSFORMS, nearest_xyza, standard_rgb
 from fusioncli.record import DatasetInfo, RunRecord
 from fusioncli.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -71,6 +71,54 @@ def test_every_choice_builds() -> None:
         assert model(torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 64, 64)).shape == (1, 2)
     with pytest.raises(ValueError, match="unknown lidar norm"):
         create_model("late", "seed", 2, lidar_norm="bogus")
+    assert set(RGB_NORMS) == {"seed", *RGB_TRANSFORMS}
+    for name in RGB_NORMS:
+        model = create_model("rgb-only", "seed", 2, rgb_norm=name)
+        assert model(torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 64, 64)).shape == (1, 2)
+    with pytest.raises(ValueError, match="unknown rgb norm"):
+        create_model("late", "seed", 2, rgb_norm="bogus")
+
+
+@pytest.mark.numeric
+def test_standard_rgb_is_each_images_colour_at_mean_0_and_std_1() -> None:
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.rand(4, 4, 16, 16, generator=gen, dtype=torch.float64) * 0.2  # dim, as on hard
+    rgb[1, :3, 4:8, 4:8] += 0.5  # an object on one image
+    rgb[2] = 0.0  # a missing camera: stays all zeros
+    rgb[3, :3] = 0.3  # a flat image: its deviation is below the floor, it stays near 0
+    got = standard_rgb(rgb)
+    torch.testing.assert_close(got[:, 3], rgb[:, 3], rtol=0, atol=0)  # alpha unchanged
+    colour = rgb[:, :3].numpy()
+    for i in range(len(rgb)):
+        mean, std = colour[i].mean(), colour[i].std()  # population std over all colour values
+        want = (colour[i] - mean) / np.sqrt(std**2 + RGB_STD_FLOOR**2)
+        # float64: a mean, a variance and one division per value -> a few ulps of the result's scale
+        np.testing.assert_allclose(got[i, :3].numpy(), want, rtol=0, atol=64 * np.finfo(np.float64).eps)
+    for i in (0, 1):  # real images: mean 0, std 1 up to the floor's share of the variance
+        assert abs(float(got[i, :3].mean())) < 1e-12
+        assert float(got[i, :3].std(unbiased=False)) == pytest.approx(1.0, abs=RGB_STD_FLOOR**2 / colour[i].var())
+    assert not got[2].any() and float(got[3, :3].abs().max()) < 1e-12
+
+
+def test_standard_rgb_feeds_the_model_and_a_checkpoint_brings_it_back(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    seed_model = create_model("late", "seed", 2)
+    model = create_model("late", "seed", 2, lidar_norm="nearest", rgb_norm="standard")
+    model.load_state_dict(seed_model.state_dict())
+    rgb = torch.rand(2, 4, 64, 64) * 0.1
+    xyza = project_xyza(torch.from_numpy(depth_maps(2)).float(), *default_angles())
+    model.eval(), seed_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(rgb, xyza), seed_model(standard_rgb(rgb), nearest_xyza(xyza)), rtol=0, atol=0)
+    record = RunRecord.failed(
+        RunConfig(strategy="late", lidar_norm="nearest", rgb_norm="standard").to_dict(), None, "not trained",
+        started_at=None, finished_at="2024-01-01T00:00:00+00:00", dataset=DatasetInfo(None, ("cubes", "spheres")),
+    )  # fmt: skip
+    save_checkpoint(tmp_path / "m.safetensors", model, record)
+    loaded, info = load_checkpoint(tmp_path / "m.safetensors")
+    assert info.input_norms == {"lidar_norm": "nearest", "rgb_norm": "standard"}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(rgb, xyza), model(rgb, xyza), rtol=0, atol=0)
 
 
 def test_the_option_is_checked_and_enters_the_run_id_only_when_not_the_seeds() -> None:
@@ -83,6 +131,11 @@ def test_the_option_is_checked_and_enters_the_run_id_only_when_not_the_seeds() -
     relative = RunConfig(device="cpu", precision="fp32", lidar_norm="nearest")
     assert run_id(base, "fp") == run_id(explicit, "fp")
     assert run_id(relative, "fp") != run_id(base, "fp")
+    with pytest.raises(BadInputError, match="--rgb-norm must be one of seed, standard"):
+        RunConfig(rgb_norm="zscore")
+    assert run_id(RunConfig(device="cpu", precision="fp32", rgb_norm="seed"), "fp") == run_id(base, "fp")
+    standard = RunConfig(device="cpu", precision="fp32", rgb_norm="standard")
+    assert run_id(standard, "fp") not in {run_id(base, "fp"), run_id(relative, "fp")}
 
 
 def test_a_checkpoint_brings_its_input_step_back(tmp_path: Path) -> None:
@@ -105,6 +158,7 @@ def test_a_checkpoint_brings_its_input_step_back(tmp_path: Path) -> None:
 def test_records_written_before_the_option_read_as_the_seeds() -> None:
     old = RunRecord.failed({"strategy": "late"}, None, "x", started_at=None, finished_at="2024-01-01T00:00:00+00:00")
     assert old.lidar_norm == "seed"
+    assert old.input_norms == {"lidar_norm": "seed", "rgb_norm": "seed"}
 
 
 def test_a_sweep_trains_both_inputs_and_the_report_tells_them_apart(cache_dir: Path, tmp_path: Path) -> None:

@@ -277,17 +277,21 @@ def plain_val_loss(model: nn.Module, work: PreparedData, config: RunConfig) -> f
 
 
 @pytest.mark.parametrize(
-    ("seeds", "lidar_norm"),
-    [((1, 2, 3), "seed"), ((7, 7, 7), "seed"), ((1, 2, 3), "nearest")],
-    ids=["own-order-per-member", "shared-order", "nearest-lidar-input"],
+    ("seeds", "norms"),
+    [
+        ((1, 2, 3), {}),
+        ((7, 7, 7), {}),
+        ((1, 2, 3), {"lidar_norm": "nearest", "rgb_norm": "standard"}),
+    ],
+    ids=["own-order-per-member", "shared-order", "nearest-lidar-standard-rgb-inputs"],
 )
 def test_stacked_equals_separate_training_in_float64(
-    small_strategies: None, float64: None, prepared: PreparedData, seeds: tuple[int, int, int], lidar_norm: str
+    small_strategies: None, float64: None, prepared: PreparedData, seeds: tuple[int, int, int], norms: dict
 ) -> None:
     configs = [
-        cfg(lr=1e-2, scheduler="cosine", seed=seeds[0], lidar_norm=lidar_norm),
-        cfg(lr=3e-3, scheduler="constant", seed=seeds[1], lidar_norm=lidar_norm),
-        cfg(lr=3e-2, scheduler="cosine", seed=seeds[2], lidar_norm=lidar_norm),
+        cfg(lr=1e-2, scheduler="cosine", seed=seeds[0], **norms),
+        cfg(lr=3e-3, scheduler="constant", seed=seeds[1], **norms),
+        cfg(lr=3e-2, scheduler="cosine", seed=seeds[2], **norms),
     ]
     stacked = train_stacked(configs, prepared)
     assert len(stacked) == 3
@@ -496,7 +500,7 @@ def test_stack_key_ignores_lr_scheduler_and_seed_only() -> None:
         assert stack_key(replace(base, device="auto")) == stack_key(base)  # keys compare resolved configs
     for change in (
         {"strategy": "early"}, {"backbone": "lab"}, {"epochs": 3}, {"batch_size": 16}, {"limit_per_class": 5},
-        {"lidar_norm": "nearest"},
+        {"lidar_norm": "nearest"}, {"rgb_norm": "standard"},
         {"precision": "bf16"} if cpu_bf16_supported() else {"epochs": 4},
     ):  # fmt: skip
         assert stack_key(base) != stack_key(replace(base, **change)), change
