@@ -2,6 +2,7 @@
 
 import json
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -42,7 +43,9 @@ def _cell(key: str, fmt: str | None, value: Any) -> str:
 def _protocol(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     memory = "CUDA max allocated" if first["peak_mem_kind"] == "cuda_max_allocated" else "process peak RSS (lifetime)"
+    h, w = first["input_size"]
     return (
+        f"{h}x{w} inputs, {first['num_classes']} classes; "
         f"device {first['device']}, {first['precision']}, {first['threads']} threads; {first['warmup']} warm-up + "
         f"{first['iters']} timed passes per row; timer: one forward pass on a batch already on the device "
         f"(synchronised on CUDA); samples/s = batch / p50; peak mem: {memory}"
@@ -77,6 +80,15 @@ def profile(
     format: Annotated[
         ProfileFormat, typer.Option("--format", "-f", help="table (rich), markdown, or json (a list of objects).")
     ] = ProfileFormat.table,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Size the models and inputs for this prepared cache's image size and classes "
+            "(default: 64x64 inputs, 2 classes).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Measure inference cost per strategy and batch size: latency p50 / p95, samples/s,
     parameters, FLOPs per sample, checkpoint size (safetensors) and peak memory.
@@ -90,15 +102,17 @@ def profile(
                fusioncli profile --device cuda --precision bf16 --format json
     """
     from fusioncli.eval.profile import profile_strategies  # torch loads here
+    from fusioncli.sweep.plan import cache_shape
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     if not names:
         raise BadInputError("--strategies: give at least one strategy")
     sizes = _parse_ints(batch_sizes, "--batch-sizes")
+    num_classes, input_size = cache_shape(cache_dir)
     err.print(f"profiling {len(names)} strategies x {len(sizes)} batch sizes ...", highlight=False)
     rows = profile_strategies(
         names, sizes, backbone=backbone, device=device, precision=precision, warmup=warmup, iters=iters,
-        threads=threads,
+        threads=threads, num_classes=num_classes, input_size=input_size,
     )  # fmt: skip
     if format is ProfileFormat.json:
         typer.echo(json.dumps(rows, indent=2))

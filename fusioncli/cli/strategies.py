@@ -11,8 +11,8 @@ from rich.table import Table
 
 from fusioncli.cli._common import OutputFormat, out, report_errors
 from fusioncli.errors import BadInputError
-from fusioncli.models import BACKBONES, DEFAULT_INPUT_SIZE, get_backbone, get_strategy
-from fusioncli.models.backbones import as_input_size, format_input_size
+from fusioncli.models import BACKBONES, get_backbone, get_strategy
+from fusioncli.models.backbones import format_input_size
 
 # Choices come from the backbone presets, plus "all".
 BackboneChoice = Enum("BackboneChoice", {name: name for name in (*BACKBONES, "all")}, type=str)  # type: ignore[misc]  # members known at run time only
@@ -107,8 +107,9 @@ def strategies(
         _check(check, backbone.value, cache_dir, format)
         return
     from fusioncli.models import describe_strategies  # builds each model: torch loads here
+    from fusioncli.sweep.plan import cache_shape
 
-    num_classes, size = (2, DEFAULT_INPUT_SIZE) if cache_dir is None else _cache_shape(cache_dir)
+    num_classes, size = cache_shape(cache_dir)
     rows = describe_strategies(backbone.value, num_classes, size)
     if format is OutputFormat.json:
         out.print(json.dumps(rows, indent=2), markup=False, highlight=False)
@@ -117,31 +118,13 @@ def strategies(
         out.print(_table(rows, with_description=wide, input_size=size, num_classes=num_classes))
 
 
-def _cache_shape(cache_dir: Path) -> tuple[int, tuple[int, int]]:
-    """(classes, (H, W) image size) of the prepared cache at ``cache_dir``, from its manifest alone.
-
-    The size is the manifest's ``image_size``, which :func:`fusioncli.data.cache.load_cache`
-    holds the shards to; a cache without one (the DLI layout's) is 64x64.
-    """
-    from fusioncli.data.cache import MANIFEST, PREPARE_HINT
-    from fusioncli.sweep.plan import cache_manifest
-
-    manifest = cache_manifest(cache_dir)  # no or a bad manifest: says to run `fusioncli prepare`
-    try:
-        size = as_input_size(manifest.get("image_size", DEFAULT_INPUT_SIZE))
-    except BadInputError as exc:
-        raise BadInputError(
-            f"{Path(cache_dir) / MANIFEST}: image_size {exc}", hint=f"rebuild the cache: {PREPARE_HINT} --force"
-        ) from None
-    return len(manifest["class_names"]), size
-
-
 def _check(name: str, backbone: str, cache_dir: Path | None, format: OutputFormat) -> None:
     """`strategies --check NAME`: the contract check, one line per problem, exit 2 on any."""
     from fusioncli.models.check import check_strategy  # torch loads here
+    from fusioncli.sweep.plan import cache_shape
 
     spec = get_strategy(name)  # an unknown name: the known ones, exit 2
-    num_classes, size = (2, DEFAULT_INPUT_SIZE) if cache_dir is None else _cache_shape(cache_dir)
+    num_classes, size = cache_shape(cache_dir)
     backbones = BACKBONES if backbone == "all" else (backbone,)
     for bb in backbones:
         get_backbone(bb, size)  # an input too small for the backbone: that, not a failed contract

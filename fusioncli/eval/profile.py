@@ -4,8 +4,9 @@ The protocol (``fusioncli profile``), stated once and recorded with every figure
 
 * the model is built with random weights (latency does not depend on their values: no strategy
   has data-dependent control flow), put in eval mode, channels_last, on the device;
-* inputs are one random RGBA batch and one XYZA batch of the asked size, made on the device
-  before timing (no data loading, no host-to-device copy inside the timer);
+* inputs are one random RGBA batch and one XYZA batch of the asked batch size and image size
+  (``input_size``; 64 x 64 and 2 classes unless ``profile --cache-dir`` sizes the model for a
+  cache), made on the device before timing (no data loading, no host-to-device copy inside the timer);
 * ``warmup`` forward passes first (allocator, oneDNN / cuDNN kernel choice, lazy init), then
   ``iters`` timed ones, each its own sample;
 * inside the timer: exactly one ``model(rgb, xyza)`` under ``torch.inference_mode`` (and bf16
@@ -39,7 +40,6 @@ from fusioncli.train.engine import autocast
 from fusioncli.train.probes import peak_host_rss_bytes, synchronize
 
 PROFILE_SCHEMA = 1
-IMAGE_SIZE = 64
 DEFAULT_WARMUP = 10
 DEFAULT_ITERS = 50
 
@@ -77,22 +77,26 @@ def profile_one(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     num_classes: int = 2,
+    input_size: int | Sequence[int] = (64, 64),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Latency and cost of one strategy at one batch size under the module's protocol."""
+    """Latency and cost of one strategy at one batch size under the module's protocol, sized
+    for ``input_size`` images (one side or (H, W)) and ``num_classes`` classes."""
     from fusioncli import models
+    from fusioncli.models.backbones import as_input_size
 
     if batch_size < 1 or iters < 1 or warmup < 0:
         raise BadInputError("batch size and iterations must be at least 1, warm-up at least 0")
     dev = torch.device(device)
     torch.manual_seed(seed)
-    model = models.create_model(strategy, backbone, num_classes)
+    h, w = as_input_size(input_size)
+    model = models.create_model(strategy, backbone, num_classes, input_size=(h, w))
     params = models.parameter_counts(model)
     flops = models.flops_per_sample(model)
     size = checkpoint_bytes(model)
     model = model.to(device=dev, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # torch's stubs omit memory_format
     g = torch.Generator(device="cpu").manual_seed(seed)
-    shape = (batch_size, 4, IMAGE_SIZE, IMAGE_SIZE)
+    shape = (batch_size, 4, h, w)
     rgb = torch.rand(shape, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
     xyza = (torch.rand(shape, generator=g) * 0.4 - 0.2).to(dev).contiguous(memory_format=torch.channels_last)
     times: list[float] = []
@@ -116,6 +120,8 @@ def profile_one(
         "strategy": strategy,
         "backbone": backbone,
         "batch_size": batch_size,
+        "input_size": [h, w],
+        "num_classes": num_classes,
         "device": str(dev),
         "precision": precision,
         "threads": torch.get_num_threads(),
@@ -143,6 +149,8 @@ def profile_strategies(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     threads: int | None = None,
+    num_classes: int = 2,
+    input_size: int | Sequence[int] = (64, 64),
 ) -> list[dict[str, Any]]:
     """:func:`profile_one` for every (strategy, batch size), strategies outermost.
 
@@ -162,7 +170,17 @@ def profile_strategies(
         torch.set_num_threads(threads)
     try:
         return [
-            profile_one(s, b, backbone=backbone, device=dev, precision=prec, warmup=warmup, iters=iters)
+            profile_one(
+                s,
+                b,
+                backbone=backbone,
+                device=dev,
+                precision=prec,
+                warmup=warmup,
+                iters=iters,
+                num_classes=num_classes,
+                input_size=input_size,
+            )
             for s in strategies
             for b in batch_sizes
         ]

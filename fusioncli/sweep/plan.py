@@ -147,6 +147,29 @@ def cache_manifest(cache_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def cache_shape(cache_dir: Path | None) -> tuple[int, tuple[int, int]]:
+    """(classes, (H, W) image size) of the prepared cache at ``cache_dir``, from its manifest alone;
+    without a cache, the seed's 2 classes and 64 x 64.
+
+    The size is the manifest's ``image_size``, which :func:`fusioncli.data.cache.load_cache`
+    holds the shards to; a cache without one (the DLI layout's) is 64x64. What ``strategies``
+    and ``profile`` size the models for with ``--cache-dir``.
+    """
+    from fusioncli.data.cache import MANIFEST, PREPARE_HINT
+    from fusioncli.models.backbones import DEFAULT_INPUT_SIZE, as_input_size
+
+    if cache_dir is None:
+        return 2, DEFAULT_INPUT_SIZE
+    manifest = cache_manifest(cache_dir)  # no or a bad manifest: says to run `fusioncli prepare`
+    try:
+        size = as_input_size(manifest.get("image_size", DEFAULT_INPUT_SIZE))
+    except BadInputError as exc:
+        raise BadInputError(
+            f"{Path(cache_dir) / MANIFEST}: image_size {exc}", hint=f"rebuild the cache: {PREPARE_HINT} --force"
+        ) from None
+    return len(manifest["class_names"]), size
+
+
 def training_counts(cache_dir: Path) -> list[int]:
     """Training samples per class of the cache, in class order (``--equal-steps``)."""
     manifest = cache_manifest(cache_dir)

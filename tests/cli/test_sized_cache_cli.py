@@ -53,6 +53,23 @@ def test_strategies_size_the_models_for_the_cache(sized: Path) -> None:
     assert rows == describe_strategies("seed", 3, (24, 40))
 
 
+def test_profile_sizes_the_models_and_inputs_for_the_cache(sized: Path) -> None:
+    args = ["profile", "-s", "late,rgb-only", "-b", "2", "--warmup", "0", "--iters", "1", "-f", "json"]
+    result = runner.invoke(app, [*args, "--cache-dir", str(sized)])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    described = {r["name"]: r for r in describe_strategies("seed", 3, (24, 40))}
+    for row in rows:  # a forward pass ran on (2, 4, 24, 40) inputs of the model described for the cache
+        assert (row["input_size"], row["num_classes"]) == ([24, 40], 3)
+        want = described[row["strategy"]]
+        assert (row["params"], row["flops_per_sample"]) == (want["params"], want["flops_per_sample"])
+    default = runner.invoke(app, args)  # without a cache: the seed's 64 x 64, 2 classes
+    assert default.exit_code == 0, default.stderr
+    assert {(tuple(r["input_size"]), r["num_classes"]) for r in json.loads(default.stdout)} == {((64, 64), 2)}
+    missing = runner.invoke(app, [*args, "--cache-dir", str(sized.parent / "nowhere")])
+    assert missing.exit_code == 2 and "no prepared cache" in missing.stderr
+
+
 def test_train_builds_for_the_caches_size_and_classes(checkpoint: tuple[Path, dict]) -> None:
     path, record = checkpoint
     late = next(r for r in describe_strategies("seed", 3, (24, 40)) if r["name"] == "late")

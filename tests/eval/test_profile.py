@@ -14,7 +14,7 @@ from fusioncli.models import create_model
 
 runner = CliRunner()
 KEYS = {
-    "strategy", "backbone", "batch_size", "device", "precision", "threads", "warmup", "iters", "p50_ms", "p95_ms",
+    "strategy", "backbone", "batch_size", "input_size", "num_classes", "device", "precision", "threads", "warmup", "iters", "p50_ms", "p95_ms",
     "mean_ms", "samples_per_s", "params", "flops_per_sample", "checkpoint_bytes", "peak_mem_bytes", "peak_mem_kind",
 }  # fmt: skip
 
@@ -47,6 +47,7 @@ def test_profile_rows_follow_the_protocol() -> None:
     for r in rows:
         assert set(r) == KEYS
         assert r["threads"] == 1 and r["warmup"] == 1 and r["iters"] == 3 and r["device"] == "cpu"
+        assert r["input_size"] == [64, 64] and r["num_classes"] == 2  # the seed's, without a cache
         assert 0 < r["p50_ms"] <= r["p95_ms"]
         assert r["samples_per_s"] == pytest.approx(r["batch_size"] / (r["p50_ms"] / 1e3), rel=1e-12)
         assert r["peak_mem_bytes"] > 0 and r["peak_mem_kind"] == "host_peak_rss_lifetime"
