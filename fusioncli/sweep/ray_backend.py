@@ -209,10 +209,7 @@ def run_plan_ray(
 
     started = time.perf_counter()
     store.repair()
-    recorder = OutcomeRecorder(
-        store, plan.total, force=spec.force, keep_best=keep_best, keep_weights=spec.keep_weights, trackers=trackers,
-        robustness=spec.robustness, on_run_end=on_run_end, fingerprint=plan.fingerprint,
-    )  # fmt: skip
+    recorder = OutcomeRecorder.for_plan(plan, store, keep_best=keep_best, trackers=trackers, on_run_end=on_run_end)
     ended = recorder.ended
     interrupted = False
     try:

@@ -24,7 +24,7 @@ from fusioncli.data.dataset import PreparedData
 from fusioncli.jobs import error_message
 from fusioncli.record import FAILED, FINISHED, DatasetInfo, RunRecord
 from fusioncli.results.store import Claim, ResultsStore, record_fingerprint
-from fusioncli.sweep.plan import PlannedRun, needs_training
+from fusioncli.sweep.plan import PlannedRun, SweepPlan, needs_training
 from fusioncli.tracking import EXIT_TRACKER_MISSED, Artifact, Ledger, RunTracking, Tracker
 from fusioncli.train.loop import failed_record
 from fusioncli.train.probes import utc_now
@@ -237,6 +237,23 @@ class OutcomeRecorder:
         self.warnings: list[str] = []  # every run's warnings, in the order runs ended
         self.outcomes: list[RunOutcome] = []  # in the order runs ended
         self.on_run_end = on_run_end
+
+    @classmethod
+    def for_plan(
+        cls,
+        plan: SweepPlan,
+        store: ResultsStore,
+        *,
+        keep_best: bool = True,
+        trackers: Sequence[Tracker] = (),
+        on_run_end: Callable[[RunOutcome], None] | None = None,
+    ) -> OutcomeRecorder:
+        """The recorder of ``plan``'s sweep: its size, dataset and spec's force / weights / robustness."""
+        spec = plan.spec
+        return cls(
+            store, plan.total, force=spec.force, keep_best=keep_best, keep_weights=spec.keep_weights,
+            trackers=trackers, robustness=spec.robustness, on_run_end=on_run_end, fingerprint=plan.fingerprint,
+        )  # fmt: skip
 
     def skipped(self, index: int, rid: str, cfg: RunConfig) -> RunOutcome | None:
         """The ``skipped`` outcome when ``rid`` need not train (:func:`~fusioncli.sweep.plan.needs_training`:

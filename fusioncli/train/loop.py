@@ -100,6 +100,15 @@ def _make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def run_work(cfg: RunConfig, data: PreparedData, device: torch.device) -> PreparedData:
+    """The samples a run of ``cfg`` trains and validates on, on ``device`` (channels_last) and
+    checked; the run's peak memory is counted from here (the device's peak counter is reset)."""
+    reset_peak_memory(device)
+    work = engine.channels_last(run_data(cfg, data).to(device))
+    check_data(work)
+    return work
+
+
 def check_data(data: PreparedData) -> None:
     """Raise :class:`BadInputError` unless ``data`` has training and validation samples."""
     problems = []
@@ -160,9 +169,7 @@ def train_run(config: RunConfig, data: PreparedData, *, on_epoch: EpochCallback 
     precision = cfg.precision
     rid = run_id(cfg, data.fingerprint)
 
-    reset_peak_memory(device)
-    work = engine.channels_last(run_data(cfg, data).to(device))
-    check_data(work)
+    work = run_work(cfg, data, device)
     train_idx = work.train_indices
     val_idx = work.val_indices
     n_train, n_val = train_idx.numel(), val_idx.numel()

@@ -52,8 +52,8 @@ from fusioncli.config import RunConfig, run_id
 from fusioncli.data.dataset import PreparedData
 from fusioncli.errors import BadInputError, RunFailedError
 from fusioncli.train import engine  # module access: tests patch engine.batch_inputs
-from fusioncli.train.loop import RunResult, check_data, finished_record, run_data, train_run
-from fusioncli.train.probes import clock, peak_memory, reset_peak_memory, utc_now
+from fusioncli.train.loop import RunResult, finished_record, run_work, train_run
+from fusioncli.train.probes import clock, peak_memory, utc_now
 
 # torch.optim.Adam's defaults (train_run uses them).
 ADAM_BETAS = (0.9, 0.999)
@@ -454,9 +454,7 @@ def train_stacked(
         raise BadInputError(f"CUDA graphs need a CUDA device (the group runs on {first.device})")
     rids = [run_id(c, data.fingerprint) for c in cfgs]
 
-    reset_peak_memory(device)
-    work = engine.channels_last(run_data(first, data).to(device))
-    check_data(work)
+    work = run_work(first, data, device)
     train_idx = work.train_indices
     val_idx = work.val_indices
     n_train, n_val = train_idx.numel(), val_idx.numel()
