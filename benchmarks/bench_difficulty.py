@@ -2,14 +2,15 @@
 
     .venv/bin/python benchmarks/bench_difficulty.py [--difficulties hard] [--per-class 1000]
         [--strategies rgb-only,lidar-only,late,decision,intermediate-concat] [--epochs 6]
-        [--seeds 51,52,53] [--lidar-norms seed,nearest] [--train-sizes 400,800,2000]
+        [--seeds 51,52,53] [--lidar-norms seed,nearest] [--rgb-norms seed,standard] [--train-sizes 400,800,2000]
         [--report-epochs 3,6] [--threads 2] [--json out.json]
 
 For each difficulty it renders a dataset (`write_dataset` with that preset), prepares it
 (`fusioncli.data.cache.prepare`, a stratified 20 % validation split), loads it (`load_cache`)
-and trains every strategy x LiDAR input (`--lidar-norms`) x training-set size (`--train-sizes`,
-training samples per class; validation is never cut, so every size is scored on the same
-samples) x seed with the library (`RunConfig` + `train_run`), on the same data and budget.
+and trains every strategy x LiDAR input (`--lidar-norms`) x camera input (`--rgb-norms`) x
+training-set size (`--train-sizes`, training samples per class; validation is never cut, so
+every size is scored on the same samples) x seed with the library (`RunConfig` + `train_run`),
+on the same data and budget.
 
 It prints, per difficulty, LiDAR input, training size and reported epoch, each strategy's
 validation accuracy as mean and 95 % CI over seeds (Student t), the best fusion strategy
@@ -24,7 +25,9 @@ so one run gives the gap at several budgets (refused with `--scheduler cosine`).
 
 Why `--lidar-norms`: with the seed's LiDAR input (x, y, z / 50) the LiDAR models sit at chance
 for a long, seed- and thread-dependent stretch; `nearest` (RunConfig.lidar_norm, see
-fusioncli/models/inputs.py) learns the depth shape within a few epochs. benchmarks/RESULTS.md
+fusioncli/models/inputs.py) learns the depth shape within a few epochs. Likewise `--rgb-norms`:
+with the seed's pixel / 255 the dim camera of `hard` leaves the models at chance for up to 6 of
+8 epochs on some seeds; `standard` (each image at mean 0, std 1) learns it in 1-3. benchmarks/RESULTS.md
 has the measurements and the budget table this script reproduces.
 """
 
@@ -47,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusioncli.config import LIDAR_NORMS, RunConfig
+from fusioncli.config import LIDAR_NORMS, RGB_NORMS, RunConfig
 from fusioncli.data.cache import load_cache, prepare
 from fusioncli.data.dataset import PreparedData
 from fusioncli.data.synth import LIDAR, RGB, difficulty_params, sample_scene, write_dataset
@@ -59,8 +62,8 @@ UNIMODAL = ("rgb-only", "lidar-only")
 DEFAULT_STRATEGIES = ("rgb-only", "lidar-only", "late", "decision", "intermediate-concat")
 GROUPS = (("no failure", ""), ("RGB failed", RGB), ("LiDAR failed", LIDAR))
 
-# (difficulty, lidar_norm, train size or None, epoch) -> strategy -> accuracy per seed
-Cell = tuple[str, str, int | None, int]
+# (difficulty, lidar_norm, rgb_norm, train size or None, epoch) -> strategy -> accuracy per seed
+Cell = tuple[str, str, str, int | None, int]
 
 
 def failures_of_rows(cache_dir: Path, raw_seed: int, difficulty: str) -> np.ndarray:
@@ -134,39 +137,46 @@ def print_tables(
     shares: dict[str, dict[str, float]] = {}
     for run in sorted(runs, key=lambda r: r["seed"]):
         shares[run["difficulty"]] = run["failure_shares"]
+        rgb_norm = run.get("rgb_norm", "seed")  # JSON written before --rgb-norms: the seed's camera input
         for epoch in epochs:
-            cell = cells.setdefault((run["difficulty"], run["lidar_norm"], run["train_per_class"], epoch), {})
+            cell = cells.setdefault((run["difficulty"], run["lidar_norm"], rgb_norm, run["train_per_class"], epoch), {})
             cell.setdefault(run["strategy"], []).append(run["val_accuracy_by_epoch"][epoch - 1])
     width = max(len(s) for s in strategies) + 2
     summary = []
     print("validation accuracy, % (mean ± 95 % CI half-width over seeds)")
-    for (difficulty, norm, size, epoch), accs in cells.items():
+    for (difficulty, norm, rgb_norm, size, epoch), accs in cells.items():
         failed = shares[difficulty][RGB] + shares[difficulty][LIDAR]
         ceiling = f"unimodal ceiling {100 * (1 - failed / 4):.1f}" if failed else "no sensor failures"
         size_text = "all" if size is None else str(size)
-        print(f"\n[{difficulty}] lidar input {norm}, train {size_text}/class, epoch {epoch} ({ceiling})")
+        print(
+            f"\n[{difficulty}] lidar input {norm}, camera input {rgb_norm}, train {size_text}/class, "
+            f"epoch {epoch} ({ceiling})"
+        )
         for strategy in strategies:
             if strategy in accs:
                 seeds_text = " ".join(f"{100 * v:.1f}" for v in accs[strategy])
                 print(f"  {strategy:<{width}}{_ci(accs[strategy]):>12}   seeds: {seeds_text}")
         text, facts = gap_line(accs)
         print(f"  {text}")
-        summary.append({"difficulty": difficulty, "lidar_norm": norm, "train_per_class": size, "epoch": epoch, **facts})
-    by_group: dict[tuple[str, str, int | None, str], dict[str, list[float]]] = {}
+        summary.append({
+            "difficulty": difficulty, "lidar_norm": norm, "rgb_norm": rgb_norm, "train_per_class": size,
+            "epoch": epoch, **facts,
+        })  # fmt: skip
+    by_group: dict[tuple[str, str, str, int | None, str], dict[str, list[float]]] = {}
     for run in runs:
-        groups = by_group.setdefault(
-            (run["difficulty"], run["lidar_norm"], run["train_per_class"], run["strategy"]), {}
-        )
+        key = (run["difficulty"], run["lidar_norm"], run.get("rgb_norm", "seed"), run["train_per_class"])
+        groups = by_group.setdefault((*key, run["strategy"]), {})
         for key, value in run["accuracy_by_failure"].items():
             groups.setdefault(key, []).append(value)
     print("\naccuracy by sensor failure at the last epoch, % of each group's validation samples (mean over seeds)")
     print(
-        f"  {'difficulty, lidar input, train size':<36}{'strategy':<{width}}" + "".join(f"{n:>14}" for n, _ in GROUPS)
+        f"  {'difficulty, lidar/camera input, train size':<44}{'strategy':<{width}}"
+        + "".join(f"{n:>14}" for n, _ in GROUPS)
     )
-    for (difficulty, norm, size, strategy), groups in by_group.items():
-        label = f"{difficulty}, {norm}, {'all' if size is None else size}"
+    for (difficulty, norm, rgb_norm, size, strategy), groups in by_group.items():
+        label = f"{difficulty}, {norm}/{rgb_norm}, {'all' if size is None else size}"
         cells_text = [f"{100 * np.mean(groups[key]):.1f}" if groups.get(key) else "-" for _, key in GROUPS]
-        print(f"  {label:<36}{strategy:<{width}}" + "".join(f"{c:>14}" for c in cells_text))
+        print(f"  {label:<44}{strategy:<{width}}" + "".join(f"{c:>14}" for c in cells_text))
     for difficulty, share in shares.items():
         print(f"  {difficulty}: groups hold " + ", ".join(f"{name} {100 * share[key]:.0f}%" for name, key in GROUPS))
     return summary
@@ -188,6 +198,7 @@ def main() -> None:
     parser.add_argument("--scheduler", default="constant", choices=("constant", "cosine"))
     parser.add_argument("--backbone", default="seed", choices=("seed", "lab"))
     parser.add_argument("--lidar-norms", default="nearest", help=f"comma list of {', '.join(LIDAR_NORMS)}")
+    parser.add_argument("--rgb-norms", default="standard", help=f"comma list of {', '.join(RGB_NORMS)}")
     parser.add_argument("--seeds", default="51,52,53", help="training seeds, comma-separated (default 51,52,53)")
     parser.add_argument("--data-seed", type=int, default=0, help="synth seed (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -206,6 +217,7 @@ def main() -> None:
     difficulties = [d for d in args.difficulties.split(",") if d]
     strategies = [s for s in args.strategies.split(",") if s]
     norms = [n for n in args.lidar_norms.split(",") if n]
+    rgb_norms = [n for n in args.rgb_norms.split(",") if n]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     sizes: list[int | None] = [None if s == "all" else int(s) for s in args.train_sizes.split(",") if s]
     report_epochs = [int(e) for e in args.report_epochs.split(",") if e] or [args.epochs]
@@ -225,7 +237,8 @@ def main() -> None:
     print(
         f"budget: {args.per_class} per class rendered, val fraction {args.val_fraction}, training sizes "
         f"{args.train_sizes} per class, {args.epochs} epochs of batch {args.batch_size}, backbone {args.backbone}, "
-        f"lr {args.lr:g} {args.scheduler}, lidar inputs {norms}, seeds {seeds}, synth seed {args.data_seed}\n"
+        f"lr {args.lr:g} {args.scheduler}, lidar inputs {norms}, camera inputs {rgb_norms}, seeds {seeds}, "
+        f"synth seed {args.data_seed}\n"
     )
     args.dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_difficulty.", dir=args.dir))
@@ -248,7 +261,7 @@ def main() -> None:
                 f"camera failed in {shares[difficulty][RGB]:.0%}, LiDAR in {shares[difficulty][LIDAR]:.0%}",
                 flush=True,
             )
-            for norm in norms:
+            for norm, rgb_norm in itertools.product(norms, rgb_norms):
                 for size in sizes:
                     for strategy in strategies:
                         for seed in seeds:
@@ -257,6 +270,7 @@ def main() -> None:
                                 strategy=strategy, backbone=args.backbone, lr=args.lr, scheduler=args.scheduler,
                                 epochs=args.epochs, batch_size=args.batch_size, seed=seed, device="cpu",
                                 precision=args.precision, train_per_class=size, lidar_norm=norm,
+                                rgb_norm=rgb_norm,
                             )  # fmt: skip
                             result = train_run(cfg, data)
                             record = result.record.to_json()
@@ -269,7 +283,8 @@ def main() -> None:
                             }
                             seconds = time.perf_counter() - t1
                             runs.append({
-                                "difficulty": difficulty, "lidar_norm": norm, "train_per_class": size,
+                                "difficulty": difficulty, "lidar_norm": norm, "rgb_norm": rgb_norm,
+                                "train_per_class": size,
                                 "strategy": strategy, "seed": seed, "val_accuracy_by_epoch": curve,
                                 "accuracy_by_failure": groups, "failure_shares": shares[difficulty],
                                 "seconds": seconds, "precision": record["config"]["precision"],
@@ -278,7 +293,8 @@ def main() -> None:
                             if args.json:  # after every run: a run cut short keeps what it finished
                                 save_json(args.json, sys.argv, time.perf_counter() - started, runs, [])
                             print(
-                                f"  {norm:<9} train {'all' if size is None else size:>5} {strategy:<22} seed {seed}: "
+                                f"  {norm}/{rgb_norm:<9} train {'all' if size is None else size:>5} "
+                                f"{strategy:<22} seed {seed}: "
                                 f"val acc {curve[-1]:.4f} ({seconds:.0f} s; by epoch "
                                 + " ".join(f"{100 * v:.0f}" for v in curve) + ")",
                                 flush=True,
