@@ -730,6 +730,18 @@ def _write_parquet(path: Path, columns: dict[str, np.ndarray | Sequence[str]], c
     pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
 
 
+def _save_labels(
+    staging: Path, labels: np.ndarray, is_val: np.ndarray, names: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Write the label and split shards; returns the manifest's per-class train/val counts."""
+    _save_npy(staging / LABELS_FILE, labels)
+    _save_npy(staging / IS_VAL_FILE, is_val)
+    return {
+        name: {"train": int(((labels == c) & ~is_val).sum()), "val": int(((labels == c) & is_val).sum())}
+        for c, name in enumerate(names)
+    }
+
+
 def _write_index(path: Path, samples: Sequence[Sample], labels: np.ndarray, is_val: np.ndarray) -> None:
     """The human-readable Parquet index of the cache (one row per sample)."""
     columns: dict[str, np.ndarray | Sequence[str]] = {
@@ -854,14 +866,9 @@ def _build(
         label_of = {name: i for i, name in enumerate(names)}
         labels = np.array([label_of[s.class_name] for s in kept], dtype=np.int64)
         is_val = split_mask(labels, [s.stem for s in kept], names, options["val_fraction"], options["split_seed"])
-        _save_npy(staging / LABELS_FILE, labels)
-        _save_npy(staging / IS_VAL_FILE, is_val)
+        counts = _save_labels(staging, labels, is_val, names)
         _write_index(staging / INDEX_FILE, kept, labels, is_val)
 
-        counts = {
-            name: {"train": int(((labels == c) & ~is_val).sum()), "val": int(((labels == c) & is_val).sum())}
-            for c, name in enumerate(names)
-        }
         assert azimuth is not None and zenith is not None  # else read_angles reported a problem
         manifest = {
             "format": FORMAT_NAME,
@@ -1221,8 +1228,7 @@ def _build_manifest(
         label_of = {name: i for i, name in enumerate(names)}
         labels = np.array([label_of[r.label] for r in rows], dtype=np.int64)
         is_val = _manifest_split(rows, labels, names, options)
-        _save_npy(staging / LABELS_FILE, labels)
-        _save_npy(staging / IS_VAL_FILE, is_val)
+        counts = _save_labels(staging, labels, is_val, names)
         index: dict[str, np.ndarray | Sequence[str]] = {
             "row": np.arange(len(rows)),
             "class_name": [r.label for r in rows],
@@ -1237,10 +1243,6 @@ def _build_manifest(
         assert reference is not None  # else every image was unreadable, reported above
         record = geo.grids(reference, codec.target)
         lidar_grids: dict[str, Any] = {k: record.pop(k) for k in ("azimuth", "zenith") if k in record}  # as DLI
-        counts = {
-            name: {"train": int(((labels == c) & ~is_val).sum()), "val": int(((labels == c) & is_val).sum())}
-            for c, name in enumerate(names)
-        }
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
             "version": MANIFEST_FORMAT_VERSION,

@@ -125,11 +125,12 @@ def attach_input_norms(model: nn.Module, *, lidar_norm: str = "seed", rgb_norm: 
     parameters or buffers: weights, parameter counts and checkpoints are those of the builder's
     model, and the run config (saved with every record and checkpoint) says which steps to attach.
     """
-    for field, name in (("lidar_norm", lidar_norm), ("rgb_norm", rgb_norm)):
+    chosen = (("lidar_norm", lidar_norm), ("rgb_norm", rgb_norm))
+    for field, name in chosen:  # every name checked before any hook goes on: no half-built model
         transforms = _INPUT_OF[field][1]
         if name != "seed" and name not in transforms:
             raise ValueError(f"unknown {field.replace('_', ' ')} {name!r}; known: seed, {', '.join(transforms)}")
-    for field, name in (("lidar_norm", lidar_norm), ("rgb_norm", rgb_norm)):
+    for field, name in chosen:
         if name != "seed":
             model.register_forward_pre_hook(InputNorm(field, name))
     return model
